@@ -1,0 +1,105 @@
+"""Finding image files under a data set root, without reading them.
+
+The walk follows symlinked directories (users link archives in from other disks) but never visits a
+directory twice, so a symlink loop cannot hang it; entries that cannot be stat'ed (broken links, loops,
+permission errors) come back with a reason instead of stopping the walk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+# Files that are certainly not images; anything else without an image suffix is sniffed for DICOM
+# (PACS exports name files "IM0001" or by UID, "1.2.840.113619.2.55.3").
+_NOT_IMAGE_SUFFIXES = frozenset(
+    {".csv", ".txt", ".json", ".xml", ".md", ".gz", ".tgz", ".tar", ".zip", ".npz", ".npy", ".toml",
+     ".yaml", ".yml", ".html", ".pdf", ".py", ".log", ".sqlite", ".db", ".bak", ".tmp", ".ini"}
+)
+_SKIP_DIRS = frozenset({"__MACOSX", "__pycache__"})
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """A candidate image file: ``stat`` is None when it could not be stat'ed (``error`` says why)."""
+
+    relpath: str
+    size: int = 0
+    mtime_ns: int = 0
+    error: str = ""
+
+
+def _has_dicom_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _is_candidate(name: str, full: str) -> bool:
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    if suffix in _NOT_IMAGE_SUFFIXES or name.startswith("."):
+        return False
+    return _has_dicom_magic(full)
+
+
+def _stat_error(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink (target does not exist)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def walk_images(root: Path, cancel: threading.Event | None = None) -> Iterator[FoundFile]:
+    """Yield every candidate image file below ``root`` with its size and mtime (sorted per directory)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [(str(root), "")]
+    while stack:
+        if cancel is not None and cancel.is_set():
+            return
+        directory, prefix = stack.pop()
+        try:
+            st = os.stat(directory)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if prefix:
+                yield FoundFile(prefix.rstrip("/"), error=f"directory not readable ({_stat_error(exc)})")
+            continue
+        subdirs = []
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.name.startswith(".") and entry.name not in _SKIP_DIRS:
+                    subdirs.append((entry.path, rel + "/"))
+                continue
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                if os.path.splitext(entry.name)[1].lower() not in _NOT_IMAGE_SUFFIXES:
+                    yield FoundFile(rel, error=_stat_error(exc))
+                continue
+            if not _is_candidate(entry.name, entry.path):
+                continue
+            yield FoundFile(rel, st.st_size, st.st_mtime_ns)
+        stack.extend(reversed(subdirs))

@@ -1,0 +1,29 @@
+"""Where cxr keeps its own files: the user data dir (index, caches, runs), created owner-only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "cxr"
+
+
+def data_dir() -> Path:
+    """``$CXR_HOME`` if set, else the platform's user data dir (``~/.local/share/cxr`` on Linux)."""
+    override = os.environ.get("CXR_HOME")
+    path = Path(override).expanduser() if override else platformdirs.user_data_path(APP_NAME)
+    return ensure_private_dir(path)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) readable by its owner only; leave an existing dir's mode alone."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    return path
+
+
+def default_index_path() -> Path:
+    return data_dir() / "index.sqlite"

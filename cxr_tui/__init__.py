@@ -1,0 +1,1 @@
+"""cxr terminal app and command line (entry point ``cxr-tui``)."""

@@ -1,0 +1,141 @@
+"""``cxr-tui data``: index a data set root, show its statistics, write synthetic phantoms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cxr_core.data.sources import SOURCES, SourceOptions
+from cxr_core.data.stats import DatasetReport
+from cxr_core.labels import UncertaintyPolicy
+from cxr_core.store.index import ScanResult, StudyIndex
+from cxr_tui.cli.output import print_json, progress_bar, stdout
+
+app = typer.Typer(help="Index data sets, show their statistics, generate phantoms.", no_args_is_help=True)
+
+LIST_LIMIT = 50
+
+RootArg = Annotated[Path, typer.Argument(help="Data set root: a folder, or a .tgz / .npz file.", show_default=False)]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Layout ({', '.join(SOURCES)}); detected when omitted.")]
+LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV for the folder layout (default: ROOT/labels.csv).")]
+UncertainOpt = Annotated[UncertaintyPolicy, typer.Option("--uncertainty", help="CheXpert uncertain labels become: ones, zeros, or ignore (masked).")]
+OutsideOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Accept labels-CSV paths that point outside ROOT.")]
+VerifyOpt = Annotated[bool, typer.Option("--verify", help="Decode every image (slow) instead of checking headers.")]
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Study index database (default: the user data dir).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def scan(root: Path, fmt: str | None, labels: Path | None, uncertainty: UncertaintyPolicy,
+         allow_outside_root: bool, verify: bool, db: Path | None, show_progress: bool) -> ScanResult:
+    options = SourceOptions(labels_csv=labels, uncertainty=uncertainty, allow_outside_root=allow_outside_root)
+    with StudyIndex(db) as index, progress_bar(show_progress) as progress:
+        return index.scan(root, fmt, options, verify=verify, progress=progress)
+
+
+def summary_json(result: ScanResult) -> dict:
+    data = result.report.to_dict()
+    data["scan"] = {"changed": result.changed, "files_probed": result.files_probed,
+                    "files_reused": result.files_reused, "seconds": round(result.seconds, 3),
+                    "detected": result.detected_because}
+    return data
+
+
+def print_problems(report: DatasetReport) -> None:
+    if report.unreadable_files:
+        stdout.print(f"\n[bold]Unreadable files[/] ({len(report.unreadable_files)}):")
+        for item in report.unreadable_files:
+            stdout.print(f"  {item['path']}: {item['reason']}", markup=False)
+    for severity, title in (("error", "Skipped"), ("warning", "Warnings")):
+        items = [p for p in report.problems if p["severity"] == severity]
+        if not items:
+            continue
+        stdout.print(f"\n[bold]{title}[/] ({len(items)}):")
+        for p in items[:LIST_LIMIT]:
+            stdout.print(f"  {p['path']}: {p['reason']}", markup=False)
+        if len(items) > LIST_LIMIT:
+            stdout.print(f"  … and {len(items) - LIST_LIMIT} more (--json lists all)")
+
+
+def print_summary(result: ScanResult) -> None:
+    r = result.report
+    how = f" ({result.detected_because})" if result.detected_because else ""
+    stdout.print(f"[bold]{r.format}[/]  {r.root}{how}", highlight=False)
+    stdout.print(
+        f"studies {r.studies:,} · images {r.images:,} · missing {r.images_missing:,} · "
+        f"unreadable {r.unreadable:,} · patients {r.patients:,}"
+    )
+    splits = " · ".join(f"{k} {v:,}" for k, v in r.splits.items()) or "none"
+    stdout.print(f"splits (images present): {splits}  [dim]{r.split_source or ''}[/]")
+    state = "re-scanned" if result.changed else "unchanged since the last scan"
+    stdout.print(f"[dim]{state}: {result.files_probed} files probed, {result.files_reused} reused, {result.seconds:.2f} s[/]")
+
+
+def print_labels(report: DatasetReport) -> None:
+    table = Table(title=f"Labels ({report.label_space})", title_justify="left")
+    table.add_column("label")
+    table.add_column("positive", justify="right")
+    table.add_column("%", justify="right")
+    if report.labels_uncertain:
+        table.add_column("uncertain", justify="right")
+    for label, count in sorted(report.labels.items(), key=lambda kv: -kv[1]):
+        row = [label, f"{count:,}", f"{100 * report.label_fraction.get(label, 0):.2f}"]
+        if report.labels_uncertain:
+            row.append(f"{report.labels_uncertain.get(label, 0):,}")
+        table.add_row(*row)
+    stdout.print(table)
+    if report.imbalance_ratio is not None:
+        stdout.print(f"imbalance (most / least frequent finding): {report.imbalance_ratio:,.1f} : 1")
+    if report.labels_without_positives:
+        stdout.print(f"findings without positives: {', '.join(report.labels_without_positives)}")
+
+
+@app.command("index")
+def index_cmd(root: RootArg, fmt: FormatOpt = None, labels: LabelsOpt = None,
+              uncertainty: UncertainOpt = UncertaintyPolicy.IGNORE, allow_outside_root: OutsideOpt = False,
+              verify: VerifyOpt = False, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Index ROOT into the study index (incremental: unchanged files are not read again)."""
+    result = scan(root, fmt, labels, uncertainty, allow_outside_root, verify, db, not json_out)
+    if json_out:
+        print_json(summary_json(result))
+        return
+    print_summary(result)
+    print_problems(result.report)
+
+
+@app.command("stats")
+def stats_cmd(root: RootArg, fmt: FormatOpt = None, labels: LabelsOpt = None,
+              uncertainty: UncertainOpt = UncertaintyPolicy.IGNORE, allow_outside_root: OutsideOpt = False,
+              db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Per-label counts and %, imbalance, missing and unreadable files of ROOT (indexing it if needed)."""
+    result = scan(root, fmt, labels, uncertainty, allow_outside_root, False, db, not json_out)
+    if json_out:
+        print_json(summary_json(result))
+        return
+    print_summary(result)
+    print_labels(result.report)
+    if result.report.missing_examples:
+        shown = ", ".join(result.report.missing_examples[:5])
+        stdout.print(f"\nmissing images: {result.report.images_missing:,} (e.g. {shown})", markup=False)
+    print_problems(result.report)
+
+
+@app.command("synth")
+def synth_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the phantom set into.", show_default=False)],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 1000,
+    size: Annotated[int, typer.Option("--size", min=32, max=2048, help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write N synthetic chest X-ray phantoms with labels and NIH-format boxes into OUT."""
+    from cxr_core.phantoms import write_phantoms
+
+    with progress_bar(not json_out) as progress:
+        made = write_phantoms(out, n, size, seed, progress=(lambda d, t: progress("phantoms", d, t)) if progress else None)
+    if json_out:
+        print_json({"out": str(made.out), "n": made.n, "size": made.size, "seed": made.seed, "counts": made.counts})
+        return
+    stdout.print(f"wrote {made.n:,} phantoms ({made.size} px, seed {made.seed}) to {made.out}", markup=False)
