@@ -32,6 +32,7 @@ from cxr_core.store.db import connect
 Progress = Callable[[str, int, int], None]
 SPLIT_SEED = 0
 _PROBE_THREADS = min(8, 2 * (os.cpu_count() or 1))
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 MIGRATIONS = (
     """
@@ -174,8 +175,10 @@ class StudyIndex:
             split_source = "generated: by patient, seed {}, {}".format(
                 SPLIT_SEED, " / ".join(f"{k} {v:g}" for k, v in DEFAULT_FRACTIONS.items()))
         base = image_base(root)
+        if options.allow_outside_root:
+            catalog = FileCatalog(root, {**files, **_outside_files(studies, files, base)})
         present = _present_paths(studies, catalog, base)
-        unreadable = {rel: info.reason for rel, info in files.items() if not info.ok}
+        unreadable = {rel: info.reason for rel, info in catalog.items() if not info.ok}
         problems += [Problem(rel, w, "warning") for rel, info in files.items() for w in info.meta.get("warnings", ())]
         if catalog.duplicates:
             problems.append(Problem(catalog.duplicates[0], f"{len(catalog.duplicates)} files share a name with another file; the first in path order is used", "warning"))
@@ -256,7 +259,7 @@ class StudyIndex:
             )
             conn.executemany(
                 "INSERT INTO studies VALUES (?,?,?,?,?,?,?,?)",
-                ((dataset_id, s.id, s.patient_id, s.view, s.split, s.labels, json.dumps(s.meta), n)
+                ((dataset_id, s.id, s.patient_id, s.view, s.split, s.labels, _to_json(s.meta), n)
                  for n, s in enumerate(studies)),
             )
             conn.executemany(
@@ -340,6 +343,19 @@ def _unique_ids(studies: list[Study], problems: list[Problem]) -> tuple[list[Stu
 def _assign_splits(studies: list[Study]) -> list[Study]:
     parts = patient_split([s.patient_id for s in studies], DEFAULT_FRACTIONS, SPLIT_SEED)
     return [replace(s, split=str(p)) for s, p in zip(studies, parts, strict=True)]
+
+
+def _outside_files(studies: list[Study], files: dict[str, FileInfo], base: Path) -> dict[str, FileInfo]:
+    """Probe images a labels CSV places outside the root (only with allow_outside_root; never cached)."""
+    found = {}
+    for study in studies:
+        for image in study.images:
+            path = image.path
+            if path in files or "::" in path or not (base / path).is_file():
+                continue
+            st = (base / path).stat()
+            found[path] = _probe(base, path, st.st_size, st.st_mtime_ns, False)
+    return found
 
 
 def _present_paths(studies: list[Study], catalog: FileCatalog, base: Path) -> set[str]:

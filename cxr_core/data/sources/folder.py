@@ -81,10 +81,12 @@ def _inside(root: Path, candidate: Path) -> bool:
 def resolve_csv_image(root: Path, csv_dir: Path, value: str, catalog: FileCatalog, options: SourceOptions) -> tuple[str | None, str]:
     """Map an ``image`` cell to a catalog path; returns (relpath or None, reason when None)."""
     pure = PurePosixPath(value.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts:
-        target = Path(value) if pure.is_absolute() else csv_dir / value
-        if not options.allow_outside_root and not _inside(root, target):
+    target = Path(value) if pure.is_absolute() else csv_dir / value
+    if (pure.is_absolute() or ".." in pure.parts) and not _inside(root, target):
+        if not options.allow_outside_root:
             return None, "path points outside the data root (refused; pass --allow-outside-root to permit)"
+        if target.is_file():
+            return os.path.relpath(target, root), ""
     rel = str(pure)
     if rel in catalog:
         return rel, ""
@@ -92,11 +94,9 @@ def resolve_csv_image(root: Path, csv_dir: Path, value: str, catalog: FileCatalo
         rel_csv = (csv_dir.relative_to(root) / rel).as_posix() if _inside(root, csv_dir) else rel
         if rel_csv in catalog:
             return rel_csv, ""
-    found = catalog.find_name(pure.name)
-    if found is not None and len(pure.parts) == 1:
+    found = catalog.find_name(pure.name) if len(pure.parts) == 1 else None
+    if found is not None:
         return found, ""
-    if found is not None and not _inside(root, root / found):
-        return None, "path points outside the data root"
     return None, "image not found under the root"
 
 

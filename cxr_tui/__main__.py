@@ -1,0 +1,3 @@
+from cxr_tui.cli.main import run
+
+run()
