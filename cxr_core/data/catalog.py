@@ -14,42 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
-# Files that are certainly not images; anything else without an image suffix is sniffed for DICOM
-# (PACS exports name files "IM0001" or by UID, "1.2.840.113619.2.55.3").
-_NOT_IMAGE_SUFFIXES = frozenset(
-    {".csv", ".txt", ".json", ".xml", ".md", ".gz", ".tgz", ".tar", ".zip", ".npz", ".npy", ".toml",
-     ".yaml", ".yml", ".html", ".pdf", ".py", ".log", ".sqlite", ".db", ".bak", ".tmp", ".ini"}
-)
+from cxr_core.imaging import looks_like_image
+
 _SKIP_DIRS = frozenset({"__MACOSX", "__pycache__"})
 
 
 @dataclass(frozen=True, slots=True)
 class FoundFile:
-    """A candidate image file: ``stat`` is None when it could not be stat'ed (``error`` says why)."""
+    """A candidate image file with its size and mtime, or ``error`` saying why it could not be stat'ed."""
 
     relpath: str
     size: int = 0
     mtime_ns: int = 0
     error: str = ""
-
-
-def _has_dicom_magic(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _is_candidate(name: str, full: str) -> bool:
-    suffix = os.path.splitext(name)[1].lower()
-    if suffix in IMAGE_SUFFIXES:
-        return True
-    if suffix in _NOT_IMAGE_SUFFIXES or name.startswith("."):
-        return False
-    return _has_dicom_magic(full)
 
 
 def _stat_error(exc: OSError) -> str:
@@ -93,13 +70,12 @@ def walk_images(root: Path, cancel: threading.Event | None = None) -> Iterator[F
                 if not entry.name.startswith(".") and entry.name not in _SKIP_DIRS:
                     subdirs.append((entry.path, rel + "/"))
                 continue
+            if entry.name.startswith(".") or not looks_like_image(entry.path):
+                continue
             try:
                 st = entry.stat()
             except OSError as exc:
-                if os.path.splitext(entry.name)[1].lower() not in _NOT_IMAGE_SUFFIXES:
-                    yield FoundFile(rel, error=_stat_error(exc))
-                continue
-            if not _is_candidate(entry.name, entry.path):
+                yield FoundFile(rel, error=_stat_error(exc))
                 continue
             yield FoundFile(rel, st.st_size, st.st_mtime_ns)
         stack.extend(reversed(subdirs))

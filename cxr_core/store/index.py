@@ -200,6 +200,7 @@ class StudyIndex:
             return {}, 0, 0
         files: dict[str, FileInfo] = {}
         todo = []
+        reused = 0
         for found in walk_images(root, cancel):
             if found.error:
                 files[found.relpath] = FileInfo(found.relpath, 0, 0, False, found.error)
@@ -207,9 +208,9 @@ class StudyIndex:
             old = known.get(found.relpath)
             if old is not None and old.size == found.size and old.mtime_ns == found.mtime_ns:
                 files[found.relpath] = old
+                reused += 1
             else:
                 todo.append(found)
-        reused = len(files)
         with ThreadPoolExecutor(_PROBE_THREADS) as pool:
             jobs = pool.map(lambda f: _probe(root, f.relpath, f.size, f.mtime_ns, verify), todo)
             for done, info in enumerate(jobs, start=1):

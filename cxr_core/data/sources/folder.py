@@ -101,21 +101,26 @@ def resolve_csv_image(root: Path, csv_dir: Path, value: str, catalog: FileCatalo
 
 
 def _group_files(catalog: FileCatalog) -> dict[str, list[str]]:
-    """Study id -> relpaths, by DICOM StudyInstanceUID or by directory."""
+    """Study id -> relpaths of readable files, by DICOM StudyInstanceUID or by directory."""
     groups: dict[str, list[str]] = defaultdict(list)
     by_uid: dict[str, list[str]] = defaultdict(list)
     for rel, info in catalog.items():
-        uid = info.meta.get("StudyInstanceUID") if info.ok else None
+        if not info.ok:
+            continue  # listed as unreadable by the index; not a study of its own
+        uid = info.meta.get("StudyInstanceUID")
         if uid:
             by_uid[uid].append(rel)
             continue
         pure = PurePosixPath(rel)
         groups[str(pure.parent) if len(pure.parts) > 1 else pure.stem].append(rel)
-    for uid, rels in by_uid.items():
+    for uid, rels in sorted(by_uid.items()):
+        # Friendliest id first: the study's own folder, the file's name for a lone file at the root,
+        # and the UID itself when folders mix studies.
         dirs = {str(PurePosixPath(r).parent) for r in rels}
-        # A study's own folder is the friendliest id; fall back to the UID when folders mix studies.
         study = dirs.pop() if len(dirs) == 1 else uid
-        if study == "." or study in groups:
+        if study == ".":
+            study = PurePosixPath(rels[0]).stem if len(rels) == 1 else uid
+        if study in groups:
             study = uid
         groups[study].extend(rels)
     return groups
@@ -183,7 +188,7 @@ def read_folder(root: Path, catalog: FileCatalog, options: SourceOptions, space:
                 continue
             claimed.add(path)
             studies.append(study_from(unique_id(path), [path], row))
-        groups = {unique_id(rel): [rel] for rel in catalog if rel not in claimed}
+        groups = {unique_id(rel): [rel] for rel, info in catalog.items() if info.ok and rel not in claimed}
     else:
         groups = _group_files(catalog)
 
