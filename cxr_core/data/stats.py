@@ -18,7 +18,11 @@ EXAMPLES = 20
 
 @dataclass
 class DatasetReport:
-    """Counts over a data set. For NIH, ``studies`` counts label rows and ``images`` the images present."""
+    """Counts over a data set. For NIH, ``studies`` counts label rows and ``images`` the images present.
+
+    ``labels`` counts studies with each label; ``labels_by_image`` counts the images of those studies,
+    present or not (what per-image papers report, e.g. IU's 7,470 images from 3,955 reports).
+    """
 
     format: str
     root: str
@@ -31,6 +35,7 @@ class DatasetReport:
     labels: dict[str, int]
     splits: dict[str, int]
     split_source: str | None = None
+    labels_by_image: dict[str, int] = field(default_factory=dict)
     labels_uncertain: dict[str, int] = field(default_factory=dict)
     label_fraction: dict[str, float] = field(default_factory=dict)
     imbalance_ratio: float | None = None
@@ -81,7 +86,10 @@ def summarise(
                 if len(missing_examples) < EXAMPLES:
                     missing_examples.append(image.path)
     table = label_matrix([s.labels for s in studies], len(space))
-    positives = (table == b"1").sum(axis=0)
+    positive = table == b"1"
+    positives = positive.sum(axis=0)
+    images_per_study = np.fromiter((len(s.images) for s in studies), dtype=np.int64, count=len(studies))
+    by_image = (positive * images_per_study[:, None]).sum(axis=0)
     uncertain = (table == b"u").sum(axis=0)
     labels = {label: int(n) for label, n in zip(space.labels, positives, strict=True)}
     findings = [labels[f] for f in space.findings]
@@ -98,6 +106,7 @@ def summarise(
         labels=labels,
         splits=dict(sorted(splits.items())),
         split_source=split_source,
+        labels_by_image={l: int(n) for l, n in zip(space.labels, by_image, strict=True)},
         labels_uncertain={l: int(n) for l, n in zip(space.labels, uncertain, strict=True) if n},
         label_fraction={l: (n / len(studies) if studies else 0.0) for l, n in labels.items()},
         imbalance_ratio=(max(nonzero) / min(nonzero)) if nonzero else None,

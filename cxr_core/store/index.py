@@ -144,7 +144,8 @@ class StudyIndex:
         source = get_source(fmt)
         options_key = json.dumps({"format": fmt, "labels_csv": str(options.labels_csv or ""),
                                   "uncertainty": options.uncertainty.value,
-                                  "allow_outside_root": options.allow_outside_root})
+                                  "allow_outside_root": options.allow_outside_root,
+                                  "iu_mapping": options.iu_mapping})
         with self._lock:
             row = self._conn.execute(
                 "SELECT id, options, inputs, report FROM datasets WHERE root = ?", (str(root),)

@@ -23,14 +23,14 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Layou
 LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV for the folder layout (default: ROOT/labels.csv).")]
 UncertainOpt = Annotated[UncertaintyPolicy, typer.Option("--uncertainty", help="CheXpert uncertain labels become: ones, zeros, or ignore (masked).")]
 OutsideOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Accept labels-CSV paths that point outside ROOT.")]
+IUMappingOpt = Annotated[str, typer.Option("--iu-mapping", help="IU MeSH mapping: published (reproduces the published IU-35 counts) or clinical (docs/iu-labels.md).")]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Decode every image (slow) instead of checking headers.")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Study index database (default: the user data dir).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
-def scan(root: Path, fmt: str | None, labels: Path | None, uncertainty: UncertaintyPolicy,
-         allow_outside_root: bool, verify: bool, db: Path | None, show_progress: bool) -> ScanResult:
-    options = SourceOptions(labels_csv=labels, uncertainty=uncertainty, allow_outside_root=allow_outside_root)
+def scan(root: Path, fmt: str | None, options: SourceOptions, verify: bool, db: Path | None,
+         show_progress: bool) -> ScanResult:
     with StudyIndex(db) as index, progress_bar(show_progress) as progress:
         return index.scan(root, fmt, options, verify=verify, progress=progress)
 
@@ -76,12 +76,17 @@ def print_summary(result: ScanResult) -> None:
 def print_labels(report: DatasetReport) -> None:
     table = Table(title=f"Labels ({report.label_space})", title_justify="left")
     table.add_column("label")
-    table.add_column("positive", justify="right")
+    table.add_column("studies", justify="right")
     table.add_column("%", justify="right")
+    per_image = report.labels_by_image != report.labels
+    if per_image:
+        table.add_column("images", justify="right")
     if report.labels_uncertain:
         table.add_column("uncertain", justify="right")
     for label, count in sorted(report.labels.items(), key=lambda kv: -kv[1]):
         row = [label, f"{count:,}", f"{100 * report.label_fraction.get(label, 0):.2f}"]
+        if per_image:
+            row.append(f"{report.labels_by_image.get(label, 0):,}")
         if report.labels_uncertain:
             row.append(f"{report.labels_uncertain.get(label, 0):,}")
         table.add_row(*row)
@@ -95,9 +100,12 @@ def print_labels(report: DatasetReport) -> None:
 @app.command("index")
 def index_cmd(root: RootArg, fmt: FormatOpt = None, labels: LabelsOpt = None,
               uncertainty: UncertainOpt = UncertaintyPolicy.IGNORE, allow_outside_root: OutsideOpt = False,
-              verify: VerifyOpt = False, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+              iu_mapping: IUMappingOpt = "published", verify: VerifyOpt = False, db: DbOpt = None,
+              json_out: JsonOpt = False) -> None:
     """Index ROOT into the study index (incremental: unchanged files are not read again)."""
-    result = scan(root, fmt, labels, uncertainty, allow_outside_root, verify, db, not json_out)
+    options = SourceOptions(labels_csv=labels, uncertainty=uncertainty, allow_outside_root=allow_outside_root,
+                            iu_mapping=iu_mapping)
+    result = scan(root, fmt, options, verify, db, not json_out)
     if json_out:
         print_json(summary_json(result))
         return
@@ -108,9 +116,11 @@ def index_cmd(root: RootArg, fmt: FormatOpt = None, labels: LabelsOpt = None,
 @app.command("stats")
 def stats_cmd(root: RootArg, fmt: FormatOpt = None, labels: LabelsOpt = None,
               uncertainty: UncertainOpt = UncertaintyPolicy.IGNORE, allow_outside_root: OutsideOpt = False,
-              db: DbOpt = None, json_out: JsonOpt = False) -> None:
+              iu_mapping: IUMappingOpt = "published", db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Per-label counts and %, imbalance, missing and unreadable files of ROOT (indexing it if needed)."""
-    result = scan(root, fmt, labels, uncertainty, allow_outside_root, False, db, not json_out)
+    options = SourceOptions(labels_csv=labels, uncertainty=uncertainty, allow_outside_root=allow_outside_root,
+                            iu_mapping=iu_mapping)
+    result = scan(root, fmt, options, False, db, not json_out)
     if json_out:
         print_json(summary_json(result))
         return

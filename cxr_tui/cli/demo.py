@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxr_core.data.sources.synthetic import read_manifest
-from cxr_core.labels import UncertaintyPolicy
+from cxr_core.data.sources import SourceOptions
 from cxr_core.paths import data_dir
 from cxr_tui.cli import data
 from cxr_tui.cli.output import print_json, progress_bar, stdout
@@ -34,7 +34,7 @@ def demo(
         with progress_bar(not json_out) as progress:
             write_phantoms(root, DEMO_N, DEMO_SIZE, DEMO_SEED,
                            progress=(lambda d, t: progress("phantoms", d, t)) if progress else None)
-    result = data.scan(root, "synthetic", None, UncertaintyPolicy.IGNORE, False, False, db, not json_out)
+    result = data.scan(root, "synthetic", SourceOptions(), False, db, not json_out)
     if json_out:
         print_json(data.summary_json(result))
         return

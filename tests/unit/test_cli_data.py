@@ -74,6 +74,11 @@ def test_acceptance_nih_64px_folder(real_data, tmp_path):
 def test_acceptance_iu_reports_tgz(real_data, tmp_path):
     data = cxr_json("data", "index", real_data / "reference" / "NLMCXR_reports.tgz", "--db", tmp_path / "i.sqlite")
     assert data["format"] == "iu" and data["studies"] == 3955 and len(data["labels"]) == 35
+    by_image = data["labels_by_image"]
+    assert sum(1 for _ in by_image) == 35 and by_image["Hyperinflation"] == 1076 and by_image["Rib Fracture"] == 8
+    clinical = cxr_json("data", "index", real_data / "reference" / "NLMCXR_reports.tgz", "--iu-mapping", "clinical",
+                        "--db", tmp_path / "i.sqlite")
+    assert clinical["scan"]["changed"] and clinical["labels_by_image"]["Hyperinflation"] == 444
 
 
 def test_kaggle_nih_sample_layout_indexes_as_nih(tmp_path):

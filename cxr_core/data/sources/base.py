@@ -95,6 +95,7 @@ class SourceOptions:
     labels_csv: Path | None = None
     uncertainty: UncertaintyPolicy = UncertaintyPolicy.IGNORE
     allow_outside_root: bool = False
+    iu_mapping: str = "published"
 
 
 @dataclass
