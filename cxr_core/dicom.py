@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import pydicom

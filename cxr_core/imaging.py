@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import stat
 import struct
-import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
@@ -63,8 +61,6 @@ _JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 _JPEG_MAX_SEGMENTS = 1000  # real files have a few dozen before the frame header
 _NPZ_SEPARATOR = "::"
-# A compressed .npz member must be inflated whole to reach one image; past this size, refuse instead.
-_MAX_COMPRESSED_NPZ_ARRAY_BYTES = 4 * 1024**3
 _OS_REASONS = {
     errno.ENOENT: "file not found", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
     errno.ELOOP: "symlink loop", errno.EISDIR: "is a directory", errno.ENAMETOOLONG: "file name too long",
@@ -157,12 +153,12 @@ def open_image_file(path: str, label: str | None = None) -> Iterator[tuple[Binar
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:
-        raise _os_error(label, err, path) from None
+        raise os_error(label, err, path) from None
     try:
         status = os.fstat(fd)
     except OSError as err:
         os.close(fd)
-        raise _os_error(label, err, path) from None
+        raise os_error(label, err, path) from None
     if not stat.S_ISREG(status.st_mode):
         os.close(fd)
         raise ImageReadError(label, "is a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file")
@@ -170,7 +166,7 @@ def open_image_file(path: str, label: str | None = None) -> Iterator[tuple[Binar
         try:
             yield f, status.st_size
         except OSError as err:
-            raise _os_error(label, err, path) from None
+            raise os_error(label, err, path) from None
 
 
 def check_pixel_count(path: str, width: int, height: int, frames: int, limit: int) -> None:
@@ -213,8 +209,11 @@ def brief_error(err: BaseException) -> str:
 
 def _inspect(name: str, limit: int, *, decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
     """The one path behind probe and read, so that a file the probe accepts passes the same checks on read."""
-    if ref := _npz_ref(name):
-        return _read_npz(name, ref, limit) if decode else (None, _probe_npz(name, ref, limit))
+    if _NPZ_SEPARATOR in name:
+        from cxr_core import npz_images
+
+        if ref := npz_images.parse_ref(name):
+            return npz_images.read(name, ref, limit) if decode else (None, npz_images.probe(name, ref, limit))
     pixels = None
     with open_image_file(name) as (f, size):
         head = f.read(_HEAD_BYTES)
@@ -248,7 +247,7 @@ def _pixel_limit(max_pixels: int | None) -> int:
     return limit
 
 
-def _os_error(label: str, err: OSError, path: str) -> ImageReadError:
+def os_error(label: str, err: OSError, path: str) -> ImageReadError:
     reason = _OS_REASONS.get(err.errno or 0, f"cannot read file ({err.strerror or err})")
     if err.errno == errno.ENOENT and os.path.islink(path):
         reason = "broken symlink"
@@ -412,112 +411,10 @@ def _decode_deep_jpeg(f: BinaryIO, path: str, info: ImageInfo) -> np.ndarray:
     return decoded if decoded.dtype == np.uint8 else stretch_to_uint16(path, decoded)
 
 
-def _gray_from_channels(path: str, image: np.ndarray) -> np.ndarray:
+def gray_from_channels(path: str, image: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, C) array to grayscale, dropping alpha like :func:`read_xray`."""
     if image.ndim == 3:
         image = image[..., 0] if image.shape[2] in (1, 2) else luminance(image)
     if image.dtype == np.uint8:
         return image
     return stretch_to_uint16(path, image)
-
-
-@dataclass(frozen=True)
-class _NpzRef:
-    archive: str
-    array: str
-    index: int
-
-
-def _npz_ref(name: str) -> _NpzRef | None:
-    """Parse ``"<file>.npz::<array>/<index>"``; None when ``name`` is an ordinary path."""
-    archive, separator, member = name.rpartition(_NPZ_SEPARATOR)
-    if not separator or not archive.lower().endswith(".npz"):
-        return None
-    array, slash, index = member.rpartition("/")
-    if not (slash and array and index.isascii() and index.isdigit()):
-        raise UnsupportedImage(name, "archive member must look like 'file.npz::array/index'")
-    return _NpzRef(archive, array, int(index))
-
-
-@contextlib.contextmanager
-def _npz_member(label: str, archive: str, array: str) -> Iterator[tuple[BinaryIO, zipfile.ZipFile, zipfile.ZipInfo]]:
-    with open_image_file(archive, label) as (f, _):
-        try:
-            zipped = zipfile.ZipFile(f)
-        except Exception as err:
-            raise CorruptImage(label, f"not a valid .npz archive ({brief_error(err)})") from None
-        with zipped:
-            try:
-                member = zipped.getinfo(f"{array}.npy")
-            except KeyError:
-                arrays = ", ".join(n.removesuffix(".npy") for n in zipped.namelist()) or "none"
-                raise ImageReadError(label, f"no array {array!r} in the archive (arrays: {arrays})") from None
-            yield f, zipped, member
-
-
-def _npy_header(label: str, open_stream: Callable[[], BinaryIO]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    try:
-        with open_stream() as stream:
-            version = np.lib.format.read_magic(stream)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read(stream)
-    except Exception as err:
-        raise CorruptImage(label, f"damaged .npz member ({brief_error(err)})") from None
-    if dtype.hasobject:
-        raise UnsupportedImage(label, "array holds pickled Python objects, which cxr never loads")
-    return shape, fortran_order, dtype
-
-
-def _probe_npz(name: str, ref: _NpzRef, limit: int) -> ImageInfo:
-    with _npz_member(name, ref.archive, ref.array) as (_, zipped, member):
-        shape, _, dtype = _npy_header(name, lambda: zipped.open(member))
-    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 2, 3, 4)):
-        raise UnsupportedImage(name, f"array {ref.array!r} has shape {shape}, expected (N, H, W) or (N, H, W, C)")
-    if ref.index >= shape[0]:
-        raise ImageReadError(name, f"index {ref.index} out of range (array {ref.array!r} holds {shape[0]} images)")
-    check_pixel_count(name, shape[2], shape[1], 1, limit)
-    mode = "L" if len(shape) == 3 or shape[3] <= 2 else ("RGB", "RGBA")[shape[3] - 3]
-    return ImageInfo("npz", shape[2], shape[1], bits=dtype.itemsize * 8, mode=mode)
-
-
-def _read_npz(name: str, ref: _NpzRef, limit: int) -> tuple[np.ndarray, ImageInfo]:
-    info = _probe_npz(name, ref, limit)  # also refuses object arrays before anything is loaded
-    try:
-        status = os.stat(ref.archive)
-        array = _load_npz_array(ref.archive, status.st_mtime_ns, status.st_size, ref.array)
-    except OSError as err:
-        raise _os_error(name, err, ref.archive) from None
-    except ImageReadError as err:
-        raise type(err)(name, err.reason) from None
-    image = np.array(array[ref.index])  # a copy: detached from the cache and from any memory map
-    return _gray_from_channels(name, image), info
-
-
-@functools.lru_cache(maxsize=8)
-def _load_npz_array(archive: str, mtime_ns: int, size: int, array: str) -> np.ndarray:
-    """Memory-map a stored (``np.savez``) member so one image costs a page read; inflate a compressed one.
-
-    Keyed by mtime and size so that a rewritten archive is loaded again.
-    """
-    label = f"{archive}{_NPZ_SEPARATOR}{array}"
-    with _npz_member(label, archive, array) as (f, zipped, member):
-        if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
-            f.seek(member.header_offset)
-            local_header = f.read(30)
-            if len(local_header) < 30 or local_header[:4] != b"PK\x03\x04":
-                raise CorruptImage(label, "damaged .npz archive (bad local file header)")
-            name_length, extra_length = struct.unpack("<HH", local_header[26:30])
-            f.seek(member.header_offset + 30 + name_length + extra_length)
-            shape, fortran_order, dtype = _npy_header(label, lambda: contextlib.nullcontext(f))
-            try:
-                return np.memmap(archive, dtype, "r", f.tell(), shape, "F" if fortran_order else "C")
-            except (OSError, ValueError) as err:
-                raise CorruptImage(label, f"cannot map the .npz member ({brief_error(err)})") from None
-        if member.file_size > _MAX_COMPRESSED_NPZ_ARRAY_BYTES:
-            gib = member.file_size / 1024**3
-            raise UnsupportedImage(label, f"compressed array of {gib:.1f} GiB; store it uncompressed (np.savez)")
-        try:
-            with zipped.open(member) as stream:
-                return np.lib.format.read_array(stream, allow_pickle=False)
-        except Exception as err:
-            raise CorruptImage(label, f"damaged .npz member ({brief_error(err)})") from None

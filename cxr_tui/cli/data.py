@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -19,13 +19,13 @@ app = typer.Typer(help="Index data sets, show their statistics, generate phantom
 LIST_LIMIT = 50
 
 RootArg = Annotated[Path, typer.Argument(help="Data set root: a folder, or a .tgz / .npz file.", show_default=False)]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Layout ({', '.join(SOURCES)}); detected when omitted.")]
-LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV for the folder layout (default: ROOT/labels.csv).")]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help=f"Layout ({', '.join(SOURCES)}); detected when omitted.")]
+LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels CSV for the folder layout (default: ROOT/labels.csv).")]
 UncertainOpt = Annotated[UncertaintyPolicy, typer.Option("--uncertainty", help="CheXpert uncertain labels become: ones, zeros, or ignore (masked).")]
 OutsideOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Accept labels-CSV paths that point outside ROOT.")]
 IUMappingOpt = Annotated[str, typer.Option("--iu-mapping", help="IU MeSH mapping: published (reproduces the published IU-35 counts) or clinical (docs/iu-labels.md).")]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Decode every image (slow) instead of checking headers.")]
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Study index database (default: the user data dir).")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Study index database (default: the user data dir).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from cxr_core.data.sources.synthetic import read_manifest
 from cxr_core.data.sources import SourceOptions
+from cxr_core.data.sources.synthetic import read_manifest
 from cxr_core.paths import data_dir
 from cxr_tui.cli import data
 from cxr_tui.cli.output import print_json, progress_bar, stdout
@@ -21,7 +21,7 @@ DEMO_SEED = 0
 def demo(
     db: data.DbOpt = None,
     json_out: data.JsonOpt = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where the demo phantoms live (default: the user data dir).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where the demo phantoms live (default: the user data dir).")] = None,
 ) -> None:
     """Generate the demo phantom set (once), index it and print its statistics."""
     from cxr_core.phantoms import write_phantoms

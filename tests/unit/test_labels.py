@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import DataError
-from cxr_core.labels import LabelState, UncertaintyPolicy, builtin_spaces, custom_space, get_space, space_for_names, targets
+from cxr_core.labels import (
+    LabelState,
+    UncertaintyPolicy,
+    builtin_spaces,
+    custom_space,
+    get_space,
+    space_for_names,
+    targets,
+)
 
 
 def test_builtin_spaces_have_the_published_sizes():

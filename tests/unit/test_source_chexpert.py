@@ -59,7 +59,7 @@ def test_uncertain_kept_distinct_from_blank(tmp_path):
 
 def test_mimic_cxr_jpg_layout(tmp_path):
     labels = "subject_id,study_id," + ",".join(SPACE.labels) + "\n" + "10000032,50414267," + ",".join(
-        "1.0" if l == "Pleural Effusion" else "" for l in SPACE.labels) + "\n"
+        "1.0" if name == "Pleural Effusion" else "" for name in SPACE.labels) + "\n"
     with gzip.open(tmp_path / "mimic-cxr-2.0.0-chexpert.csv.gz", "wt") as fh:
         fh.write(labels)
     (tmp_path / "mimic-cxr-2.0.0-split.csv").write_text("dicom_id,study_id,subject_id,split\nabc,50414267,10000032,validate\n")

@@ -12,7 +12,7 @@ from cxr_core.errors import DataError
 
 def _no_patient_in_two(patients, parts) -> None:
     seen = defaultdict(set)
-    for p, s in zip(patients, parts):
+    for p, s in zip(patients, parts, strict=True):
         seen[p].add(s)
     assert all(len(v) == 1 for v in seen.values())
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 
 from cxr_core.data.sources.base import FileCatalog, Problem, SourceOptions, SourceResult
@@ -190,7 +191,7 @@ def _looks_like_report(data: bytes) -> bool:
 
 
 def _xml_dir(directory: Path) -> bool:
-    return any(_looks_like_report(_head(p)) for _, p in zip(range(5), directory.glob("*.xml")))
+    return any(_looks_like_report(_head(p)) for p in islice(directory.glob("*.xml"), 5))
 
 
 def _head(path: Path) -> bytes:
@@ -204,7 +205,7 @@ def _head(path: Path) -> bytes:
 def _is_report_archive(path: Path) -> bool:
     try:
         with tarfile.open(path, "r|*") as tar:
-            for _, member in zip(range(5), tar):
+            for member in islice(tar, 5):
                 if member.isfile() and member.name.endswith(".xml"):
                     fh = tar.extractfile(member)
                     return fh is not None and _looks_like_report(fh.read(4096))
