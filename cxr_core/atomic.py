@@ -1,0 +1,54 @@
+"""Atomic file replacement: a reader sees the old file or the new one, never half of either.
+
+Write to a temporary file in the same directory, flush and fsync it, then ``os.replace`` it over the target
+(atomic on POSIX within one file system) and fsync the directory so the rename itself survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], mode: int = 0o600) -> Iterator[Path]:
+    """Yield a temporary path to write (by any library); on success it replaces ``target`` atomically.
+
+    On an exception the temporary file is removed and ``target`` is left exactly as it was.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, mode)
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    with atomic_path(target, mode) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str, mode: int = 0o600) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"), mode)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,1 @@
+"""Evaluation: per-class metrics (and, later, confidence intervals, thresholds, reports)."""
