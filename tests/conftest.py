@@ -27,3 +27,13 @@ def real_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"CXR_REAL_DATA={value} is not a directory")
     return root
+
+
+@pytest.fixture(scope="session")
+def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom data set (96 images, 48 px) shared by the training tests; never modify it."""
+    from cxr_core.phantoms import write_phantoms
+
+    root = tmp_path_factory.mktemp("phantoms") / "set"
+    write_phantoms(root, 96, 48, 1)
+    return root

@@ -9,7 +9,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError
-from cxr_tui.cli import data, demo
+from cxr_tui.cli import data, demo, jobs, train
 from cxr_tui.cli.output import error_line
 
 app = typer.Typer(
@@ -21,7 +21,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
+app.add_typer(jobs.app, name="jobs")
 app.command("demo")(demo.demo)
+app.command("train")(train.train)
 
 
 def _version(value: bool) -> None:

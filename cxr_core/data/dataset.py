@@ -1,0 +1,178 @@
+"""Torch datasets: letterboxed grayscale images, normalised the way a model's config says.
+
+Datasets know nothing about models (the timm habit): they take a small preprocessing spec, anything with
+``in_chans``, ``mean`` and ``std`` (a ``ModelConfig`` fits, or :class:`Preprocess`). Mean and std are on
+the [0, 1] scale, one value per channel or a single value for all. Grayscale is replicated to ``in_chans``
+channels, because ImageNet/CLIP backbones expect three.
+
+Pixels come from the :class:`~cxr_core.data.cache.ImageCache` when one is given, else they are decoded
+on the spot by the same :func:`~cxr_core.data.cache.load_letterboxed`, so both paths give identical
+tensors. Augmentation (``transform``, e.g. :func:`~cxr_core.data.augment.train_transform`) sees the
+uint8 (1, S, S) tensor before scaling and normalisation, where it is cheapest, and returns the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cxr_core.data.cache import ImageCache, load_letterboxed
+from cxr_core.data.study import Study
+from cxr_core.errors import ImageReadError
+from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PreprocessSpec(Protocol):
+    in_chans: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The preprocessing a model expects, for callers without a model config at hand."""
+
+    in_chans: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+class Item(NamedTuple):
+    """One training image: path relative to the image base, targets and loss mask over the model's labels."""
+
+    relpath: str
+    target: np.ndarray
+    mask: np.ndarray
+
+
+class _Normalizer:
+    """uint8 (S, S) -> float (C, S, S): optional transform (on uint8), to [0, 1], replicate, (x - mean) / std."""
+
+    def __init__(self, spec: PreprocessSpec, transform: Any = None):
+        channels = int(spec.in_chans)
+        if channels < 1:
+            raise ValueError(f"in_chans must be >= 1, got {channels}")
+        self.channels = channels
+        self.mean = _per_channel(spec.mean, channels, "mean")
+        self.std = _per_channel(spec.std, channels, "std")
+        if (self.std <= 0).any():
+            raise ValueError(f"std must be positive, got {tuple(spec.std)}")
+        self.transform = transform
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0)
+        if self.transform is not None:
+            image = self.transform(image)
+        image = image.float().div_(255.0)
+        size = image.shape[-2:]
+        return (image.expand(self.channels, *size) - self.mean) / self.std
+
+
+def _per_channel(values: Sequence[float] | float, channels: int, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+    if tensor.numel() == 1:
+        tensor = tensor.expand(channels)
+    if tensor.numel() != channels:
+        raise ValueError(f"{name} has {tensor.numel()} values for {channels} channels")
+    return tensor.clone().reshape(channels, 1, 1)
+
+
+class XRayDataset(Dataset):
+    """Labelled images for training and evaluation: ``{"image", "target", "mask", "index"}`` per item.
+
+    An image that cannot be read (recorded as a failure in the cache, or broken since it was indexed when
+    there is no cache) raises :class:`~cxr_core.errors.ImageReadError` from ``__getitem__``: silently
+    skipping or zero-filling a training image would bias the data, so the trainer decides (drop the item
+    and warn, or stop). Build the cache first and pass ``[i for i in items if i.relpath in cache]`` to
+    train only on readable files.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, np.ndarray, np.ndarray]], *, cache: ImageCache | None,
+                 base: str | Path, size: int, preprocess: PreprocessSpec, transform: Any = None):
+        if cache is not None and cache.size != size:
+            raise ValueError(f"the image cache holds {cache.size} px images, the dataset wants {size} px")
+        self.items = list(items)
+        self.cache = cache
+        self.base = Path(base)
+        self.size = size
+        self._normalize = _Normalizer(preprocess, transform)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """The letterboxed uint8 image of item ``index`` (from the cache when there is one)."""
+        relpath = self.items[index][0]
+        if self.cache is not None:
+            return self.cache.get(relpath)
+        return load_letterboxed(self.base / relpath, self.size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        _, target, mask = self.items[index]
+        return {
+            "image": self._normalize(self.pixels(index)),
+            "target": torch.as_tensor(target, dtype=torch.float32),
+            "mask": torch.as_tensor(mask, dtype=torch.float32),
+            "index": index,
+        }
+
+
+class PredictDataset(Dataset):
+    """Unlabelled images by path, for inference: ``{"image", "index", "path", "error"}`` per item.
+
+    An unreadable file never raises: it yields an all-zero placeholder image and its reason in ``error``
+    (``""`` when fine), so one bad file cannot kill a DataLoader batch. Every item has the same keys and
+    shapes, so torch's default collate batches them; drop the rows whose ``error`` is set.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], *, size: int, preprocess: PreprocessSpec):
+        self.paths = [str(p) for p in paths]
+        self.size = size
+        self._normalize = _Normalizer(preprocess)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            image, error = self._normalize(load_letterboxed(path, self.size)), ""
+        except ImageReadError as err:
+            image, error = torch.zeros(self._normalize.channels, self.size, self.size), err.reason
+        return {"image": image, "index": index, "path": path, "error": error}
+
+
+def items_from_studies(
+    studies: Iterable[Study],
+    space: LabelSpace,
+    policy: UncertaintyPolicy = UncertaintyPolicy.IGNORE,
+    split: str | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+) -> list[Item]:
+    """One :class:`Item` per image of the studies in ``split`` (all splits when None); images share their study's labels.
+
+    ``labels`` picks and orders the target columns (default: the space's findings, without the normal
+    label, as the training config does). Pass studies from ``StudyIndex.studies(root, present_only=True)``
+    so that only images present on disk are listed; studies left with no image are skipped.
+    """
+    wanted = list(space.findings if labels is None else labels)
+    unknown = [name for name in wanted if name not in space.labels]
+    if unknown:
+        raise ValueError(f"labels not in the {space.name} label space: {', '.join(unknown)}")
+    columns = [space.index(name) for name in wanted]
+    chosen = [s for s in studies if s.images and (split is None or s.split == split)]
+    if not chosen:
+        return []
+    y, mask = targets([s.labels for s in chosen], policy)
+    y, mask = y[:, columns], mask[:, columns]
+    return [Item(image.path, y[i], mask[i]) for i, study in enumerate(chosen) for image in study.images]

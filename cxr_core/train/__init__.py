@@ -1,0 +1,1 @@
+"""Training: configuration, run directories, checkpoints, the trainer, losses, sampling and detached jobs."""

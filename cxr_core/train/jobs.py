@@ -1,0 +1,89 @@
+"""Training jobs that outlive the terminal: start detached, list, stop, resume.
+
+A detached job is ``python -m cxr_core.train RUN`` (``torch.distributed.run`` for several GPUs) in its own
+session (``start_new_session``), so closing the terminal or losing SSH does not reach it; its output goes to
+the run's log.txt. Stopping sends SIGTERM to the job's launcher process only (never the process group: the
+loader workers must not die under the trainer); the trainer checkpoints and ends ``stopped``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cxr_core.errors import CxrError
+from cxr_core.train.rundir import ACTIVE, RunDir, RunStatus, pid_alive, process_start_time
+
+STOP_TIMEOUT_S = 30.0
+
+
+class JobError(CxrError):
+    """A job cannot be started, stopped or resumed in its current state."""
+
+
+def gpu_list(gpus: str | None) -> list[str]:
+    return [g.strip() for g in (gpus or "").split(",") if g.strip()]
+
+
+def job_command(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> list[str]:
+    tail = ["-m", "cxr_core.train", str(run.path)] + (["--resume"] if resume else [])
+    devices = gpu_list(gpus)
+    if len(devices) > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(devices)}", *tail]
+    return [sys.executable, *tail]
+
+
+def launch(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> int:
+    """Start the run detached; returns the launcher pid (also written to status.json)."""
+    status = run.read_status()
+    if status.state in ACTIVE and status["pid"]:
+        raise JobError(f"run {run.id} is already {status.state} (pid {status['pid']})")
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_list(gpus))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    run.update_status(state="queued", pid=None, pid_start=None, error=None, detached=True, gpus=gpus)
+    with open(run.log_path, "ab") as log_file:
+        proc = subprocess.Popen(job_command(run, resume=resume, gpus=gpus), stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                close_fds=True, cwd=str(Path.home()) if Path.home().is_dir() else None)
+    # Only the launcher's identity: the trainer records its own pid and state when it starts.
+    run.update_status(launcher_pid=proc.pid, launcher_start=process_start_time(proc.pid))
+    return proc.pid
+
+
+def stop(run: RunDir, timeout: float = STOP_TIMEOUT_S, wait: bool = True) -> RunStatus:
+    """SIGTERM the job and (``wait``) until its status leaves running/queued; the trainer checkpoints first."""
+    status = run.read_status()
+    if status.state not in ACTIVE:
+        raise JobError(f"run {run.id} is {status.state}, not running")
+    pid = status["launcher_pid"] or status["pid"]
+    start = status["launcher_start"] if status["launcher_pid"] else status["pid_start"]
+    if not pid_alive(pid, start):
+        raise JobError(f"run {run.id}: its process {pid} is gone (the run is interrupted; resume it)")
+    os.kill(pid, signal.SIGTERM)
+    if not wait:
+        return run.read_status()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run.read_status()
+        if status.state not in ACTIVE:
+            return status
+        time.sleep(0.2)
+    raise JobError(f"run {run.id} did not stop within {timeout:.0f} s (pid {pid}); it may be writing a checkpoint")
+
+
+def resume(run: RunDir, gpus: str | None = None) -> int:
+    """Continue a stopped, interrupted or failed run from its last checkpoint, detached."""
+    status = run.read_status()
+    if status.state in ACTIVE:
+        raise JobError(f"run {run.id} is {status.state}; stop it before resuming")
+    if status.state == "finished":
+        raise JobError(f"run {run.id} already finished")
+    if not run.last_checkpoint.is_file():
+        raise JobError(f"run {run.id} has no checkpoint yet; start it again instead")
+    return launch(run, resume=True, gpus=gpus if gpus is not None else status["gpus"])

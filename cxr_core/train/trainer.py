@@ -1,0 +1,390 @@
+"""The training loop: data, model, AMP, accumulation, mixup, validation, checkpoints, resume, DDP.
+
+The trainer writes only through its RunDir (metrics, status, checkpoints) and calls named hooks
+(``on_train_start``, ``on_train_batch_end``, ``on_validation_epoch_end``, ``on_train_end``) so a caller can
+watch it without the core knowing who listens. ``stop_event`` asks it to stop cleanly: it finishes the
+current step, writes a checkpoint that records where in the epoch it was, and returns ``"stopped"``;
+``fit(resume=True)`` continues from exactly there (same optimizer, scheduler, sampler order and epoch).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from cxr_core.checkpoint import load_checkpoint, save_checkpoint
+from cxr_core.data.augment import train_transform
+from cxr_core.data.cache import ImageCache
+from cxr_core.data.dataset import XRayDataset
+from cxr_core.errors import CxrError
+from cxr_core.eval.metrics import ranking_metrics
+from cxr_core.models import create_model
+from cxr_core.train.config import TrainConfig
+from cxr_core.train.data import TrainData, prepare_data
+from cxr_core.train.distributed import Dist
+from cxr_core.train.losses import make_loss, pos_weight
+from cxr_core.train.optim import build_optimizer, build_scheduler
+from cxr_core.train.rundir import RunDir
+from cxr_core.train.sampling import RareLabelSampler, ShuffleSampler
+
+log = logging.getLogger("cxr.train")
+STEP_LINES_PER_EPOCH = 10
+
+
+class TrainingFailed(CxrError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class _SkipFirst(Sampler[int]):
+    """A resumed epoch: the same order as the interrupted one, without the samples already trained on."""
+
+    def __init__(self, sampler: Sampler[int], skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run: RunDir | None, *, dist: Dist = Dist(), callbacks: Iterable[Any] = ()):
+        self.config = config.validate()
+        self.run = run if dist.is_main else None
+        self.dist = dist
+        self.callbacks = list(callbacks)
+        self.stop_event = threading.Event()
+        self.device = pick_device(config.device, dist.local_rank)
+        self.epoch = 0  # epochs completed (so also the 0-based index of the epoch in progress)
+        self.global_step = 0
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _hook(self, name: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, name, None)
+            if method is not None:
+                method(self, *args)
+
+    def _seed(self) -> None:
+        seed = self.config.seed + self.dist.rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _setup(self) -> None:
+        cfg, dist = self.config, self.dist
+        self._seed()
+        if dist.is_main:
+            self.data = prepare_data(cfg)
+        dist.barrier()
+        if not dist.is_main:
+            self.data = prepare_data(cfg)
+        data: TrainData = self.data
+        self.model = create_model(cfg.model, labels=data.labels, pretrained=cfg.pretrained, weights=cfg.weights,
+                                  image_size=cfg.image_size, unfreeze_layers=cfg.unfreeze_layers)
+        self.model_config = self.model.cxr_config
+        size = self.model_config.input_size
+        log.info("data %s: %d train / %d val images, labels %s; %s", data.root, len(data.train), len(data.val),
+                 ", ".join(data.labels), data.split_note)
+        if self.run is not None:
+            data.save_split(self.run.path / "split.json")
+        cache = None
+        if cfg.cache:
+            relpaths = [i.relpath for i in itertools.chain(data.train, data.val)]
+            if dist.is_main:
+                cache = ImageCache.open_or_build(data.base, relpaths, size, workers=cfg.workers,
+                                                 progress=self._cache_progress, cancel=self.stop_event)
+            dist.barrier()
+            if not dist.is_main:
+                cache = ImageCache.open_or_build(data.base, relpaths, size)
+            if cache.failures:
+                log.warning("%d images could not be read and are left out (e.g. %s)", len(cache.failures),
+                            "; ".join(f"{p}: {r}" for p, r in list(cache.failures.items())[:3]))
+                data.train = [i for i in data.train if i.relpath in cache]
+                data.val = [i for i in data.val if i.relpath in cache]
+        spec = self.model_config
+        self.train_set = XRayDataset(data.train, cache=cache, base=data.base, size=size, preprocess=spec,
+                                     transform=train_transform(size, hflip=cfg.hflip))
+        val_set = XRayDataset(data.val, cache=cache, base=data.base, size=size, preprocess=spec)
+        self.val_set = Subset(val_set, range(dist.rank, len(val_set), dist.world))
+        targets = np.stack([i.target for i in data.train])
+        masks = np.stack([i.mask for i in data.train])
+        common = dict(seed=cfg.seed, num_replicas=dist.world, rank=dist.rank)
+        if cfg.sampler == "oversample":
+            self.sampler = RareLabelSampler(targets, **common)
+        else:
+            self.sampler = ShuffleSampler(len(self.train_set), **common)
+        loss_params: dict[str, Any] = {}
+        if cfg.loss == "bce-posweight":
+            loss_params["pos_weight"] = pos_weight(targets, masks)
+        elif cfg.loss == "focal":
+            loss_params.update(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+        self.loss_fn = make_loss(cfg.loss, **loss_params).to(self.device)
+        self.model.to(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda and cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = None
+        if cuda and cfg.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.optimizer = build_optimizer(self.model, cfg)
+        batches = math.ceil(len(self.sampler) / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            batches = min(batches, cfg.max_steps_per_epoch)
+        self.batches_per_epoch = batches
+        self.scheduler, self.per_step = build_scheduler(self.optimizer, cfg, math.ceil(batches / cfg.grad_accum))
+        self.net = self.model
+        if dist.enabled:
+            ids = [self.device.index] if cuda else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _cache_progress(self, done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            log.info("preprocessing images: %d / %d", done, total)
+        if self.run is not None:
+            self.run.update_status(phase=f"preprocessing images {done}/{total}")
+
+    def _loader(self, dataset, sampler=None, seed: int | None = None) -> DataLoader:
+        """A loader; ``seed`` gives it its own generator, so starting it draws nothing from the global RNG
+        (a resumed epoch then continues the interrupted one's random stream exactly, with workers=0)."""
+        workers = self.config.workers
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", generator=generator,
+                          worker_init_fn=_quiet_worker if workers else None)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _train_state(self, step_in_epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
+            "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _save(self, step_in_epoch: int, metrics: dict[str, Any], best: bool) -> None:
+        if self.run is None:
+            return
+        weights = self.model.state_dict()
+        common = dict(model_config=self.model_config.to_dict(), train_config=self.config.to_dict(), metrics=metrics)
+        save_checkpoint(self.run.last_checkpoint, weights, epoch=self.epoch,
+                        train_state=self._train_state(step_in_epoch), **common)
+        if best:
+            save_checkpoint(self.run.best_checkpoint, weights, epoch=self.epoch, **common)
+
+    def _restore(self) -> int:
+        """Load the last checkpoint; returns the batches of the current epoch already done."""
+        path = self.dist.broadcast(str(self.run.last_checkpoint) if self.run else None)
+        ckpt = load_checkpoint(path, train_state=True)
+        state = ckpt.train_state or {}
+        self.model.load_state_dict(ckpt.weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.best, self.best_epoch, self.bad_epochs = state["best"], int(state["best_epoch"]), int(state["bad_epochs"])
+        step = int(state["step_in_epoch"])
+        if self.run is not None:
+            self.run.truncate_metrics(self.epoch)
+        log.info("resumed from %s: epoch %d, step %d", path, self.epoch + 1, step)
+        return step
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> str:
+        """Train to the end (``"finished"``), or until asked to stop (``"stopped"``)."""
+        cfg = self.config
+        self._setup()
+        skip = self._restore() if resume else 0
+        self._hook("on_train_start")
+        if self.run is not None:
+            self.run.mark_running(epoch=self.epoch, epochs=cfg.epochs, phase="training")
+        while self.epoch < cfg.epochs:
+            done = self._train_epoch(skip)
+            skip = 0
+            if done is not None:  # stopped mid-epoch after `done` batches
+                self._save(done, {}, best=False)
+                self._finish("stopped")
+                return "stopped"
+            row = self._validate()
+            self.epoch += 1
+            row["epoch"] = self.epoch
+            improved = self._track_best(row)
+            if not self.per_step:
+                self.scheduler.step(row["val_auc_macro"] if row["val_auc_macro"] is not None else 0.0)
+            if self.run is not None:
+                self.run.append_metrics(row)
+                self._save(0, row, best=improved)
+                self.run.update_status(epoch=self.epoch, best_metric=self.best, best_epoch=self.best_epoch,
+                                       phase="training")
+            self._hook("on_validation_epoch_end", row)
+            log.info("epoch %d/%d: train loss %.4f, val loss %s, val macro AUC %s (%.0f img/s)", self.epoch,
+                     cfg.epochs, row["train_loss"], _fmt(row["val_loss"]), _fmt(row["val_auc_macro"]),
+                     row["images_per_s"])
+            if cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
+                log.info("early stopping: no better val macro AUC for %d epochs (best %s at epoch %d)",
+                         self.bad_epochs, _fmt(self.best), self.best_epoch)
+                break
+            if self.dist.all_true(self.stop_event.is_set()):
+                self._finish("stopped")
+                return "stopped"
+        self._finish("finished")
+        return "finished"
+
+    def _finish(self, state: str) -> None:
+        self._hook("on_train_end", state)
+        if self.run is not None:
+            self.run.update_status(state=state, epoch=self.epoch, best_metric=self.best, best_epoch=self.best_epoch,
+                                   phase=None, finished_at=time.time())
+
+    def _track_best(self, row: dict[str, Any]) -> bool:
+        metric = row["val_auc_macro"]
+        if metric is None:  # no validation (or no class with both outcomes): keep the latest as best
+            self.best_epoch = self.epoch
+            return True
+        if self.best is None or metric > self.best:
+            self.best, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def _train_epoch(self, skip: int) -> int | None:
+        """One epoch; None when it ran to the end, else the number of batches done when asked to stop."""
+        cfg = self.config
+        self.net.train()
+        self.sampler.set_epoch(self.epoch)
+        sampler = _SkipFirst(self.sampler, skip * cfg.batch_size) if skip else self.sampler
+        loader = self._loader(self.train_set, sampler=sampler, seed=cfg.seed * 100_003 + self.epoch)
+        every = max(1, self.batches_per_epoch // STEP_LINES_PER_EPOCH)
+        losses: list[float] = []
+        seen = 0
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        step = skip
+        for step, batch in enumerate(loader, start=skip + 1):
+            loss = self._train_step(batch, step)
+            losses.append(loss)
+            seen += len(batch["target"])
+            self._hook("on_train_batch_end", step, loss)
+            if self.run is not None and step % every == 0:
+                self.run.append_metrics({"type": "step", "epoch": self.epoch + 1, "step": self.global_step,
+                                         "train_loss": float(np.mean(losses[-every:])),
+                                         "lr": self.optimizer.param_groups[0]["lr"]})
+            if step >= self.batches_per_epoch:
+                break
+            if self.dist.all_true(self.stop_event.is_set()):
+                return step
+        self._epoch_stats = {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+                             "images_per_s": seen * self.dist.world / max(1e-9, time.perf_counter() - started),
+                             "lr": self.optimizer.param_groups[0]["lr"]}
+        return None
+
+    def _train_step(self, batch: dict[str, Any], step: int) -> float:
+        cfg = self.config
+        images = batch["image"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if cfg.mixup > 0:
+            lam = float(np.random.default_rng([cfg.seed, self.dist.rank, self.global_step, step]).beta(cfg.mixup, cfg.mixup))
+            perm = torch.randperm(images.shape[0], device=images.device)
+            images = lam * images + (1 - lam) * images[perm]
+            target = lam * target + (1 - lam) * target[perm]
+            mask = mask * mask[perm]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.net(images)
+        loss = self.loss_fn(logits.float(), target, mask)
+        if not torch.isfinite(loss):
+            raise TrainingFailed(f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {step}: "
+                                 "lower --lr, or try --no-amp")
+        self.scaler.scale(loss / cfg.grad_accum).backward()
+        if step % cfg.grad_accum == 0 or step >= self.batches_per_epoch:
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            if self.per_step:
+                self.scheduler.step()
+        return float(loss.item())
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, Any]:
+        self.net.eval()
+        probs, targets, masks, losses = [], [], [], []
+        for batch in self._loader(self.val_set, seed=0):
+            images = batch["image"].to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and self.config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                logits = self.model(images).float()
+            target, mask = batch["target"].to(self.device), batch["mask"].to(self.device)
+            losses.append(float(self.loss_fn(logits, target, mask).item()) * len(target))
+            probs.append(torch.sigmoid(logits).cpu().numpy())
+            targets.append(batch["target"].numpy())
+            masks.append(batch["mask"].numpy())
+        k = len(self.data.labels)
+        part = (_stack(probs, k), _stack(targets, k), _stack(masks, k), sum(losses))
+        parts = self.dist.gather(part)
+        p = np.concatenate([x[0] for x in parts])
+        y = np.concatenate([x[1] for x in parts])
+        m = np.concatenate([x[2] for x in parts])
+        n = len(y)
+        scores = ranking_metrics(y, p, m, self.data.labels) if n else {"auc": {}, "ap": {}, "auc_macro": None,
+                                                                         "ap_macro": None}
+        if n > 10 and float(p.std(axis=0).max()) < 1e-3:
+            log.warning("validation predictions barely vary across images (max std %.1e): check the input "
+                        "normalisation and the learning rate", float(p.std(axis=0).max()))
+        return {"type": "epoch", "epoch": self.epoch + 1, **self._epoch_stats,
+                "val_loss": (sum(x[3] for x in parts) / n) if n else None,
+                "val_auc_macro": scores["auc_macro"], "val_ap_macro": scores["ap_macro"],
+                "val_auc": scores["auc"], "val_ap": scores["ap"], "time": time.time()}
+
+
+def _quiet_worker(_: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the trainer, which stops cleanly; they exit with their parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stack(chunks: list[np.ndarray], k: int) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros((0, k), np.float32)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,95 @@
+"""``cxr-tui jobs``: list, follow, stop and resume training runs (they outlive the terminal)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cxr_core.train import jobs
+from cxr_core.train.rundir import ACTIVE, RunDir, list_runs
+from cxr_tui.cli.output import print_json, stdout
+
+app = typer.Typer(help="Training jobs: list, logs, stop, resume.", no_args_is_help=True)
+
+RunArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix of one) or run directory.", show_default=False)]
+RunsDirOpt = Annotated[Path | None, typer.Option("--runs-dir", help="Where runs live (default: the user data dir).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def run_summary(run: RunDir) -> dict:
+    status = run.read_status()
+    try:
+        config = run.read_config()
+        model, data = config.model, config.data
+    except Exception:  # a damaged config still lists, with what the status says
+        model = data = None
+    return {"run": run.id, "state": status.state, "epoch": status["epoch"], "epochs": status["epochs"],
+            "best_metric": status["best_metric"], "best_epoch": status["best_epoch"], "model": model, "data": data,
+            "pid": status["pid"], "error": status["error"], "path": str(run.path)}
+
+
+@app.command("list")
+def list_cmd(runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Every run, newest first; a run whose process died shows as interrupted."""
+    rows = [run_summary(r) for r in list_runs(runs_dir)]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="Training runs", title_justify="left")
+    for column in ("run", "state", "epoch", "best AUC", "model"):
+        table.add_column(column)
+    for row in rows:
+        best = f"{row['best_metric']:.4f}" if isinstance(row["best_metric"], float) else "—"
+        epoch = f"{row['epoch'] or 0}/{row['epochs'] or '?'}"
+        table.add_row(row["run"], row["state"], epoch, best, row["model"] or "?")
+    stdout.print(table)
+
+
+@app.command("logs")
+def logs_cmd(run: RunArg, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+             runs_dir: RunsDirOpt = None) -> None:
+    """Print the run's log (``-f``: follow it while the run is active)."""
+    rundir = RunDir.open(run, runs_dir)
+    position = 0
+    while True:
+        try:
+            with open(rundir.log_path, "rb") as fh:
+                fh.seek(position)
+                chunk = fh.read()
+                position = fh.tell()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not follow or (not chunk and rundir.read_status().state not in ACTIVE):
+            return
+        time.sleep(0.5)
+
+
+@app.command("stop")
+def stop_cmd(run: RunArg, runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Ask the run to stop: it checkpoints and ends `stopped` (waits up to 30 s)."""
+    status = jobs.stop(RunDir.open(run, runs_dir))
+    result = {"run": RunDir.open(run, runs_dir).id, "state": status.state, "epoch": status["epoch"]}
+    if json_out:
+        print_json(result)
+    else:
+        stdout.print(f"{result['run']}: {result['state']} at epoch {result['epoch']}", markup=False)
+
+
+@app.command("resume")
+def resume_cmd(run: RunArg, gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs, e.g. 0,1.")] = None,
+               runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Continue a stopped or interrupted run from its last checkpoint, detached."""
+    rundir = RunDir.open(run, runs_dir)
+    pid = jobs.resume(rundir, gpus)
+    if json_out:
+        print_json({"run": rundir.id, "pid": pid, "state": "queued"})
+    else:
+        stdout.print(f"{rundir.id}: resumed (pid {pid})", markup=False)

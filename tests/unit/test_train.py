@@ -1,0 +1,98 @@
+"""The trainer in-process on tiny phantoms: metrics, checkpoints, exact resume, config handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cxr_core.checkpoint import load_checkpoint, read_metadata
+from cxr_core.train.config import ConfigError, TrainConfig, load_config
+from cxr_core.train.rundir import RunDir
+from cxr_core.train.runner import run_training
+from cxr_core.train.trainer import Trainer
+
+EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_auc_macro", "val_auc", "val_ap"}
+
+
+def _config(root, **changes) -> TrainConfig:
+    base = TrainConfig(data=str(root), model="tiny_resnet", image_size=48, epochs=2, batch_size=16, lr=3e-3,
+                       workers=0, seed=7)
+    return base.replace(**changes)
+
+
+def _run(tmp_path, config, name="run") -> RunDir:
+    run = RunDir.create(tmp_path / "runs", name)
+    run.write_config(config)
+    return run
+
+
+def test_fit_writes_metrics_status_and_self_describing_checkpoints(tmp_path, phantom_set):
+    run = _run(tmp_path, _config(phantom_set, loss="bce-posweight", sampler="oversample", mixup=0.2))
+    assert run_training(run) == "finished"
+    epochs = [r for r in run.read_metrics() if r.get("type") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert EPOCH_KEYS <= epochs[0].keys()
+    assert set(epochs[0]["val_auc"]) == {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Mass",
+                                         "Nodule", "Pneumothorax"}
+    status = run.read_status()
+    assert status.state == "finished" and status["epoch"] == 2 and status["best_epoch"] in (1, 2)
+    meta = read_metadata(run.best_checkpoint)
+    config = meta["model_config"]
+    assert config["name"] == "tiny_resnet" and config["input_size"] == 48 and len(config["labels"]) == 8
+    assert len(config["mean"]) == config["in_chans"] and meta["train_config"]["loss"] == "bce-posweight"
+    last = load_checkpoint(run.last_checkpoint, train_state=True)
+    assert last.epoch == 2 and "optimizer" in last.train_state
+    with pytest.raises(Exception, match="weights only"):
+        load_checkpoint(run.best_checkpoint, train_state=True)
+    assert json.loads((run.path / "split.json").read_text())["train"]
+
+
+def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, phantom_set):
+    config = _config(phantom_set, epochs=2)
+    straight = _run(tmp_path, config, "straight")
+    Trainer(config, straight).fit()
+
+    class StopAt:
+        def on_train_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 1 and step == 2:
+                trainer.stop_event.set()
+
+    broken = _run(tmp_path, config, "broken")
+    assert Trainer(config, broken, callbacks=[StopAt()]).fit() == "stopped"
+    assert broken.read_status().state == "stopped"
+    state = load_checkpoint(broken.last_checkpoint, train_state=True).train_state
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    assert Trainer(config, broken).fit(resume=True) == "finished"
+    a = load_checkpoint(straight.last_checkpoint).weights
+    b = load_checkpoint(broken.last_checkpoint).weights
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    assert [r["epoch"] for r in broken.read_metrics() if r.get("type") == "epoch"] == [1, 2]
+
+
+def test_config_file_options_override_and_errors(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('[train]\ndata = "/data"\nmodel = "resnet18"\nepochs = 30\n')
+    config = load_config(path).replace(epochs=5, lr=None)
+    assert (config.model, config.epochs, config.lr) == ("resnet18", 5, 1e-3)
+    path.write_text('epochs = 3\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(path)
+    path.write_text('epochs = [\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="loss"):
+        TrainConfig(data="x", loss="hinge").validate()
+
+
+def test_labels_subset_and_unknown_label(tmp_path, phantom_set):
+    run = _run(tmp_path, _config(phantom_set, epochs=1, labels=["Cardiomegaly", "effusion"]))
+    run_training(run)
+    assert read_metadata(run.last_checkpoint)["model_config"]["labels"] == ["Cardiomegaly", "Effusion"]
+    bad = _run(tmp_path, _config(phantom_set, epochs=1, labels=["Tuberculosis"]), "bad")
+    with pytest.raises(ConfigError, match="Tuberculosis"):
+        run_training(bad)
+    assert bad.read_status().state == "failed" and "Tuberculosis" in bad.read_status()["error"]
