@@ -68,7 +68,7 @@ class Nodule(Finding):
 
     def plan(self, rng):
         return {"side": _side(rng), "g": rng.uniform(0.15, 0.7), "t": rng.uniform(0.05, 0.95),
-                "r": rng.uniform(0.045, 0.07), "strength": _strength(rng, 0.65, 1.0)}
+                "r": rng.uniform(0.05, 0.075), "strength": _strength(rng, 0.7, 1.0)}
 
     def paint(self, canvas, chest, p, severity):
         v = float(chest.v_at(p["side"], p["g"]))
@@ -86,7 +86,7 @@ class Mass(Finding):
     def plan(self, rng):
         n = int(rng.integers(3, 6))
         return {"side": _side(rng), "g": rng.uniform(0.2, 0.62), "t": rng.uniform(0.15, 0.85),
-                "r": rng.uniform(0.12, 0.18), "strength": _strength(rng, 0.65, 0.95),
+                "r": rng.uniform(0.12, 0.18), "strength": _strength(rng, 0.7, 0.95),
                 "lobes": [(rng.uniform(0, 2 * math.pi), rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.7)) for _ in range(n)]}
 
     def paint(self, canvas, chest, p, severity):

@@ -25,7 +25,7 @@ from cxr_core.phantoms.render import MIN_SIZE, render_phantom
 from cxr_core.phantoms.spec import SPACE
 
 GENERATOR = "cxr.phantoms"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "phantoms.json"
 LABELS = "labels.csv"
 BOXES = "BBox_List.csv"

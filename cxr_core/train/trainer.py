@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -56,6 +57,14 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def default_workers(device: torch.device) -> int:
+    """Loader processes when the config leaves it open: feed a GPU from every spare core; on a CPU the model
+    needs those cores itself and reading the uint8 cache costs ~2 ms an image, so load in-process."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 class _SkipFirst(Sampler[int]):
     """A resumed epoch: the same order as the interrupted one, without the samples already trained on."""
 
@@ -71,12 +80,13 @@ class _SkipFirst(Sampler[int]):
 
 class Trainer:
     def __init__(self, config: TrainConfig, run: RunDir | None, *, dist: Dist = Dist(), callbacks: Iterable[Any] = ()):
-        self.config = config.validate()
+        self.config = config.resolve().validate()
         self.run = run if dist.is_main else None
         self.dist = dist
         self.callbacks = list(callbacks)
         self.stop_event = threading.Event()
         self.device = pick_device(config.device, dist.local_rank)
+        self.workers = config.workers if config.workers is not None else default_workers(self.device)
         self.epoch = 0  # epochs completed (so also the 0-based index of the epoch in progress)
         self.global_step = 0
         self.best: float | None = None
@@ -118,7 +128,7 @@ class Trainer:
         if cfg.cache:
             relpaths = [i.relpath for i in itertools.chain(data.train, data.val)]
             if dist.is_main:
-                cache = ImageCache.open_or_build(data.base, relpaths, size, workers=cfg.workers,
+                cache = ImageCache.open_or_build(data.base, relpaths, size, workers=self.workers,
                                                  progress=self._cache_progress, cancel=self.stop_event)
             dist.barrier()
             if not dist.is_main:
@@ -130,7 +140,7 @@ class Trainer:
                 data.val = [i for i in data.val if i.relpath in cache]
         spec = self.model_config
         self.train_set = XRayDataset(data.train, cache=cache, base=data.base, size=size, preprocess=spec,
-                                     transform=train_transform(size, hflip=cfg.hflip))
+                                     transform=train_transform(size, hflip=cfg.hflip) if cfg.augment else None)
         val_set = XRayDataset(data.val, cache=cache, base=data.base, size=size, preprocess=spec)
         self.val_set = Subset(val_set, range(dist.rank, len(val_set), dist.world))
         targets = np.stack([i.target for i in data.train])
@@ -148,7 +158,9 @@ class Trainer:
         self.loss_fn = make_loss(cfg.loss, **loss_params).to(self.device)
         self.model.to(self.device)
         cuda = self.device.type == "cuda"
-        if cuda and cfg.channels_last:
+        # channels_last helps convolutions on CUDA (tensor cores) and on CPU (oneDNN): 1.5x for efficientnet_b0 here.
+        self.channels_last = cfg.channels_last and self.device.type in ("cuda", "cpu")
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = None
         if cuda and cfg.amp:
@@ -174,7 +186,7 @@ class Trainer:
     def _loader(self, dataset, sampler=None, seed: int | None = None) -> DataLoader:
         """A loader; ``seed`` gives it its own generator, so starting it draws nothing from the global RNG
         (a resumed epoch then continues the interrupted one's random stream exactly, with workers=0)."""
-        workers = self.config.workers
+        workers = self.workers
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", generator=generator,
@@ -315,7 +327,7 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         mask = batch["mask"].to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and cfg.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if cfg.mixup > 0:
             lam = float(np.random.default_rng([cfg.seed, self.dist.rank, self.global_step, step]).beta(cfg.mixup, cfg.mixup))
@@ -348,7 +360,7 @@ class Trainer:
         probs, targets, masks, losses = [], [], [], []
         for batch in self._loader(self.val_set, seed=0):
             images = batch["image"].to(self.device, non_blocking=True)
-            if self.device.type == "cuda" and self.config.channels_last:
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):

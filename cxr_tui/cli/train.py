@@ -33,7 +33,7 @@ def train(
     image_size: Annotated[int | None, typer.Option("--image-size", help="Input side in pixels (default: the model's).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW); default 2e-3 from scratch, 3e-4 from pretrained weights.")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help=" | ".join(LOSSES))] = None,
     sampler: Annotated[str | None, typer.Option("--sampler", help=" | ".join(SAMPLERS))] = None,
@@ -41,6 +41,7 @@ def train(
     scheduler: Annotated[str | None, typer.Option("--scheduler", help=" | ".join(SCHEDULERS))] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA.")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Small affine and exposure jitter while training.")] = None,
     labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels to train (default: every finding).")] = None,
     uncertainty: Annotated[str | None, typer.Option("--uncertainty", help="ones | zeros | ignore (CheXpert -1 labels).")] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Validation patients carved from training when the data has no val split.")] = None,
@@ -92,7 +93,7 @@ def train(
         config = base.replace(
             data=data, format=fmt, model=model, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, loss=loss, sampler=sampler, mixup=mixup, scheduler=scheduler, amp=amp,
-            hflip=hflip, labels=_labels(labels), uncertainty=uncertainty, val_fraction=val_fraction, subset=subset,
+            hflip=hflip, augment=augment, labels=_labels(labels), uncertainty=uncertainty, val_fraction=val_fraction, subset=subset,
             pretrained=pretrained, weights=weights, unfreeze_layers=unfreeze_layers, grad_accum=grad_accum,
             grad_clip=grad_clip, early_stopping=early_stopping, workers=workers, cache=cache,
             max_steps_per_epoch=max_steps, seed=seed, device=device, gpus=gpus, cv=cv,
@@ -100,7 +101,7 @@ def train(
         )
         if config.data:
             config = config.replace(data=str(Path(config.data).expanduser().resolve()))
-        config.validate()
+        config = config.resolve().validate()
         run = None
 
     dist = init_distributed()

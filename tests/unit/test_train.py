@@ -77,7 +77,8 @@ def test_config_file_options_override_and_errors(tmp_path):
     path = tmp_path / "train.toml"
     path.write_text('[train]\ndata = "/data"\nmodel = "resnet18"\nepochs = 30\n')
     config = load_config(path).replace(epochs=5, lr=None)
-    assert (config.model, config.epochs, config.lr) == ("resnet18", 5, 1e-3)
+    assert (config.model, config.epochs, config.lr) == ("resnet18", 5, None)
+    assert config.resolve().lr == 2e-3 and config.replace(pretrained=True).resolve().lr == 3e-4
     path.write_text('epochs = 3\nbogus = 1\n')
     with pytest.raises(ConfigError, match="unknown setting"):
         load_config(path)
