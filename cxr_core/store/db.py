@@ -40,14 +40,18 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(migrations):
         raise sqlite3.DatabaseError(f"database schema v{version} is newer than this cxr (v{len(migrations)}); upgrade cxr")
-    for number, script in enumerate(migrations[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    if version == len(migrations):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: another process may have migrated since (two ranks, two reviewers).
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for script in migrations[version:]:
             for statement in script.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn.execute(f"PRAGMA user_version = {max(version, len(migrations))}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

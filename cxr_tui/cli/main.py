@@ -9,7 +9,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError
-from cxr_tui.cli import data, demo, jobs, train
+from cxr_tui.cli import data, demo, jobs, predict, train
 from cxr_tui.cli.output import error_line
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
+app.command("predict")(predict.predict)
 
 
 def _version(value: bool) -> None:

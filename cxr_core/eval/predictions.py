@@ -1,0 +1,214 @@
+"""Predictions as a file: the one table that `predict`, `eval`, `thresholds tune` and the TUI exchange.
+
+CSV (what people open in a spreadsheet) or JSON (what scripts read), chosen by the suffix. One row per
+image::
+
+    study, image, patient, <label 1>, ..., <label K>, truth:<label 1>, ..., truth:<label K>, flagged
+
+``<label>`` columns are probabilities; ``truth:`` columns are 1 / 0 / blank (blank = unknown or excluded
+by the uncertainty policy) and appear only when the predictions were made on labelled data; ``flagged``
+lists the labels over their thresholds, ``|``-separated, when thresholds were given. Anyone can recompute
+every metric from this file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_core.atomic import atomic_write_text
+from cxr_core.errors import DataError
+
+TRUTH_PREFIX = "truth:"
+ID_COLUMNS = ("study", "image", "patient")
+
+
+@dataclass
+class Predictions:
+    labels: list[str]
+    probs: np.ndarray  # (N, K) float32 in [0, 1]
+    study: list[str]
+    image: list[str]
+    patient: list[str] = field(default_factory=list)
+    truth: np.ndarray | None = None  # (N, K) float32: 1, 0 or NaN (unknown)
+    meta: dict[str, Any] = field(default_factory=dict)  # model fingerprint, checkpoint, data root, split
+
+    def __post_init__(self) -> None:
+        self.labels = list(self.labels)
+        self.probs = np.asarray(self.probs, dtype=np.float32).reshape(len(self.study), len(self.labels))
+        if not self.patient:
+            self.patient = [""] * len(self.study)
+        if self.truth is not None:
+            self.truth = np.asarray(self.truth, dtype=np.float32).reshape(self.probs.shape)
+        if not (len(self.study) == len(self.image) == len(self.patient) == self.probs.shape[0]):
+            raise ValueError("predictions: study, image, patient and probs must have one row per image")
+
+    def __len__(self) -> int:
+        return len(self.study)
+
+    @property
+    def has_truth(self) -> bool:
+        return self.truth is not None
+
+    def mask(self) -> np.ndarray:
+        """Where the truth is known (1 or 0)."""
+        if self.truth is None:
+            raise DataError("these predictions carry no labels: evaluate or tune thresholds on labelled data")
+        return ~np.isnan(self.truth)
+
+    def flagged(self, thresholds: Mapping[str, float]) -> list[list[str]]:
+        """Per row, the labels whose probability reaches their threshold (labels without one never flag)."""
+        cols = [(k, float(thresholds[name])) for k, name in enumerate(self.labels) if name in thresholds]
+        if not cols:
+            return [[] for _ in range(len(self))]
+        idx = np.array([k for k, _ in cols])
+        over = self.probs[:, idx] >= np.array([t for _, t in cols], dtype=np.float32)
+        names = [self.labels[k] for k in idx]
+        return [[names[j] for j in np.flatnonzero(row)] for row in over]
+
+    # -- files -------------------------------------------------------------------------------------------
+
+    def write(self, path: str | os.PathLike[str], thresholds: Mapping[str, float] | None = None) -> Path:
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            atomic_write_text(path, json.dumps(self.to_json(thresholds), indent=1) + "\n", mode=0o644)
+        else:
+            atomic_write_text(path, self.to_csv(thresholds), mode=0o644)
+        return path
+
+    def to_csv(self, thresholds: Mapping[str, float] | None = None) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = [*ID_COLUMNS, *self.labels]
+        if self.truth is not None:
+            header += [TRUTH_PREFIX + name for name in self.labels]
+        if thresholds is not None:
+            header.append("flagged")
+        writer.writerow(header)
+        flags = self.flagged(thresholds) if thresholds is not None else None
+        for i in range(len(self)):
+            row: list[Any] = [self.study[i], self.image[i], self.patient[i]]
+            row += [_fmt(p) for p in self.probs[i]]
+            if self.truth is not None:
+                row += ["" if math.isnan(t) else int(t) for t in self.truth[i]]
+            if flags is not None:
+                row.append("|".join(flags[i]))
+            writer.writerow(row)
+        return buf.getvalue()
+
+    def to_json(self, thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
+        flags = self.flagged(thresholds) if thresholds is not None else None
+        rows = []
+        for i in range(len(self)):
+            row: dict[str, Any] = {"study": self.study[i], "image": self.image[i], "patient": self.patient[i],
+                                   "probs": {name: float(self.probs[i, k]) for k, name in enumerate(self.labels)}}
+            if self.truth is not None:
+                row["truth"] = {name: (None if math.isnan(t) else int(t))
+                                for name, t in zip(self.labels, self.truth[i], strict=True)}
+            if flags is not None:
+                row["flagged"] = flags[i]
+            rows.append(row)
+        out: dict[str, Any] = {"labels": self.labels, "meta": self.meta, "predictions": rows}
+        if thresholds is not None:
+            out["thresholds"] = {k: float(v) for k, v in thresholds.items()}
+        return out
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Predictions:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such predictions file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: cannot read predictions ({err})") from None
+        if path.suffix.lower() == ".json":
+            return cls._from_json(path, text)
+        return cls._from_csv(path, text)
+
+    @classmethod
+    def _from_csv(cls, path: Path, text: str) -> Predictions:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if not header or header[:2] != ["study", "image"]:
+            raise DataError(f"{path}: not a cxr predictions CSV (expected columns study, image, ...)")
+        has_patient = len(header) > 2 and header[2] == "patient"
+        first = 3 if has_patient else 2
+        labels = [h for h in header[first:] if not h.startswith(TRUTH_PREFIX) and h != "flagged"]
+        truth_cols = [header.index(TRUTH_PREFIX + name) if TRUTH_PREFIX + name in header else -1 for name in labels]
+        prob_cols = [header.index(name) for name in labels]
+        if not labels:
+            raise DataError(f"{path}: no probability columns")
+        has_truth = any(c >= 0 for c in truth_cols)
+        study, image, patient, probs, truth = [], [], [], [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                probs.append([float(row[c]) for c in prob_cols])
+                if has_truth:
+                    truth.append([_truth(row[c]) if c >= 0 else math.nan for c in truth_cols])
+            except (ValueError, IndexError):
+                raise DataError(f"{path}: line {line_no}: expected numbers in the probability and truth columns") from None
+            study.append(row[0])
+            image.append(row[1])
+            patient.append(row[2] if has_patient else "")
+        return cls(labels, np.array(probs, dtype=np.float32).reshape(len(study), len(labels)), study, image, patient,
+                   np.array(truth, dtype=np.float32).reshape(len(study), len(labels)) if has_truth else None,
+                   meta={"source": str(path)})
+
+    @classmethod
+    def _from_json(cls, path: Path, text: str) -> Predictions:
+        try:
+            data = json.loads(text)
+            labels = list(data["labels"])
+            rows = data["predictions"]
+            probs = [[float(r["probs"][name]) for name in labels] for r in rows]
+            has_truth = bool(rows) and all("truth" in r for r in rows)
+            truth = ([[math.nan if r["truth"].get(name) is None else float(r["truth"][name]) for name in labels]
+                      for r in rows] if has_truth else None)
+            return cls(labels, np.array(probs, dtype=np.float32).reshape(len(rows), len(labels)),
+                       [str(r["study"]) for r in rows], [str(r["image"]) for r in rows],
+                       [str(r.get("patient", "")) for r in rows],
+                       None if truth is None else np.array(truth, dtype=np.float32).reshape(len(rows), len(labels)),
+                       meta=dict(data.get("meta") or {}))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"{path}: not a cxr predictions JSON ({type(err).__name__}: {err})") from None
+
+
+def concat(parts: Sequence[Predictions]) -> Predictions:
+    """Rows of several prediction sets over the same labels (e.g. the shards of a distributed run)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    labels = parts[0].labels
+    if any(p.labels != labels for p in parts):
+        raise ValueError("predictions over different labels cannot be concatenated")
+    truth = None
+    if all(p.truth is not None for p in parts):
+        truth = np.concatenate([p.truth for p in parts]) if parts else None
+    return Predictions(labels, np.concatenate([p.probs for p in parts]),
+                       [s for p in parts for s in p.study], [s for p in parts for s in p.image],
+                       [s for p in parts for s in p.patient], truth, meta=dict(parts[0].meta))
+
+
+def _fmt(value: float) -> str:
+    return f"{float(value):.6g}"
+
+
+def _truth(cell: str) -> float:
+    cell = cell.strip()
+    if cell == "":
+        return math.nan
+    value = float(cell)
+    if value not in (0.0, 1.0):
+        raise ValueError(cell)
+    return value

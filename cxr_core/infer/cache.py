@@ -1,0 +1,132 @@
+"""Predictions cached in SQLite, keyed by the image's content hash and the model's fingerprint.
+
+Reopening a folder costs a ``stat`` per file: a file whose (size, mtime) did not change keeps its stored
+content hash, and a known (hash, model, variant) pair keeps its probabilities, so nothing is decoded or
+run again. Keying by content, not path, means a moved or copied image is still a hit, and an image edited in
+place (new content) is a miss. ``variant`` separates settings that change the numbers (e.g. TTA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core.paths import data_dir
+from cxr_core.store.db import connect
+
+MIGRATIONS = (
+    """
+    CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, hash TEXT NOT NULL);
+    CREATE TABLE predictions (
+        hash TEXT NOT NULL, model TEXT NOT NULL, variant TEXT NOT NULL, labels TEXT NOT NULL, probs BLOB NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (hash, model, variant)
+    ) WITHOUT ROWID;
+    """,
+)
+_CHUNK = 500
+
+
+def default_cache_path() -> Path:
+    return data_dir() / "predictions.sqlite"
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PredictionCache:
+    def __init__(self, path: str | os.PathLike[str] | None = None):
+        self.path = Path(path) if path else default_cache_path()
+        self._conn = connect(self.path, MIGRATIONS)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> PredictionCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def hashes(self, paths: Sequence[str]) -> list[str | None]:
+        """Content hash per path (None when the file cannot be read); unchanged files are not read again."""
+        absolute = [os.path.abspath(p) for p in paths]
+        known: dict[str, tuple[int, int, str]] = {}
+        with self._lock:
+            for start in range(0, len(absolute), _CHUNK):
+                part = absolute[start:start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                for path, size, mtime, digest in self._conn.execute(
+                        f"SELECT path, size, mtime_ns, hash FROM files WHERE path IN ({marks})", part):
+                    known[path] = (size, mtime, digest)
+        out: list[str | None] = []
+        fresh: list[tuple[str, int, int, str]] = []
+        for path in absolute:
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+                continue
+            row = known.get(path)
+            if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+                out.append(row[2])
+                continue
+            try:
+                digest = content_hash(path)
+            except OSError:
+                out.append(None)
+                continue
+            fresh.append((path, st.st_size, st.st_mtime_ns, digest))
+            out.append(digest)
+        if fresh:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+                self._conn.execute("COMMIT")
+        return out
+
+    def get(self, hashes: Iterable[str], model: str, variant: str, labels: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored probabilities for the hashes that have them (same model, variant and label order)."""
+        wanted = list(dict.fromkeys(h for h in hashes if h))
+        key = "|".join(labels)
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(wanted), _CHUNK):
+                part = wanted[start:start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                for digest, stored_labels, blob in self._conn.execute(
+                        f"SELECT hash, labels, probs FROM predictions WHERE model = ? AND variant = ? AND hash IN ({marks})",
+                        [model, variant, *part]):
+                    if stored_labels == key:
+                        found[digest] = np.frombuffer(blob, dtype=np.float32).copy()
+        return found
+
+    def put(self, items: Iterable[tuple[str, np.ndarray]], model: str, variant: str, labels: Sequence[str]) -> None:
+        key = "|".join(labels)
+        now = time.time()
+        rows = [(digest, model, variant, key, np.asarray(p, dtype=np.float32).tobytes(), now) for digest, p in items]
+        if not rows:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT OR REPLACE INTO predictions (hash, model, variant, labels, probs, created) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+
+    def count(self, model: str | None = None) -> int:
+        with self._lock:
+            if model is None:
+                return self._conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM predictions WHERE model = ?", (model,)).fetchone()[0]

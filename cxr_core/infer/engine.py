@@ -1,0 +1,257 @@
+"""The batched inference engine: ``Predictor.from_checkpoint(path).predict(paths)``.
+
+Decoding runs in DataLoader workers, overlapped with the model; AMP (bf16, or fp16 where bf16 is not
+supported) and channels_last on CUDA; ``torch.compile`` on request; optional test-time augmentation
+(horizontal flip, a light rescale) averaged in probability space. Results come from the
+:class:`~cxr_core.infer.cache.PredictionCache` when the same image content was already seen by the same
+model, so reopening a folder costs nothing. ``cancel`` (a ``threading.Event``) stops between batches and
+``progress(done, total)`` streams — the TUI runs this in a worker and draws a bar. Under ``torchrun`` the
+images still to compute are sharded across ranks and the results gathered, so every GPU of a node works.
+
+A file that cannot be read is reported with its reason (``errors``) and gets a NaN row; the rest go on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from cxr_core.data.dataset import PredictDataset
+from cxr_core.errors import CxrError
+from cxr_core.infer.cache import PredictionCache
+from cxr_core.infer.loading import LoadedModel, load_model
+from cxr_core.train.distributed import Dist, init_distributed
+
+TTA_CHOICES = ("hflip", "scale")
+RESCALE = 0.9  # the light rescale: the image shrunk to 90 % and re-centred on the letterbox background
+FLAT_STD = 1e-4  # per-class std of probabilities below which a batch "barely varies"
+
+Progress = Callable[[int, int], None]
+
+
+def auto_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, else Apple's MPS, else CPU; anything else is passed to ``torch.device``."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError as err:
+            raise CxrError(f"device {name!r}: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CxrError(f"device {name!r}: CUDA is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_workers(device: torch.device, n_images: int, batch_size: int) -> int:
+    """Decoding workers: none for a handful of images (forking costs more), else spare cores (max 8)."""
+    if n_images <= batch_size:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spare = cores - 1 if device.type == "cpu" else cores
+    return max(0, min(8, spare))
+
+
+@dataclass
+class PredictResult:
+    labels: list[str]
+    paths: list[str]
+    probs: np.ndarray  # (N, K) float32; NaN rows where the image could not be read (or was cancelled)
+    errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    cancelled: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.probs).any(axis=1)
+
+    def flagged(self, thresholds: Mapping[str, float]) -> list[list[str]]:
+        out = []
+        for row in self.probs:
+            out.append([name for name, p in zip(self.labels, row, strict=True)
+                        if name in thresholds and not np.isnan(p) and p >= thresholds[name]])
+        return out
+
+    def as_dict(self, thresholds: Mapping[str, float] | None = None) -> dict[str, dict]:
+        """``{path: {"probs": {label: p}, "flagged": [...]}}`` for the images that were predicted."""
+        flags = self.flagged(thresholds) if thresholds else [[] for _ in self.paths]
+        return {path: {"probs": dict(zip(self.labels, map(float, row), strict=True)), "flagged": flag}
+                for path, row, flag in zip(self.paths, self.probs, flags, strict=True) if not np.isnan(row).any()}
+
+
+class Predictor:
+    def __init__(self, loaded: LoadedModel, *, device: torch.device | str = "auto", batch_size: int = 32,
+                 workers: int | None = None, amp: bool = True, compile: bool = False,
+                 tta: Sequence[str] = (), cache: PredictionCache | bool | None = True, dist: Dist | None = None):
+        unknown = [t for t in tta if t not in TTA_CHOICES]
+        if unknown:
+            raise CxrError(f"unknown test-time augmentation {', '.join(unknown)} (choose from {', '.join(TTA_CHOICES)})")
+        if batch_size < 1:
+            raise CxrError(f"batch size must be positive, got {batch_size}")
+        self.dist = dist or Dist()
+        self.device = torch.device(f"cuda:{self.dist.local_rank}") if (
+            self.dist.enabled and torch.cuda.is_available()) else (
+            device if isinstance(device, torch.device) else auto_device(device))
+        self.loaded = loaded
+        self.config = loaded.config
+        self.labels = list(loaded.config.labels)
+        self.batch_size = batch_size
+        self.workers = workers
+        self.tta = tuple(dict.fromkeys(tta))
+        self.variant = "tta=" + "+".join(self.tta) if self.tta else "plain"
+        self.model = loaded.model.to(self.device).eval()
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = None
+        if amp and on_cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.forward = torch.compile(self.model) if compile else self.model
+        if cache is True:
+            cache = PredictionCache()
+        self.cache: PredictionCache | None = cache or None
+        background = -torch.tensor(self.config.mean) / torch.tensor(self.config.std)  # letterbox black, normalised
+        self._background = background.view(1, -1, 1, 1).to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str = "auto", **kwargs) -> Predictor:
+        """Everything comes from the checkpoint (architecture, labels, input size, normalisation)."""
+        dist = kwargs.pop("dist", None) or init_distributed()
+        target = torch.device(f"cuda:{dist.local_rank}") if dist.enabled and torch.cuda.is_available() else auto_device(device)
+        return cls(load_model(path, target), device=target, dist=dist, **kwargs)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.loaded.fingerprint
+
+    # -- the model on one batch --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
+        """Probabilities (B, K) for a batch already preprocessed the way the model config says."""
+        x = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = [x]
+        if "hflip" in self.tta:
+            views.append(torch.flip(x, dims=[-1]))
+        if "scale" in self.tta:
+            views.append(self._rescale(x))
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with autocast:
+            probs = torch.stack([torch.sigmoid(self.forward(v).float()) for v in views]).mean(0)
+        return probs.cpu().numpy().astype(np.float32)
+
+    def _rescale(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        inner = max(1, round(size * RESCALE))
+        small = F.interpolate(x, size=(inner, inner), mode="bilinear", align_corners=False, antialias=True)
+        out = self._background.expand(x.shape[0], -1, size, size).clone()
+        top = (size - inner) // 2
+        out[..., top:top + inner, top:top + inner] = small
+        return out
+
+    # -- many files -----------------------------------------------------------------------------------------
+
+    def predict(self, paths: Sequence[str | os.PathLike[str]], *, cancel: threading.Event | None = None,
+                progress: Progress | None = None, use_cache: bool = True) -> PredictResult:
+        started = time.perf_counter()
+        paths = [str(p) for p in paths]
+        n, k = len(paths), len(self.labels)
+        probs = np.full((n, k), np.nan, dtype=np.float32)
+        result = PredictResult(self.labels, paths, probs)
+        cache = self.cache if use_cache else None
+        hashes: list[str | None] = [None] * n
+        todo = list(range(n))
+        if cache is not None and n:
+            hashes = cache.hashes(paths)
+            stored = cache.get([h for h in hashes if h], self.fingerprint, self.variant, self.labels)
+            todo = []
+            for i, digest in enumerate(hashes):
+                if digest is not None and digest in stored:
+                    probs[i] = stored[digest]
+                else:
+                    todo.append(i)
+            result.cached = n - len(todo)
+        if progress:
+            progress(result.cached, n)
+        mine = todo[self.dist.rank::self.dist.world] if self.dist.enabled else todo
+        computed, errors, cancelled = self._run(paths, mine, cancel, progress, result.cached, n, len(todo))
+        if self.dist.enabled:
+            parts = self.dist.gather((computed, errors, cancelled))
+            computed = {i: p for part in parts for i, p in part[0].items()}
+            errors = {i: e for part in parts for i, e in part[1].items()}
+            cancelled = any(part[2] for part in parts)
+        for i, row in computed.items():
+            probs[i] = row
+        result.errors = {paths[i]: reason for i, reason in sorted(errors.items())}
+        result.computed = len(computed)
+        result.cancelled = cancelled
+        if cache is not None and self.dist.is_main:
+            cache.put(((hashes[i], row) for i, row in computed.items() if hashes[i]), self.fingerprint, self.variant,
+                      self.labels)
+        result.warnings = flat_warning(np.stack(list(computed.values())) if computed else probs[:0], self.labels)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _run(self, paths: list[str], indices: list[int], cancel: threading.Event | None, progress: Progress | None,
+             done: int, total: int, todo: int) -> tuple[dict[int, np.ndarray], dict[int, str], bool]:
+        computed: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        if not indices:
+            return computed, errors, False
+        dataset = PredictDataset([paths[i] for i in indices], size=self.config.input_size, preprocess=self.config)
+        workers = default_workers(self.device, len(indices), self.batch_size) if self.workers is None else self.workers
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        scale = self.dist.world if self.dist.enabled else 1  # progress counts every rank's share
+        for batch in loader:
+            if cancel is not None and cancel.is_set():
+                return computed, errors, True
+            rows = [indices[j] for j in batch["index"].tolist()]
+            good = [m for m, reason in enumerate(batch["error"]) if not reason]
+            for m, reason in enumerate(batch["error"]):
+                if reason:
+                    errors[rows[m]] = reason
+            if good:
+                out = self.predict_batch(batch["image"][good])
+                for m, row in zip(good, out, strict=True):
+                    computed[rows[m]] = row
+            done += len(rows) * scale
+            if progress:
+                progress(min(done, total), total)
+        return computed, errors, False
+
+
+def flat_warning(probs: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """A warning when predictions barely vary across images: the classic sign of wrong input normalisation."""
+    if probs.shape[0] < 16:
+        return []
+    spread = probs.std(axis=0)
+    if float(spread.max()) < FLAT_STD:
+        return [f"predictions barely vary across {probs.shape[0]} images (max per-class std {spread.max():.1e}): "
+                "check that the images are chest X-rays and that the model's normalisation matches its training"]
+    return []
+
+
+def predict_paths(checkpoint: str | Path, paths: Sequence[str], **kwargs) -> PredictResult:
+    """One call for scripts: load, predict, return."""
+    return Predictor.from_checkpoint(checkpoint, **kwargs).predict(paths)

@@ -1,0 +1,93 @@
+"""Predictions for the studies of a data set: index it, predict every present image, attach the truth.
+
+What ``cxr-tui predict``, ``cxr-tui eval`` and the TUI worklist share. The data set is indexed (incrementally)
+so study ids, patients and splits are the worklist's own; the model's labels are matched to the data set's
+label space by name (aliases included), and a model label the data set does not know gets no truth (its
+column is blank, and evaluation reports it as unlabelled rather than inventing negatives).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core.data.sources import SourceOptions
+from cxr_core.errors import CxrError
+from cxr_core.eval.predictions import Predictions
+from cxr_core.infer.engine import Predictor, Progress
+from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
+from cxr_core.store.index import StudyIndex, image_base
+
+
+@dataclass
+class RootPredictions:
+    predictions: Predictions  # the images that were predicted
+    errors: dict[str, str] = field(default_factory=dict)  # relpath -> reason (unreadable at index or predict time)
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    cancelled: bool = False
+    warnings: list[str] = field(default_factory=list)
+    unmatched_labels: list[str] = field(default_factory=list)  # model labels the data set does not label
+
+
+def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None]:
+    """For each model label, its column in the data set's label vector (None when the data set lacks it)."""
+    out: list[int | None] = []
+    for name in model_labels:
+        canonical = space.canonical(name) if len(space) else None
+        out.append(space.index(canonical) if canonical else None)
+    return out
+
+
+def predict_root(predictor: Predictor, root: str | os.PathLike[str], *, fmt: str | None = None,
+                 split: str | None = None, options: SourceOptions = SourceOptions(), index: StudyIndex | None = None,
+                 cancel: threading.Event | None = None, progress: Progress | None = None,
+                 use_cache: bool = True) -> RootPredictions:
+    dist = predictor.dist
+    if dist.enabled and not dist.is_main:
+        dist.barrier()  # rank 0 indexes first; the others then find the index up to date
+    own = index is None
+    index = index or StudyIndex()
+    try:
+        scan = index.scan(root, fmt, options)
+        resolved = Path(scan.report.root)
+        space = index.label_space(resolved)
+        studies = index.studies(resolved, split=split, present_only=True)
+    finally:
+        if own:
+            index.close()
+        if dist.enabled and dist.is_main:
+            dist.barrier()
+    if split is not None and not studies:
+        raise CxrError(f"{resolved}: no studies with images in split {split!r} "
+                       f"(splits here: {', '.join(sorted(scan.report.splits)) or 'none'})")
+    base = image_base(resolved)
+    rows = [(s, image.path) for s in studies for image in s.images]
+    result = predictor.predict([str(base / rel) for _, rel in rows], cancel=cancel, progress=progress,
+                               use_cache=use_cache)
+    ok = result.ok
+    errors = {item["path"]: item["reason"] for item in scan.report.unreadable_files}
+    for path, reason in result.errors.items():
+        errors[os.path.relpath(path, base)] = reason
+    kept = [r for r, good in zip(rows, ok, strict=True) if good]
+    labels = predictor.labels
+    columns = truth_columns(labels, space)
+    truth = None
+    if any(c is not None for c in columns) and kept:
+        y, mask = targets([s.labels for s, _ in kept], UncertaintyPolicy.IGNORE)
+        truth = np.full((len(kept), len(labels)), np.nan, dtype=np.float32)
+        for k, column in enumerate(columns):
+            if column is not None:
+                truth[:, k] = np.where(mask[:, column] > 0, y[:, column], np.nan)
+    predictions = Predictions(labels, result.probs[ok], [s.id for s, _ in kept], [rel for _, rel in kept],
+                              [s.patient_id for s, _ in kept], truth,
+                              meta={"model": str(predictor.loaded.path), "fingerprint": predictor.fingerprint,
+                                    "root": str(resolved), "format": scan.report.format, "split": split,
+                                    "variant": predictor.variant})
+    return RootPredictions(predictions, errors, result.cached, result.computed, result.seconds, result.cancelled,
+                           result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None])

@@ -1,0 +1,129 @@
+"""``cxr-tui predict``: probabilities for every image of a data set (or single files), cached, flagged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxr_core.data.sources import SourceOptions
+from cxr_core.errors import CxrError
+from cxr_core.eval.predictions import Predictions
+from cxr_core.imaging import probe_xray
+from cxr_core.infer.engine import TTA_CHOICES, Predictor
+from cxr_core.infer.studies import RootPredictions, predict_root
+from cxr_core.store.index import StudyIndex
+from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
+from cxr_tui.cli.output import print_json, progress_bar, stderr, stdout
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint file, run directory or run id.", show_default=False)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, mps, cpu) or a torch device such as cuda:1.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: spare cores).")]
+TtaOpt = Annotated[str | None, typer.Option("--tta", help=f"Test-time augmentation, comma-separated: {', '.join(TTA_CHOICES)}.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (worth it for large runs on a GPU).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute even when the prediction cache has the answer.")]
+ThresholdsOpt = Annotated[Path | None, typer.Option("--thresholds", help="Thresholds JSON (`thresholds tune`); default 0.5 for every label.")]
+
+LIST_LIMIT = 20
+
+
+def make_predictor(model: str, device: str, batch_size: int, workers: int | None, tta: str | None,
+                   compile: bool, no_cache: bool) -> Predictor:
+    return Predictor.from_checkpoint(model, device=device, batch_size=batch_size, workers=workers,
+                                     tta=[t.strip() for t in (tta or "").split(",") if t.strip()],
+                                     compile=compile, cache=not no_cache)
+
+
+def load_threshold_values(path: Path | None, labels: list[str]) -> dict[str, float]:
+    if path is None:
+        return dict.fromkeys(labels, 0.5)
+    from cxr_core.eval.thresholds import load_thresholds
+
+    values = load_thresholds(path).thresholds
+    return {label: values.get(label, 0.5) for label in labels}
+
+
+def predict(
+    root: Annotated[Path, typer.Argument(help="Data set root (any layout `data index` reads) or an image file.", show_default=False)],
+    model: ModelOpt,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="preds.csv or preds.json (one row per image).")] = None,
+    thresholds: ThresholdsOpt = None,
+    fmt: FormatOpt = None,
+    labels_csv: LabelsOpt = None,
+    split: Annotated[str | None, typer.Option("--split", help="Only this split (e.g. test).")] = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    tta: TtaOpt = None,
+    compile: CompileOpt = False,
+    no_cache: NoCacheOpt = False,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Predict every readable image; unreadable files are listed with their reason and the rest go on."""
+    if not root.exists():
+        raise CxrError(f"{root}: no such file or folder")
+    predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache)
+    if not predictor.dist.is_main:  # torchrun: the other ranks compute their shard and leave the writing to rank 0
+        _predict(predictor, root, fmt, labels_csv, split, db, None)
+        return
+    with progress_bar(not json_out) as progress:
+        result = _predict(predictor, root, fmt, labels_csv, split, db, (lambda d, t: progress("predicting", d, t)) if progress else None)
+    values = load_threshold_values(thresholds, predictor.labels)
+    preds = result.predictions
+    if out is not None:
+        preds.write(out, values)
+    flags = preds.flagged(values)
+    summary = {"images": len(preds), "cached": result.cached, "computed": result.computed,
+               "seconds": round(result.seconds, 3), "unreadable": len(result.errors), "errors": result.errors,
+               "warnings": result.warnings, "model": str(predictor.loaded.path), "device": str(predictor.device),
+               "out": str(out) if out else None,
+               "flagged": {label: sum(label in f for f in flags) for label in preds.labels}}
+    if json_out:
+        if out is None:
+            summary["predictions"] = preds.to_json(values)["predictions"]
+        print_json(summary)
+        return
+    rate = result.computed / result.seconds if result.seconds and result.computed else 0.0
+    stdout.print(f"{len(preds):,} images predicted ({result.cached:,} from the cache, {result.computed:,} computed"
+                 f"{f', {rate:.0f} img/s' if rate else ''}) on {predictor.device}")
+    for warning in result.warnings:
+        stderr.print(f"[yellow]warning:[/] {warning}")
+    if out is not None:
+        stdout.print(f"wrote {out}", markup=False)
+    else:
+        for study, image, flag in list(zip(preds.study, preds.image, flags, strict=True))[:LIST_LIMIT]:
+            stdout.print(f"  {study}  {image}  {', '.join(flag) or '—'}", markup=False)
+        if len(preds) > LIST_LIMIT:
+            stdout.print(f"  … {len(preds) - LIST_LIMIT} more (use --out)")
+    if result.errors:
+        stdout.print(f"\n[bold]Unreadable[/] ({len(result.errors)}):")
+        for path, reason in list(result.errors.items())[:LIST_LIMIT]:
+            stdout.print(f"  {path}: {reason}", markup=False)
+
+
+def _predict(predictor: Predictor, root: Path, fmt: str | None, labels_csv: Path | None, split: str | None,
+             db: Path | None, progress) -> RootPredictions:
+    if root.is_file() and fmt is None and _is_image(root):
+        result = predictor.predict([str(root)], progress=progress)
+        if result.errors:
+            raise CxrError(f"{root}: {next(iter(result.errors.values()))}")
+        ok = result.ok
+        preds = Predictions(predictor.labels, result.probs[ok], [root.stem] * int(ok.sum()),
+                            [str(root)] * int(ok.sum()), meta={"model": str(predictor.loaded.path)})
+        return RootPredictions(preds, {}, result.cached, result.computed, result.seconds, False, result.warnings)
+    with StudyIndex(db) as index:
+        return predict_root(predictor, root, fmt=fmt, split=split, options=SourceOptions(labels_csv=labels_csv),
+                            index=index, progress=progress)
+
+
+def _is_image(path: Path) -> bool:
+    if path.suffix.lower() in (".tgz", ".npz", ".csv", ".gz", ".xml"):
+        return False
+    try:
+        probe_xray(path)
+    except CxrError:
+        return path.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+    return True

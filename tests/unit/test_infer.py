@@ -1,0 +1,181 @@
+"""The inference engine as callers use it: Predictor API, prediction cache, cancel, TTA, predict CLI, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxr_core.checkpoint import save_checkpoint
+from cxr_core.data.cache import load_letterboxed
+from cxr_core.data.dataset import _Normalizer
+from cxr_core.eval.predictions import Predictions
+from cxr_core.infer.cache import PredictionCache
+from cxr_core.infer.engine import Predictor, flat_warning
+from cxr_core.infer.loading import fingerprint, resolve_checkpoint
+from cxr_core.models import create_model
+
+LABELS = ["Atelectasis", "Cardiomegaly", "Effusion"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", labels=LABELS, image_size=32)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(path, model.state_dict(), model.cxr_config.to_dict())
+    return path
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    root = tmp_path / "studies"
+    rng = np.random.default_rng(0)
+    rows = ["image,labels,patient_id"]
+    for i in range(10):
+        (root / f"s{i}").mkdir(parents=True)
+        pixels = rng.integers(0, 255, (40 + i, 36), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"s{i}" / "a.png")
+        rows.append(f"s{i}/a.png,{'Effusion' if i % 2 else 'Cardiomegaly'},p{i // 2}")
+    (root / "s3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _images(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("a.png"))
+
+
+def test_predictions_equal_the_model_on_preprocessed_pixels(checkpoint, folder):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    paths = _images(folder)
+    result = predictor.predict(paths)
+    assert result.probs.shape == (10, 3) and result.ok.all() and result.computed == 10
+    normalise = _Normalizer(predictor.config)
+    batch = torch.stack([normalise(load_letterboxed(p, 32)) for p in paths])
+    with torch.no_grad():
+        expected = torch.sigmoid(predictor.model(batch)).numpy()
+    np.testing.assert_allclose(result.probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unreadable_file_reported_and_rest_predicted(checkpoint, folder):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=1)
+    paths = _images(folder) + [str(folder / "s3" / "broken.png")]
+    result = predictor.predict(paths)
+    assert list(result.errors) == [str(folder / "s3" / "broken.png")]
+    assert "broken.png" not in " ".join(result.as_dict())
+    assert result.ok.sum() == 10 and np.isnan(result.probs[-1]).all()
+
+
+def test_cache_hits_by_content_and_misses_on_new_content(checkpoint, folder, tmp_path):
+    cache = PredictionCache(tmp_path / "preds.sqlite")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=cache, workers=0)
+    paths = _images(folder)
+    first = predictor.predict(paths)
+    assert (first.cached, first.computed) == (0, 10)
+    again = predictor.predict(paths)
+    assert (again.cached, again.computed) == (10, 0)
+    np.testing.assert_array_equal(first.probs, again.probs)
+    copy = tmp_path / "copy.png"
+    shutil.copy(paths[0], copy)  # same content elsewhere: still a hit
+    assert predictor.predict([str(copy)]).cached == 1
+    Image.fromarray(np.full((40, 36), 7, np.uint8)).save(paths[0])  # edited in place: a miss
+    edited = predictor.predict(paths)
+    assert (edited.cached, edited.computed) == (9, 1)
+    tta = Predictor.from_checkpoint(checkpoint, device="cpu", cache=cache, workers=0, tta=["hflip"])
+    assert tta.predict(paths).computed == 10  # another variant is another key
+    assert cache.count(fingerprint(checkpoint)) == 10 + 1 + 10
+
+
+def test_cancel_stops_before_computing(checkpoint, folder):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=2, workers=0)
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done >= 4:
+            cancel.set()
+
+    result = predictor.predict(_images(folder), cancel=cancel, progress=progress)
+    assert result.cancelled and result.computed == 4 and np.isnan(result.probs[4:]).all()
+    assert seen[0] == 0 and seen[-1] == 4
+
+
+def test_tta_averages_flip_in_probability_space(checkpoint, folder):
+    plain = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    tta = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, tta=["hflip"])
+    paths = _images(folder)[:3]
+    normalise = _Normalizer(plain.config)
+    batch = torch.stack([normalise(load_letterboxed(p, 32)) for p in paths])
+    with torch.no_grad():
+        expected = (torch.sigmoid(plain.model(batch)) + torch.sigmoid(plain.model(batch.flip(-1)))) / 2
+    np.testing.assert_allclose(tta.predict(paths).probs, expected.numpy(), rtol=1e-5, atol=1e-6)
+    scaled = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, tta=["scale"]).predict(paths)
+    assert scaled.ok.all() and not np.allclose(scaled.probs, plain.predict(paths).probs)
+
+
+def test_flat_predictions_warn():
+    assert flat_warning(np.full((32, 3), 0.3, np.float32), LABELS)
+    assert not flat_warning(np.random.default_rng(0).random((32, 3)).astype(np.float32), LABELS)
+
+
+def test_run_directory_resolves_to_best(tmp_path, checkpoint):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for name in ("last.safetensors", "best.safetensors"):
+        shutil.copy(checkpoint, tmp_path / "run" / "checkpoints" / name)
+    assert resolve_checkpoint(tmp_path / "run").name == "best.safetensors"
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxr_tui", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_predict_cli_writes_rows_with_truth_and_lists_bad_files(checkpoint, folder, tmp_path):
+    out = tmp_path / "preds.csv"
+    done = _cli("predict", str(folder), "--model", str(checkpoint), "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["images"] == 10 and summary["unreadable"] == 1
+    assert any(path.endswith("broken.png") for path in summary["errors"])
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 and set(LABELS) <= set(rows[0]) and "flagged" in rows[0]
+    assert {r["truth:Effusion"] for r in rows} == {"0", "1"}
+    preds = Predictions.read(out)
+    assert preds.has_truth and preds.probs.shape == (10, 3)
+    again = json.loads(_cli("predict", str(folder), "--model", str(checkpoint), "--json").stdout)
+    assert again["cached"] == 10 and again["computed"] == 0 and len(again["predictions"]) == 10
+
+
+def test_predict_cli_bad_inputs_are_one_line(checkpoint, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not an image")
+    done = _cli("predict", str(bad), "--model", str(checkpoint))
+    assert done.returncode == 1 and "x.png" in done.stderr and "Traceback" not in done.stderr
+    done = _cli("predict", str(tmp_path), "--model", str(tmp_path / "nope.safetensors"))
+    assert done.returncode == 1 and "nope.safetensors" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_shards_and_merges(checkpoint, folder, tmp_path):
+    out = tmp_path / "preds.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cxr_tui",
+               "predict", str(folder), "--model", str(checkpoint), "--out", str(out), "--workers", "0", "--no-cache"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sharded = Predictions.read(out)
+    single = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0).predict(_images(folder))
+    by_image = {image: row for image, row in zip(sharded.image, sharded.probs, strict=True)}
+    assert len(by_image) == 10
+    for path, row in zip(_images(folder), single.probs, strict=True):
+        np.testing.assert_allclose(by_image[str(Path(path).relative_to(folder))], row, rtol=1e-5, atol=1e-6)
