@@ -54,7 +54,7 @@ class Item(NamedTuple):
     mask: np.ndarray
 
 
-class _Normalizer:
+class Normalizer:
     """uint8 (S, S) -> float (C, S, S): optional transform (on uint8), to [0, 1], replicate, (x - mean) / std."""
 
     def __init__(self, spec: PreprocessSpec, transform: Any = None):
@@ -104,7 +104,7 @@ class XRayDataset(Dataset):
         self.cache = cache
         self.base = Path(base)
         self.size = size
-        self._normalize = _Normalizer(preprocess, transform)
+        self._normalize = Normalizer(preprocess, transform)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -137,7 +137,7 @@ class PredictDataset(Dataset):
     def __init__(self, paths: Sequence[str | Path], *, size: int, preprocess: PreprocessSpec):
         self.paths = [str(p) for p in paths]
         self.size = size
-        self._normalize = _Normalizer(preprocess)
+        self._normalize = Normalizer(preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -201,7 +201,7 @@ def concat(parts: Sequence[Predictions]) -> Predictions:
 
 
 def _fmt(value: float) -> str:
-    return f"{float(value):.6g}"
+    return f"{float(value):.9g}"  # 9 significant digits round-trip float32 exactly: metrics recompute to the bit
 
 
 def _truth(cell: str) -> float:

@@ -48,7 +48,7 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("densenet121", "timm", "densenet121", "features.norm5", summary="DenseNet-121 (CheXNet), 8M"),
     ModelSpec("resnet18", "timm", "resnet18", "layer4", summary="ResNet-18, 11.7M params"),
     ModelSpec("resnet50", "timm", "resnet50", "layer4", summary="ResNet-50, 25.6M params"),
-    ModelSpec("resnet10t", "timm", "resnet10t", "layer4",
+    ModelSpec("resnet10t", "timm", "resnet10t", "layer3",  # layer4 is 4x4 at the 128 px it trains at on CPU
               summary="ResNet-10-T, 4.9M params: trains from scratch fastest on a CPU (the demo model)"),
     ModelSpec("mobilenetv3_large_100", "timm", "mobilenetv3_large_100", "blocks.6", summary="MobileNetV3-L, 5.5M"),
     ModelSpec("convnext_tiny", "timm", "convnext_tiny", "stages.3", summary="ConvNeXt-T, 28M params"),

@@ -9,7 +9,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError
-from cxr_tui.cli import data, demo, jobs, predict, train
+from cxr_tui.cli import data, demo, evaluate, jobs, predict, thresholds, train
 from cxr_tui.cli.output import error_line
 
 app = typer.Typer(
@@ -25,6 +25,9 @@ app.add_typer(jobs.app, name="jobs")
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.command("predict")(predict.predict)
+app.command("eval")(evaluate.eval_cmd)
+app.command("cam")(evaluate.cam_cmd)
+app.add_typer(thresholds.app, name="thresholds")
 
 
 def _version(value: bool) -> None:

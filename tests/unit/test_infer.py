@@ -17,7 +17,7 @@ from PIL import Image
 
 from cxr_core.checkpoint import save_checkpoint
 from cxr_core.data.cache import load_letterboxed
-from cxr_core.data.dataset import _Normalizer
+from cxr_core.data.dataset import Normalizer
 from cxr_core.eval.predictions import Predictions
 from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.engine import Predictor, flat_warning
@@ -60,7 +60,7 @@ def test_predictions_equal_the_model_on_preprocessed_pixels(checkpoint, folder):
     paths = _images(folder)
     result = predictor.predict(paths)
     assert result.probs.shape == (10, 3) and result.ok.all() and result.computed == 10
-    normalise = _Normalizer(predictor.config)
+    normalise = Normalizer(predictor.config)
     batch = torch.stack([normalise(load_letterboxed(p, 32)) for p in paths])
     with torch.no_grad():
         expected = torch.sigmoid(predictor.model(batch)).numpy()
@@ -115,7 +115,7 @@ def test_tta_averages_flip_in_probability_space(checkpoint, folder):
     plain = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
     tta = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, tta=["hflip"])
     paths = _images(folder)[:3]
-    normalise = _Normalizer(plain.config)
+    normalise = Normalizer(plain.config)
     batch = torch.stack([normalise(load_letterboxed(p, 32)) for p in paths])
     with torch.no_grad():
         expected = (torch.sigmoid(plain.model(batch)) + torch.sigmoid(plain.model(batch.flip(-1)))) / 2

@@ -1,0 +1,113 @@
+"""``cxr-tui thresholds``: tune per-class thresholds on labelled predictions, and show a thresholds file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from cxr_core.errors import DataError
+from cxr_core.eval.predictions import Predictions
+from cxr_core.eval.thresholds import (
+    OperatingPoints,
+    ThresholdsFile,
+    load_thresholds,
+    parse_mode,
+    thresholds_from_choices,
+    tune,
+)
+from cxr_tui.cli.output import print_json, stdout
+
+app = typer.Typer(help="Per-class thresholds: tune them on labelled predictions, show a thresholds file.",
+                  no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command("tune")
+def tune_cmd(
+    preds: Annotated[Path, typer.Option("--preds", help="Predictions file with truth columns (CSV or JSON).",
+                                        show_default=False)],
+    mode: Annotated[str, typer.Option("--mode", help="f1 | youden | sens=X (screening: highest threshold with "
+                                      "sensitivity >= X) | spec=X (lowest with specificity >= X) | fixed=X.")] = "f1",
+    out: Annotated[Path | None, typer.Option("--out", help="Thresholds file to write (its history is kept if it "
+                                             "exists). Without it nothing is written.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Choose each class's threshold by MODE, exactly, and print its metrics there."""
+    chosen_mode = parse_mode(mode)  # a bad mode fails before the predictions are read
+    predictions = Predictions.read(preds)
+    points = OperatingPoints.from_predictions(predictions)
+    choices = tune(points, chosen_mode)
+    previous = None
+    if out is not None and out.exists():
+        try:
+            previous = load_thresholds(out)
+        except DataError as err:
+            raise DataError(f"{err}; not overwriting it (choose another --out)") from None
+    result = thresholds_from_choices(choices, predictions=str(preds.resolve()), n=len(predictions), previous=previous)
+    if out is not None:
+        result.write(out)
+    if json_out:
+        print_json({**result.to_json(), "path": None if out is None else str(out)})
+        return
+    stdout.print(_table(result, f"Thresholds ({chosen_mode}) on {preds.name}: {len(predictions):,} rows"))
+    stdout.print(f"wrote {out}" if out is not None else "not written (add --out FILE to save)", markup=False)
+
+
+@app.command("show")
+def show_cmd(
+    file: Annotated[Path, typer.Argument(help="A thresholds JSON file.", show_default=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """Print a thresholds file: each class's threshold, how it was chosen, its metrics, and the history."""
+    data = load_thresholds(file)
+    if json_out:
+        print_json({**data.to_json(), "path": str(file)})
+        return
+    stdout.print(_table(data, f"Thresholds in {file}"))
+    if data.predictions:
+        stdout.print(f"tuned on: {data.predictions} ({data.n:,} rows)", markup=False)
+    for row in data.history[-5:]:
+        changes = row.get("changes") or {}
+        stdout.print(f"{row.get('when', '?')}  {row.get('who', '?')}  {row.get('action', 'change')}: "
+                     f"{len(changes)} label{'s' if len(changes) != 1 else ''} ({', '.join(map(str, changes))})",
+                     markup=False)
+    if len(data.history) > 5:
+        stdout.print(f"... {len(data.history) - 5} earlier changes (see --json)", markup=False)
+
+
+def _table(data: ThresholdsFile, title: str) -> Table:
+    """Fits 80 columns for NIH's labels: one shared mode goes in the title, per-class modes and reasons in
+    the last column, which folds."""
+    modes = {entry.mode for entry in data.labels.values()}
+    if len(modes) == 1:
+        title = f"{title} — mode {next(iter(modes))}"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    table.add_column("label", no_wrap=True, min_width=min(max((len(n) for n in data.labels), default=5), 24))
+    for column, width in (("threshold", 9), ("sens", 5), ("spec", 5), ("PPV", 5), ("NPV", 5), ("F1", 5),
+                          ("flagged", 7), ("support", 7)):
+        table.add_column(column, justify="right", no_wrap=True, min_width=width)
+    notes = len(modes) > 1 or any(entry.reason for entry in data.labels.values())
+    if notes:
+        table.add_column("mode / note" if len(modes) > 1 else "note", overflow="fold", min_width=8)
+    for name, entry in data.labels.items():
+        m = entry.metrics
+        cells = [name, _fmt(entry.threshold, 4), _fmt(m.get("sensitivity")), _fmt(m.get("specificity")),
+                 _fmt(m.get("ppv")), _fmt(m.get("npv")), _fmt(m.get("f1")), _int(m.get("flagged")),
+                 _int(m.get("support"))]
+        if notes:
+            cells.append("; ".join(x for x in (entry.mode if len(modes) > 1 else "", entry.reason or "") if x))
+        table.add_row(*cells)
+    return table
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "—" if value is None else f"{float(value):.{digits}f}"
+
+
+def _int(value: Any) -> str:
+    return "—" if value is None else str(int(value))
