@@ -101,7 +101,7 @@ def eval_cmd(
     files += write_report(metrics, preds, target, title=f"{checkpoint.parent.parent.name if checkpoint.parent.name == 'checkpoints' else checkpoint.name} on {Path(preds.meta['root']).name} ({split or 'all'})",
                           localisation=localisation)
     if json_out:
-        print_json({**metrics, "localisation": localisation, "unreadable": result.errors,
+        print_json({**metrics, "localisation": localisation, "pointing_game_overall": overall_pointing(localisation), "unreadable": result.errors,
                     "unlabelled_findings": result.unmatched_labels, "warnings": result.warnings,
                     "files": [str(f) for f in files], "out": str(target), "model": str(checkpoint)})
         return
@@ -128,12 +128,21 @@ def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: li
     if unmatched:
         stdout.print(f"  not labelled in this data set: {', '.join(unmatched)}", markup=False)
     if localisation:
+        stdout.print(f"pointing game over all boxed findings: {overall_pointing(localisation):.3f}")
         stdout.print("localisation (Grad-CAM vs boxes): " + " · ".join(
             f"{label} PG {v['pointing_game']:.2f} IoU {v['iou']:.2f} (n={v['n']})" for label, v in localisation.items()))
     for warning in warnings:
         stderr.print(f"[yellow]warning:[/] {warning}")
     if errors:
         stdout.print(f"unreadable ({len(errors)}): " + "; ".join(f"{p}: {r}" for p, r in list(errors.items())[:10]), markup=False)
+
+
+def overall_pointing(table: dict | None) -> float | None:
+    """Hits over all boxed findings (each finding weighted by its number of boxed images)."""
+    if not table:
+        return None
+    n = sum(v["n"] for v in table.values())
+    return sum(v["pointing_game"] * v["n"] for v in table.values()) / n if n else None
 
 
 def localise(predictor: Predictor, preds: Predictions, root: Path, boxes_path: Path, progress=None) -> dict:

@@ -1,0 +1,56 @@
+"""The embedded default: the demo phantom set and the small model shipped in ``assets/models``.
+
+The demo model is a resnet10t trained from scratch on 2,000 phantoms (seed 1, 256 px, input 128 px) — a
+different seed from the demo set (seed 0), so what the demo shows is held out. Reproduce it with::
+
+    cxr-tui data synth /tmp/demo-train --n 2000 --size 256 --seed 1
+    cxr-tui train --data /tmp/demo-train --model resnet10t --image-size 128 --epochs 8 --name demo
+    python -m cxr_core.demo export RUN_DIR assets/models/demo_resnet10t.safetensors
+
+``export`` keeps the best checkpoint's weights in float16 (half the size; the model is rebuilt in float32
+when loaded) with its model config, training config and metrics, and no optimiser state.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cxr_core.checkpoint import load_checkpoint, save_checkpoint
+from cxr_core.models import get_spec
+from cxr_core.models.assets import asset_path
+from cxr_core.paths import data_dir
+
+DEMO_N = 600
+DEMO_SIZE = 256
+DEMO_SEED = 0
+DEMO_MODEL = "models/demo_resnet10t.safetensors"
+
+
+def demo_root() -> Path:
+    return data_dir() / "demo" / "phantoms"
+
+
+def demo_model_path() -> Path:
+    return asset_path(DEMO_MODEL)
+
+
+def export(run_or_checkpoint: str | Path, out: str | Path) -> Path:
+    from cxr_core.infer.loading import resolve_checkpoint
+
+    source = resolve_checkpoint(run_or_checkpoint)
+    checkpoint = load_checkpoint(source)
+    config = dict(checkpoint.model_config)
+    spec = get_spec(config["name"])
+    config["cam_layer"] = spec.cam_layer  # the registry's current choice, even if the run predates it
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in checkpoint.weights.items()}
+    metrics = {k: v for k, v in checkpoint.metrics.items() if k in ("val_auc_macro", "val_auc", "val_ap_macro", "epoch")}
+    save_checkpoint(out, weights, config, train_config=checkpoint.train_config, metrics=metrics, epoch=checkpoint.epoch)
+    Path(out).chmod(0o644)
+    return Path(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "export":
+        sys.exit("usage: python -m cxr_core.demo export RUN_OR_CHECKPOINT OUT.safetensors")
+    print(export(sys.argv[2], sys.argv[3]))
