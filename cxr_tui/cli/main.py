@@ -9,7 +9,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError
-from cxr_tui.cli import data, demo, evaluate, jobs, predict, thresholds, train
+from cxr_tui.cli import data, demo, evaluate, jobs, predict, reviews, thresholds, train
 from cxr_tui.cli.output import error_line
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("predict")(predict.predict)
 app.command("eval")(evaluate.eval_cmd)
 app.command("cam")(evaluate.cam_cmd)
 app.add_typer(thresholds.app, name="thresholds")
+app.add_typer(reviews.app, name="reviews")
 
 
 def _version(value: bool) -> None:
