@@ -31,6 +31,18 @@ def demo_root() -> Path:
     return data_dir() / "demo" / "phantoms"
 
 
+def ensure_demo_set(root: Path | None = None, progress=None) -> Path:
+    """Write the demo phantom set (once; a complete set with the right settings is reused)."""
+    from cxr_core.data.sources.synthetic import read_manifest
+    from cxr_core.phantoms import write_phantoms
+
+    root = root or demo_root()
+    manifest = read_manifest(root)
+    if not manifest or (manifest.get("n"), manifest.get("size"), manifest.get("seed")) != (DEMO_N, DEMO_SIZE, DEMO_SEED):
+        write_phantoms(root, DEMO_N, DEMO_SIZE, DEMO_SEED, progress=progress)
+    return root
+
+
 def demo_model_path() -> Path:
     return asset_path(DEMO_MODEL)
 

@@ -1,4 +1,4 @@
-"""``cxr-tui demo``: the embedded default — a phantom data set in the user data dir, indexed."""
+"""``cxr-tui demo``: the embedded default — phantoms in the user data dir, indexed, opened with the bundled model."""
 
 from __future__ import annotations
 
@@ -8,36 +8,35 @@ from typing import Annotated
 import typer
 
 from cxr_core.data.sources import SourceOptions
+from cxr_core.demo import DEMO_N, demo_model_path, demo_root, ensure_demo_set
 from cxr_core.data.sources.synthetic import read_manifest
-from cxr_core.paths import data_dir
 from cxr_tui.cli import data
 from cxr_tui.cli.output import print_json, progress_bar, stdout
-
-DEMO_N = 600
-DEMO_SIZE = 256
-DEMO_SEED = 0
 
 
 def demo(
     db: data.DbOpt = None,
     json_out: data.JsonOpt = False,
     out: Annotated[Path | None, typer.Option("--out", help="Where the demo phantoms live (default: the user data dir).")] = None,
+    open_app: Annotated[bool, typer.Option("--open/--no-open", help="Open the app on the demo (default), or only prepare it.")] = True,
+    image_protocol: Annotated[str, typer.Option("--image-protocol", help="auto | kitty | sixel | halfcell | unicode")] = "auto",
 ) -> None:
-    """Generate the demo phantom set (once), index it and print its statistics."""
-    from cxr_core.phantoms import write_phantoms
-
-    root = out or data_dir() / "demo" / "phantoms"
-    manifest = read_manifest(root)
-    if not manifest or (manifest.get("n"), manifest.get("size"), manifest.get("seed")) != (DEMO_N, DEMO_SIZE, DEMO_SEED):
-        if not json_out:
-            stdout.print(f"generating {DEMO_N} demo phantoms in {root} …", markup=False)
-        with progress_bar(not json_out) as progress:
-            write_phantoms(root, DEMO_N, DEMO_SIZE, DEMO_SEED,
-                           progress=(lambda d, t: progress("phantoms", d, t)) if progress else None)
+    """Generate the demo phantom set (once), index it, and open the app on it with the bundled model."""
+    root = out or demo_root()
+    if not read_manifest(root) and not json_out:
+        stdout.print(f"generating {DEMO_N} demo phantoms in {root} …", markup=False)
+    with progress_bar(not json_out) as progress:
+        ensure_demo_set(root, (lambda d, t: progress("phantoms", d, t)) if progress else None)
     result = data.scan(root, "synthetic", SourceOptions(), False, db, not json_out)
     if json_out:
-        print_json(data.summary_json(result))
+        print_json({**data.summary_json(result), "model": str(demo_model_path())})
+        return
+    if open_app:
+        from cxr_tui.cli.tui import launch
+
+        launch(root, demo_model_path(), None, image_protocol=image_protocol)
         return
     data.print_summary(result)
     data.print_labels(result.report)
     data.print_problems(result.report)
+    stdout.print(f"model: {demo_model_path()}", markup=False)

@@ -9,7 +9,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError
-from cxr_tui.cli import data, demo, evaluate, jobs, predict, reviews, thresholds, train
+from cxr_tui.cli import data, demo, evaluate, jobs, predict, reviews, thresholds, train, tui
 from cxr_tui.cli.output import error_line
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("eval")(evaluate.eval_cmd)
 app.command("cam")(evaluate.cam_cmd)
 app.add_typer(thresholds.app, name="thresholds")
 app.add_typer(reviews.app, name="reviews")
+app.command("open", help="Open the app (what `cxr-tui [ROOT]` with no subcommand does).")(tui.open_app)
 
 
 def _version(value: bool) -> None:
@@ -42,14 +43,22 @@ def main(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    if ctx.invoked_subcommand is None:
+    if ctx.invoked_subcommand is None:  # only reachable programmatically: run() implies `open`
         print(ctx.get_help())
+
+
+def with_default_command(args: list[str]) -> list[str]:
+    """``cxr-tui``, ``cxr-tui ROOT`` and ``cxr-tui --model X`` open the app: the ``open`` command is implied."""
+    commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    if args and (args[0] in commands or args[0] in ("--version", "-h", "--help")):
+        return args
+    return ["open", *args]
 
 
 def run() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 1."""
     try:
-        app()
+        app(args=with_default_command(sys.argv[1:]))
     except CxrError as exc:
         error_line(str(exc))
         sys.exit(1)

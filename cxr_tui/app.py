@@ -1,0 +1,257 @@
+"""CxrApp: the worklist, study, thresholds and training screens over one data set root and one model.
+
+State lives in :class:`~cxr_tui.state.Workspace` and changes in one place, here, on messages
+(:mod:`cxr_tui.messages`). Blocking work — indexing, predicting, Grad-CAM — runs in thread workers that call
+one ``cxr_core`` function each and post a message; predictions come from the SQLite cache when the same
+images were seen by the same model, so reopening a folder is instant. Worker errors are shown in one place
+(:meth:`on_worker_state_changed`), as one line.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from cxr_core.data.study import Study
+from cxr_core.errors import CxrError
+from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged
+from cxr_tui.state import Workspace, save_session
+
+
+class ScreenCommands(Provider):
+    """The command palette offers the current screen's actions and the app's (posting's habit)."""
+
+    def _commands(self) -> list[tuple[str, str, object]]:
+        app = self.app
+        out = []
+        seen = set()
+        for node in (app.screen, app):
+            for binding in getattr(node, "BINDINGS", []):
+                if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
+                    continue
+                seen.add(binding.action)
+                out.append((binding.description, f"key {binding.key_display or binding.key}",
+                            partial(app.run_action, binding.action, node)))
+        return out
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+class CxrApp(App):
+    TITLE = "cxr"
+    SUB_TITLE = "chest X-ray workbench"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {ScreenCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
+        Binding("t", "thresholds", "Thresholds", id="app.thresholds"),
+        Binding("g", "training", "Training", id="app.training"),
+    ]
+
+    def __init__(self, root: Path | None = None, model: Path | None = None, thresholds: Path | None = None, *,
+                 image_protocol: str = "auto", show_phi: bool = False, runs_dir: Path | None = None,
+                 use_cache: bool = True) -> None:
+        super().__init__()
+        self.workspace = Workspace(root=root, model=model, thresholds_path=thresholds, show_phi=show_phi,
+                                   runs_dir=runs_dir)
+        self.image_protocol = image_protocol
+        self.use_cache = use_cache
+        self.studies: dict[str, Study] = {}
+        self.study_order: list[str] = []
+        self.label_space = None
+        self.predictor = None
+        self.model_lock = threading.Lock()  # CAM hooks and predictions share the model
+        self.study_probs: np.ndarray | None = None  # (n studies, K) max over each study's images
+        self.image_rows: dict[str, list[int]] = {}  # study -> rows of workspace.predictions
+        self.last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
+
+    # -- start -------------------------------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        from cxr_tui.screens.welcome import WelcomeScreen
+        from cxr_tui.screens.worklist import WorklistScreen
+
+        if self.workspace.root is None:
+            self.push_screen(WelcomeScreen())
+            return
+        self.push_screen(WorklistScreen())
+        self.load_root()
+
+    def open_root(self, root: Path, model: Path | None = None) -> None:
+        from cxr_tui.screens.worklist import WorklistScreen
+
+        self.workspace.root = root
+        if model is not None:
+            self.workspace.model = model
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.push_screen(WorklistScreen())
+        self.load_root()
+
+    # -- workers -----------------------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load_root(self) -> None:
+        """Index the root, show its studies, then predict them with the model (cache first)."""
+        from cxr_core.store.index import StudyIndex
+
+        workspace = self.workspace
+        worker = get_current_worker()
+        with StudyIndex() as index:
+            scan = index.scan(workspace.root)
+            root = Path(scan.report.root)
+            studies = index.studies(root, present_only=True)
+            space = index.label_space(root)
+        self.call_from_thread(self._studies_loaded, root, studies, space)
+        if workspace.model is None or worker.is_cancelled:
+            return
+        self._predict(worker.cancelled_event)
+
+    def _predict(self, cancel: threading.Event) -> None:
+        from cxr_core.infer.engine import Predictor
+        from cxr_core.infer.loading import load_model, resolve_checkpoint
+        from cxr_core.infer.studies import predict_root
+
+        workspace = self.workspace
+        path = resolve_checkpoint(workspace.model)
+        if self.predictor is None or self.predictor.loaded.path != path:
+            self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, workers=0)
+        self._load_thresholds(path)
+        with self.model_lock:
+            result = predict_root(self.predictor, workspace.root, cancel=cancel, use_cache=self.use_cache,
+                                  progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
+        if result.cancelled:
+            return
+        self.post_message(PredictionsReady(result.predictions, result.errors, result.cached, result.computed,
+                                           result.seconds))
+
+    def _load_thresholds(self, checkpoint: Path) -> None:
+        from cxr_core.eval.thresholds import load_thresholds
+
+        workspace = self.workspace
+        if workspace.thresholds_path is None:
+            candidate = checkpoint.parent.parent / "thresholds.json" if checkpoint.parent.name == "checkpoints" else None
+            if candidate is not None and candidate.is_file():
+                workspace.thresholds_path = candidate
+        if workspace.thresholds_path is not None and workspace.thresholds_path.is_file():
+            workspace.thresholds = dict(load_thresholds(workspace.thresholds_path).thresholds)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR:
+            error = event.worker.error
+            text = str(error) if isinstance(error, CxrError) else f"{type(error).__name__}: {error}"
+            self.notify(text, title="error", severity="error", timeout=10)
+
+    # -- state changes -----------------------------------------------------------------------------------------
+
+    def _studies_loaded(self, root: Path, studies: list[Study], space) -> None:
+        self.workspace.root = root
+        self.studies = {s.id: s for s in studies}
+        self.study_order = [s.id for s in studies]
+        self.label_space = space
+        save_session(self.workspace)
+        for screen in self._screens_with("studies_loaded"):
+            screen.studies_loaded(studies)
+
+    def on_prediction_progressed(self, message: PredictionProgressed) -> None:
+        for screen in self._screens_with("prediction_progressed"):
+            screen.prediction_progressed(message.done, message.total)
+
+    def on_predictions_ready(self, message: PredictionsReady) -> None:
+        workspace = self.workspace
+        preds = message.predictions
+        self.last_load = message
+        workspace.predictions = preds
+        workspace.errors = message.errors
+        for label in preds.labels:
+            workspace.thresholds.setdefault(label, 0.5)
+        index = {sid: i for i, sid in enumerate(self.study_order)}
+        probs = np.full((len(self.study_order), len(preds.labels)), np.nan, dtype=np.float32)
+        rows: dict[str, list[int]] = {}
+        for row, sid in enumerate(preds.study):
+            rows.setdefault(sid, []).append(row)
+            i = index.get(sid)
+            if i is not None:
+                probs[i] = np.fmax(probs[i], preds.probs[row])
+        self.study_probs, self.image_rows = probs, rows
+        save_session(workspace)
+        note = f"{len(preds):,} images: {message.cached:,} from the cache, {message.computed:,} computed"
+        if message.errors:
+            note += f"; {len(message.errors)} unreadable"
+        self.notify(note, timeout=4)
+        for screen in self._screens_with("predictions_ready"):
+            screen.predictions_ready()
+
+    def on_thresholds_changed(self, message: ThresholdsChanged) -> None:
+        self.workspace.thresholds.update(message.thresholds)
+        if message.saved_to is not None:
+            self.workspace.thresholds_path = message.saved_to
+            save_session(self.workspace)
+        for screen in self._screens_with("thresholds_changed"):
+            screen.thresholds_changed()
+
+    def on_model_chosen(self, message: ModelChosen) -> None:
+        self.workspace.model = message.path
+        self.workspace.thresholds_path = None
+        self.workspace.thresholds = {}
+        self.notify(f"reviewing with {message.path}")
+        if self.workspace.root is not None:
+            self.open_root(self.workspace.root)
+
+    def on_root_chosen(self, message: RootChosen) -> None:
+        self.open_root(message.path)
+
+    def _screens_with(self, method: str) -> Iterable:
+        return [s for s in self.screen_stack if hasattr(s, method)]
+
+    # -- what screens ask of the app ---------------------------------------------------------------------------
+
+    def study_probabilities(self, study_id: str) -> np.ndarray | None:
+        """(n images, K) probabilities of a study's images, or None before predictions arrive."""
+        preds = self.workspace.predictions
+        if preds is None or study_id not in self.image_rows:
+            return None
+        return preds.probs[self.image_rows[study_id]]
+
+    # -- actions -----------------------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        from cxr_tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_thresholds(self) -> None:
+        from cxr_tui.screens.thresholds import ThresholdsScreen
+
+        if isinstance(self.screen, ThresholdsScreen):
+            return
+        if self.workspace.predictions is None:
+            self.notify("no predictions yet: open a data set with a model first", severity="warning")
+            return
+        self.push_screen(ThresholdsScreen())
+
+    def action_training(self) -> None:
+        from cxr_tui.screens.training import TrainingScreen
+
+        if not isinstance(self.screen, TrainingScreen):
+            self.push_screen(TrainingScreen())

@@ -1,0 +1,49 @@
+"""``cxr-tui [ROOT] [--model ...]``: open the app (the default when no subcommand is given)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxr_core.errors import CxrError
+
+PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode")
+
+
+def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, image_protocol: str = "auto",
+           show_phi: bool = False, runs_dir: Path | None = None) -> None:
+    if image_protocol not in PROTOCOLS:
+        raise CxrError(f"--image-protocol {image_protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if root is not None and not root.exists():
+        raise CxrError(f"{root}: no such file or folder")
+    if model is not None:
+        from cxr_core.infer.loading import resolve_checkpoint
+
+        model = resolve_checkpoint(model)
+    from cxr_tui.app import CxrApp
+
+    CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir).run()
+
+
+def open_app(
+    root: Annotated[Path | None, typer.Argument(help="Data set root to review (default: the last one used).", show_default=False)] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint file or run directory (default: the last one used).")] = None,
+    thresholds: Annotated[Path | None, typer.Option("--thresholds", help="Thresholds JSON (default: the run's thresholds.json, else 0.5).")] = None,
+    image_protocol: Annotated[str, typer.Option("--image-protocol", help="auto | kitty | sixel | halfcell | unicode")] = "auto",
+    show_phi: Annotated[bool, typer.Option("--show-phi", help="Show DICOM patient identifiers (hidden by default).")] = False,
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where training runs live (default: the user data dir).")] = None,
+) -> None:
+    """Open the app: worklist, study viewer with Grad-CAM, thresholds, training."""
+    from cxr_tui.state import load_session
+
+    if root is None and model is None:
+        session = load_session()
+        if session.get("root") and os.path.exists(session["root"]):
+            root = Path(session["root"])
+            model = Path(session["model"]) if session.get("model") and os.path.exists(session["model"]) else None
+            if thresholds is None and session.get("thresholds") and os.path.exists(session["thresholds"]):
+                thresholds = Path(session["thresholds"])
+    launch(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir)

@@ -1,0 +1,1 @@
+"""One module per screen: worklist, study, thresholds, training, help, welcome."""

@@ -1,0 +1,65 @@
+"""Help: every key of every screen, from the bindings themselves (so it never goes stale)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+NOTES = """
+**Image.** `+`/`-` zoom, shift+arrows pan when zoomed, `w` cycles window presets (full, lung, mediastinum,
+bone), `i` inverts, `c` toggles the Grad-CAM of the selected finding (computed in the background).
+
+**Review.** `j`/`k` or the arrows select a finding; `a` accept, `x` reject, `u` uncertain, `e` note. Each
+decision is saved to the reviews database at once, with your login name and the time.
+
+**Thresholds.** left/right fine (±0.01), `[`/`]` coarse (±0.05), `1` max-F1, `2` sensitivity 0.80,
+`3` Youden; `s` saves (thresholds JSON + a history row), `r` reverts. The worklist's flags follow.
+
+The command palette (ctrl+p) lists the current screen's actions. `NO_COLOR` is respected.
+"""
+
+
+def binding_rows(nodes) -> list[tuple[str, str]]:
+    rows, seen = [], set()
+    for node in nodes:
+        for binding in getattr(node, "BINDINGS", []):
+            if not isinstance(binding, Binding) or not binding.description:
+                continue
+            key = binding.key_display or binding.key
+            if (key, binding.description) in seen:
+                continue
+            seen.add((key, binding.description))
+            rows.append((key.replace("question_mark", "?").replace("slash", "/"), binding.description))
+    return rows
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,q", "close", "Close help", key_display="esc")]
+
+    def compose(self) -> ComposeResult:
+        from cxr_tui.screens.study import StudyScreen
+        from cxr_tui.screens.thresholds import ThresholdsScreen
+        from cxr_tui.screens.training import TrainingScreen
+        from cxr_tui.screens.worklist import WorklistScreen
+
+        parts = ["# cxr keys"]
+        for title, nodes in (("Everywhere", [type(self.app)]), ("Worklist", [WorklistScreen, _table()]),
+                             ("Study", [StudyScreen]), ("Thresholds", [ThresholdsScreen]),
+                             ("Training", [TrainingScreen])):
+            parts.append(f"\n## {title}\n\n| key | action |\n| --- | --- |")
+            parts += [f"| `{key}` | {description} |" for key, description in binding_rows(nodes)]
+        parts.append(NOTES)
+        with VerticalScroll(id="help-body"):
+            yield Markdown("\n".join(parts))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+def _table():
+    from cxr_tui.widgets.worklist import WorklistTable
+
+    return WorklistTable

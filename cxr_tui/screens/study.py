@@ -1,0 +1,374 @@
+"""Screen 2, one study: the image inline with the Grad-CAM of the selected finding, and the findings to review.
+
+Every decision (accept / reject / uncertain) and note is committed to the reviews database before the
+screen shows it: a killed terminal loses nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from cxr_core.errors import CxrError
+from cxr_tui.messages import ReviewRecorded
+from cxr_tui.widgets.xray import XRayView
+
+DECISION_GLYPH = {"accept": "✓ accept", "reject": "✗ reject", "uncertain": "? uncertain", "clear": "", None: ""}
+BAR = 10
+
+
+def probability_cell(prob: float, threshold: float) -> Text:
+    """``0.83 ████████▏·`` with the threshold's position marked, flagged values in bold."""
+    if np.isnan(prob):
+        return Text("—")
+    filled = int(round(prob * BAR))
+    mark = min(BAR - 1, int(threshold * BAR))
+    cells = ["█" if i < filled else "·" for i in range(BAR)]
+    cells[mark] = "│" if cells[mark] == "·" else "┃"
+    flagged = prob >= threshold
+    return Text(f"{prob:4.2f} " + "".join(cells), style="bold" if flagged else "")
+
+
+class StudyScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="study.back"),
+        Binding("n", "next_study", "Next", id="study.next"),
+        Binding("p", "previous_study", "Previous", id="study.previous"),
+        Binding("a", "decide('accept')", "Accept", id="study.accept"),
+        Binding("x", "decide('reject')", "Reject", id="study.reject"),
+        Binding("u", "decide('uncertain')", "Uncertain", id="study.uncertain"),
+        Binding("e", "note", "Note", id="study.note"),
+        Binding("c", "toggle_cam", "CAM", id="study.cam"),
+        Binding("w", "window", "Window", id="study.window"),
+        Binding("i", "invert", "Invert", id="study.invert"),
+        Binding("plus,equals_sign", "zoom(2)", "Zoom in", key_display="+", id="study.zoom_in"),
+        Binding("minus", "zoom(0.5)", "Zoom out", key_display="-", id="study.zoom_out"),
+        Binding("shift+left", "pan(-1, 0)", "Pan left", show=False, id="study.pan_left"),
+        Binding("shift+right", "pan(1, 0)", "Pan right", show=False, id="study.pan_right"),
+        Binding("shift+up", "pan(0, -1)", "Pan up", show=False, id="study.pan_up"),
+        Binding("shift+down", "pan(0, 1)", "Pan down", show=False, id="study.pan_down"),
+        Binding("j", "finding(1)", "Next finding", show=False, id="study.finding_down"),
+        Binding("k", "finding(-1)", "Previous finding", show=False, id="study.finding_up"),
+        Binding("m", "next_image", "Next image", show=False, id="study.image"),
+    ]
+
+    def __init__(self, study_id: str, worklist=None) -> None:
+        super().__init__()
+        self.study_id = study_id
+        self.worklist = worklist
+        self.image_index = 0
+        self.pixels: np.ndarray | None = None
+        self.cams: dict[tuple[str, int, str], np.ndarray] = {}
+        self.decisions: dict[str, object] = {}
+        self.dicom_fields: dict[str, str] = {}  # non-identifying header fields only (cxr_core.dicom.SAFE_FIELDS)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="study-body"):
+            yield XRayView(self.app.image_protocol, id="study-image")
+            with Vertical(id="study-side"):
+                yield Static("", id="study-title")
+                yield DataTable(id="findings", cursor_type="row", zebra_stripes=False)
+                yield Input(placeholder="note for the selected finding (enter saves, escape cancels)", id="study-note")
+                with VerticalScroll(id="study-info-scroll"):
+                    yield Static("", id="study-info")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#findings", DataTable)
+        table.add_columns("finding", "probability", "flag", "review")
+        self.query_one("#study-note", Input).display = False
+        self.load_study()
+        table.focus()
+
+    # -- content ------------------------------------------------------------------------------------------------
+
+    @property
+    def study(self):
+        return self.app.studies.get(self.study_id)
+
+    def load_study(self) -> None:
+        study = self.study
+        if study is None:
+            self.query_one("#study-title", Static).update(f"{self.study_id}: not in this data set")
+            return
+        self.image_index = min(self.image_index, max(0, len(study.images) - 1))
+        self.dicom_fields = {}
+        self._load_decisions()
+        self._fill_findings()
+        self._fill_info()
+        self.query_one(XRayView).show(None, "loading image…")
+        self.load_image(self.study_id, self.image_index)
+
+    def _labels(self) -> list[str]:
+        preds = self.app.workspace.predictions
+        if preds is not None:
+            return list(preds.labels)
+        space = self.app.label_space
+        return list(space.findings) if space is not None else []
+
+    def _probs(self) -> np.ndarray | None:
+        rows = self.app.study_probabilities(self.study_id)
+        if rows is None or not len(rows):
+            return None
+        return rows[min(self.image_index, len(rows) - 1)]
+
+    def _fill_findings(self) -> None:
+        table = self.query_one("#findings", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        probs = self._probs()
+        labels = self._labels()
+        workspace = self.app.workspace
+        for k, label in enumerate(labels):
+            prob = float(probs[k]) if probs is not None else float("nan")
+            threshold = workspace.threshold(label)
+            flagged = probs is not None and prob >= threshold
+            review = self.decisions.get(label)
+            decision = getattr(review, "decision", None)
+            note = " ✎" if getattr(review, "note", None) else ""
+            table.add_row(label, probability_cell(prob, threshold), "⚑" if flagged else "",
+                          DECISION_GLYPH.get(decision, decision or "") + note, key=label)
+        if labels:
+            table.move_cursor(row=min(max(keep, 0), len(labels) - 1))
+
+    def _fill_info(self) -> None:
+        study = self.study
+        title = f"[b]{study.id}[/b]  patient {study.patient_id}  {study.view or ''}  {study.split or ''}"
+        if len(study.images) > 1:
+            title += f"  image {self.image_index + 1}/{len(study.images)} (m: next)"
+        self.query_one("#study-title", Static).update(title)
+        lines: list[str] = []
+        meta = study.meta or {}
+        for key in ("age", "sex"):
+            if meta.get(key) not in (None, ""):
+                lines.append(f"{key}: {meta[key]}")
+        report = meta.get("report") if isinstance(meta.get("report"), dict) else None
+        sections = report or {k: meta[k] for k in ("indication", "comparison", "findings", "impression") if meta.get(k)}
+        for name, text in sections.items():
+            if text:
+                lines.append(f"\n[b]{name.upper()}[/b]\n{Text(str(text)).plain}")
+        image = study.images[self.image_index] if study.images else None
+        if self.dicom_fields:
+            lines.append("\n[b]DICOM[/b]")
+            lines += [f"{k}: {v}" for k, v in self.dicom_fields.items()]
+        if self.app.workspace.show_phi and image is not None and str(image.path).lower().endswith((".dcm", ".dicom")):
+            lines += self._phi(image.path)
+        error = self.app.workspace.errors.get(image.path) if image is not None else None
+        if error:
+            lines.append(f"\n[red]unreadable: {error}[/red]")
+        self.query_one("#study-info", Static).update("\n".join(lines) or "[dim]no report for this study[/dim]")
+
+    def _phi(self, relpath: str) -> list[str]:
+        from cxr_core.dicom import dicom_identifiers
+        from cxr_core.store.index import image_base
+
+        try:
+            fields = dicom_identifiers(image_base(self.app.workspace.root) / relpath)
+        except CxrError as err:
+            return [f"identifiers unreadable: {err}"]
+        return ["\n[b]identifiers (--show-phi)[/b]", *(f"{k}: {v}" for k, v in fields.items())]
+
+    def _load_decisions(self) -> None:
+        from cxr_core.store.reviews import ReviewStore
+
+        try:
+            with ReviewStore() as store:
+                latest = store.latest(self.app.workspace.root, self.study_id)
+        except CxrError as err:
+            self.notify(str(err), severity="error")
+            latest = {}
+        self.decisions = {finding: review for (_, finding), review in latest.items()}
+
+    @work(thread=True, exclusive=True, group="study-image", exit_on_error=False)
+    def load_image(self, study_id: str, index: int) -> None:
+        from cxr_core.imaging import read_xray
+        from cxr_core.store.index import image_base
+
+        study = self.app.studies[study_id]
+        path = image_base(self.app.workspace.root) / study.images[index].path
+        try:
+            xray = read_xray(path)
+        except CxrError as err:
+            self.app.call_from_thread(self._image_failed, study_id, str(err))
+            return
+        self.app.call_from_thread(self._image_loaded, study_id, index, xray.as_uint8(), dict(xray.info.dicom))
+
+    def _image_loaded(self, study_id: str, index: int, pixels: np.ndarray, dicom: dict[str, str]) -> None:
+        if (study_id, index) != (self.study_id, self.image_index):
+            return  # the user moved on
+        self.pixels = pixels
+        if dicom:
+            self.dicom_fields = dicom
+            self._fill_info()
+        view = self.query_one(XRayView)
+        view.show(pixels)
+        if view.state.cam:
+            self._request_cam()
+
+    def _image_failed(self, study_id: str, message: str) -> None:
+        if study_id == self.study_id:
+            self.pixels = None
+            self.query_one(XRayView).show(None, message)
+
+    # -- Grad-CAM -----------------------------------------------------------------------------------------------
+
+    def selected_finding(self) -> str | None:
+        table = self.query_one("#findings", DataTable)
+        labels = self._labels()
+        if not labels or table.cursor_row < 0:
+            return None
+        return labels[min(table.cursor_row, len(labels) - 1)]
+
+    def _request_cam(self) -> None:
+        view = self.query_one(XRayView)
+        label = self.selected_finding()
+        if self.pixels is None or label is None:
+            return
+        if self.app.predictor is None:
+            self.notify("Grad-CAM needs a model (start with --model, or pick one on the training screen)",
+                        severity="warning")
+            return
+        key = (self.study_id, self.image_index, label)
+        if key in self.cams:
+            view.set_cam(self.cams[key], label)
+            return
+        view.set_cam(None, label)
+        self.compute_cam(key, self.pixels)
+
+    @work(thread=True, exclusive=True, group="study-cam", exit_on_error=False)
+    def compute_cam(self, key: tuple[str, int, str], pixels: np.ndarray) -> None:
+        from cxr_core.infer.cam import cam_for_image
+
+        predictor = self.app.predictor
+        with self.app.model_lock:
+            cam = cam_for_image(predictor.model, predictor.config, pixels, key[2])
+        self.app.call_from_thread(self._cam_ready, key, cam)
+
+    def _cam_ready(self, key: tuple[str, int, str], cam: np.ndarray) -> None:
+        self.cams[key] = cam
+        if key == (self.study_id, self.image_index, self.selected_finding()):
+            self.query_one(XRayView).set_cam(cam, key[2])
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self.query_one(XRayView).state.cam:
+            self._request_cam()
+
+    # -- actions ------------------------------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        note = self.query_one("#study-note", Input)
+        if note.display:
+            note.display = False
+            self.query_one("#findings", DataTable).focus()
+            return
+        self.app.pop_screen()
+
+    def _go(self, step: int) -> None:
+        if self.worklist is None:
+            return
+        target = self.worklist.neighbour(self.study_id, step)
+        if target is None:
+            self.notify("no more studies in this direction of the worklist", timeout=2)
+            return
+        self.study_id, self.image_index = target, 0
+        self.load_study()
+
+    def action_next_study(self) -> None:
+        self._go(1)
+
+    def action_previous_study(self) -> None:
+        self._go(-1)
+
+    def action_next_image(self) -> None:
+        study = self.study
+        if study is not None and len(study.images) > 1:
+            self.image_index = (self.image_index + 1) % len(study.images)
+            self.load_study()
+
+    def action_finding(self, step: int) -> None:
+        table = self.query_one("#findings", DataTable)
+        if table.row_count:
+            table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + step)))
+
+    def action_decide(self, decision: str) -> None:
+        label = self.selected_finding()
+        if label is None:
+            return
+        self._record(label, decision)
+
+    def _record(self, label: str, decision: str | None = None, note: str | None = None) -> None:
+        from cxr_core.store.reviews import ReviewStore
+
+        workspace = self.app.workspace
+        probs = self._probs()
+        k = self._labels().index(label)
+        prob = float(probs[k]) if probs is not None and not np.isnan(probs[k]) else None
+        try:
+            with ReviewStore() as store:
+                if decision is None:
+                    review = store.set_note(workspace.root, self.study_id, label, note or "", reviewer=workspace.reviewer)
+                else:
+                    review = store.record(workspace.root, self.study_id, label, decision, note=note,
+                                          reviewer=workspace.reviewer, probability=prob,
+                                          flagged=None if prob is None else prob >= workspace.threshold(label),
+                                          model=self.app.predictor.fingerprint if self.app.predictor else None)
+        except CxrError as err:
+            self.notify(str(err), severity="error")
+            return
+        self.decisions[label] = review
+        self._fill_findings()
+        self.app.post_message(ReviewRecorded(self.study_id, label, review.decision))
+        if self.worklist is not None:
+            self.worklist.review_changed(self.study_id)
+
+    def action_note(self) -> None:
+        label = self.selected_finding()
+        if label is None:
+            return
+        note = self.query_one("#study-note", Input)
+        note.display = True
+        current = self.decisions.get(label)
+        note.value = getattr(current, "note", None) or ""
+        note.placeholder = f"note for {label} (enter saves, escape cancels)"
+        note.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "study-note":
+            return
+        label = self.selected_finding()
+        event.input.display = False
+        self.query_one("#findings", DataTable).focus()
+        if label is not None:
+            self._record(label, None, event.value)
+
+    def action_toggle_cam(self) -> None:
+        if self.query_one(XRayView).toggle_cam():
+            self._request_cam()
+
+    def action_window(self) -> None:
+        self.query_one(XRayView).next_window()
+
+    def action_invert(self) -> None:
+        self.query_one(XRayView).toggle_invert()
+
+    def action_zoom(self, factor: float) -> None:
+        self.query_one(XRayView).zoom(factor)
+
+    def action_pan(self, dx: int, dy: int) -> None:
+        self.query_one(XRayView).pan(dx, dy)
+
+    # -- from the app -------------------------------------------------------------------------------------------
+
+    def predictions_ready(self) -> None:
+        self._fill_findings()
+
+    def thresholds_changed(self) -> None:
+        self._fill_findings()
+

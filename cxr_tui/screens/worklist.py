@@ -1,0 +1,252 @@
+"""Screen 1, the worklist: every study of the root, what the model flags, sortable, filterable, searchable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DirectoryTree, Footer, Header, Input, ProgressBar, Static
+
+from cxr_tui.messages import RootChosen
+from cxr_tui.widgets.worklist import WorklistTable
+from cxr_tui.worklist_model import WorklistModel
+
+SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"), ("study", False, "study id"))
+
+
+class FolderPicker(ModalScreen[Path | None]):
+    """Browse to another study root (enter on a folder opens it; escape cancels)."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel"), Binding("o", "open_highlighted", "Open this folder")]
+
+    def __init__(self, start: Path) -> None:
+        super().__init__()
+        self.start = start
+
+    def compose(self) -> ComposeResult:
+        yield Static("Choose a data set root: move with the arrows, [b]o[/] opens the highlighted folder, escape cancels",
+                     id="picker-title")
+        yield DirectoryTree(self.start, id="picker-tree")
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+    def action_open_highlighted(self) -> None:
+        node = self.query_one(DirectoryTree).cursor_node
+        if node is not None and node.data is not None:
+            path = Path(node.data.path)
+            self.dismiss(path if path.is_dir() else path)
+
+    def on_directory_tree_file_selected(self, event: DirectoryTree.FileSelected) -> None:
+        if event.path.suffix.lower() in (".tgz", ".npz"):
+            self.dismiss(event.path)
+
+
+class WorklistScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open", "Open study", show=False, id="worklist.open_study"),
+        Binding("f", "toggle_flagged", "Flagged only", id="worklist.flagged"),
+        Binding("o", "cycle_sort", "Sort", id="worklist.sort"),
+        Binding("d", "cycle_finding", "By finding", id="worklist.finding"),
+        Binding("r", "toggle_unreviewed", "Unreviewed", id="worklist.unreviewed"),
+        Binding("v", "cycle_split", "Split", id="worklist.split"),
+        Binding("slash", "search", "Search", key_display="/", id="worklist.search"),
+        Binding("b", "browse", "Folder", id="worklist.browse"),
+        Binding("escape", "clear", "Clear filters", show=False, id="worklist.clear"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = WorklistModel([])
+        self.sort_index = 0
+        self.flagged_only = False
+        self.unreviewed_only = False
+        self.finding: str | None = None
+        self.split: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="worklist-bar"):
+            yield Static("", id="worklist-status")
+            yield ProgressBar(id="worklist-progress", show_eta=False)
+        yield WorklistTable(self.model, id="worklist")
+        yield Input(placeholder="study id (enter jumps to the first match, escape closes)", id="worklist-search")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#worklist-search", Input).display = False
+        self.query_one("#worklist-progress", ProgressBar).display = False
+        root = self.app.workspace.root
+        self._status(f"indexing {root} …" if root else "no data set")
+        if self.app.studies:
+            self.studies_loaded(list(self.app.studies.values()))
+            if self.app.workspace.predictions is not None:
+                self.predictions_ready()
+        self.query_one(WorklistTable).focus()
+
+    # -- from the app --------------------------------------------------------------------------------------------
+
+    def studies_loaded(self, studies) -> None:
+        self.model = WorklistModel.from_studies(studies)
+        self._refresh_reviews()
+        self._apply()
+        self.query_one(WorklistTable).set_model(self.model)
+        model = self.app.workspace.model
+        self._status(f"{len(studies):,} studies" + ("" if model else " · no model: press g to train one, or start with --model"))
+
+    def prediction_progressed(self, done: int, total: int) -> None:
+        bar = self.query_one("#worklist-progress", ProgressBar)
+        bar.display = done < total
+        bar.update(total=total, progress=done)
+
+    def predictions_ready(self) -> None:
+        app = self.app
+        if app.study_probs is None:
+            return
+        self.query_one("#worklist-progress", ProgressBar).display = False
+        labels = app.workspace.predictions.labels
+        self.model.update_predictions(app.study_probs, app.workspace.thresholds, labels)
+        self._apply()
+        self.query_one(WorklistTable).move_cursor(0)  # fresh predictions: start at the most suspicious study
+
+    def thresholds_changed(self) -> None:
+        if self.app.workspace.predictions is not None:
+            self.model.update_thresholds(self.app.workspace.thresholds)
+            self._apply()
+
+    def review_changed(self, study_id: str) -> None:
+        self._refresh_reviews([study_id])
+        self.query_one(WorklistTable).refresh_view()
+
+    # -- filters and sort ---------------------------------------------------------------------------------------
+
+    def _apply(self) -> None:
+        key, descending, _ = SORTS[self.sort_index]
+        self.model.sort(key, descending)
+        self.model.filter(self.flagged_only, self.finding if self.finding in self.model.labels else None,
+                          self.unreviewed_only, self.split)
+        self.query_one(WorklistTable).refresh_view()
+        self._status()
+
+    def _status(self, text: str | None = None) -> None:
+        if text is None:
+            parts = [f"{len(self.model):,} of {self.model.total:,} studies", f"sorted by {SORTS[self.sort_index][2]}"]
+            if self.flagged_only:
+                parts.append("flagged only")
+            if self.finding:
+                parts.append(f"finding {self.finding}")
+            if self.unreviewed_only:
+                parts.append("unreviewed")
+            if self.split:
+                parts.append(f"split {self.split}")
+            if self.app.workspace.predictions is None and self.app.workspace.model is not None:
+                parts.append("predicting…")
+            text = " · ".join(parts)
+        self.query_one("#worklist-status", Static).update(text)
+
+    def _refresh_reviews(self, studies: list[str] | None = None) -> None:
+        from cxr_core.store.reviews import ReviewStore
+
+        root = self.app.workspace.root
+        if root is None:
+            return
+        try:
+            with ReviewStore() as store:
+                status = store.status_by_study(root)
+        except Exception as err:  # a damaged reviews database must not block the worklist
+            self.notify(f"reviews unavailable: {err}", severity="warning")
+            return
+        if studies is not None:
+            status = {s: status.get(s, "") for s in studies}
+        self.model.update_status(status)
+
+    def action_toggle_flagged(self) -> None:
+        self.flagged_only = not self.flagged_only
+        self._apply()
+
+    def action_toggle_unreviewed(self) -> None:
+        self.unreviewed_only = not self.unreviewed_only
+        self._apply()
+
+    def action_cycle_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self._apply()
+
+    def action_cycle_finding(self) -> None:
+        labels = self.model.labels
+        if not labels:
+            self.notify("no predictions yet", severity="warning")
+            return
+        options = [None, *labels]
+        self.finding = options[(options.index(self.finding) + 1) % len(options)] if self.finding in options else None
+        self._apply()
+
+    def action_cycle_split(self) -> None:
+        options = [None, *self.model.splits]
+        self.split = options[(options.index(self.split) + 1) % len(options)] if self.split in options else None
+        self._apply()
+
+    def action_clear(self) -> None:
+        search = self.query_one("#worklist-search", Input)
+        if search.display:
+            search.display = False
+            self.query_one(WorklistTable).focus()
+            return
+        self.flagged_only = self.unreviewed_only = False
+        self.finding = self.split = None
+        self._apply()
+
+    def action_search(self) -> None:
+        search = self.query_one("#worklist-search", Input)
+        search.display = True
+        search.value = ""
+        search.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "worklist-search":
+            return
+        table = self.query_one(WorklistTable)
+        position = self.model.search(event.value.strip()) if event.value.strip() else None
+        event.input.display = False
+        table.focus()
+        if position is None:
+            self.notify(f"no study id contains {event.value!r} in this view", severity="warning")
+        else:
+            table.move_cursor(position)
+
+    def action_browse(self) -> None:
+        start = self.app.workspace.root or Path.home()
+        start = start if start.is_dir() else start.parent
+
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.app.post_message(RootChosen(path))
+
+        self.app.push_screen(FolderPicker(start.parent if start.parent != start else start), chosen)
+
+    def action_open(self) -> None:
+        table = self.query_one(WorklistTable)
+        if table.study_id is not None:
+            self._open(table.study_id)
+
+    def on_worklist_table_study_opened(self, event: WorklistTable.StudyOpened) -> None:
+        self._open(event.study_id)
+
+    def _open(self, study_id: str) -> None:
+        from cxr_tui.screens.study import StudyScreen
+
+        self.app.push_screen(StudyScreen(study_id, self))
+
+    def neighbour(self, study_id: str, step: int) -> str | None:
+        """The study ``step`` rows away in the current view (the study screen's next / previous)."""
+        position = self.model.position_of(study_id)
+        if position is None:
+            return None
+        target = position + step
+        if not 0 <= target < len(self.model):
+            return None
+        self.query_one(WorklistTable).move_cursor(target)
+        return self.model.study_at(target)

@@ -1,0 +1,63 @@
+"""What the app is working on: one data set root, one model, its thresholds, its predictions.
+
+Screens read this (``self.app.workspace``) and change it only by posting messages to the app
+(:mod:`cxr_tui.messages`), which updates it in one place and tells the screens.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxr_core.atomic import atomic_write_text
+from cxr_core.eval.predictions import Predictions
+from cxr_core.paths import data_dir
+
+SESSION_FILE = "tui-session.json"
+
+
+def reviewer_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # containers without a passwd entry
+        return "unknown"
+
+
+@dataclass
+class Workspace:
+    root: Path | None = None
+    model: Path | None = None  # checkpoint file (resolved) or None
+    thresholds_path: Path | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    predictions: Predictions | None = None  # one row per image of the root
+    errors: dict[str, str] = field(default_factory=dict)  # unreadable images: relpath -> reason
+    reviewer: str = field(default_factory=reviewer_name)
+    runs_dir: Path | None = None
+    show_phi: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.predictions.labels) if self.predictions is not None else []
+
+    def threshold(self, label: str) -> float:
+        return float(self.thresholds.get(label, 0.5))
+
+
+def load_session() -> dict:
+    """The last root / model / thresholds used (``cxr-tui`` with no arguments reopens them)."""
+    try:
+        return json.loads((data_dir() / SESSION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def save_session(workspace: Workspace) -> None:
+    data = {"root": str(workspace.root) if workspace.root else None,
+            "model": str(workspace.model) if workspace.model else None,
+            "thresholds": str(workspace.thresholds_path) if workspace.thresholds_path else None}
+    try:
+        atomic_write_text(data_dir() / SESSION_FILE, json.dumps(data) + "\n")
+    except OSError:
+        pass  # remembering the session is a convenience; never fail the app for it

@@ -1,0 +1,113 @@
+"""The app as a reviewer drives it (Pilot): worklist, study, decisions saved, CAM, help, reopen from the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxr_core.checkpoint import save_checkpoint
+from cxr_core.models import create_model
+from cxr_core.phantoms import FINDINGS
+from cxr_core.store.reviews import ReviewStore
+from cxr_tui.app import CxrApp
+from cxr_tui.screens.help import HelpScreen
+from cxr_tui.screens.study import StudyScreen
+from cxr_tui.screens.worklist import WorklistScreen
+from cxr_tui.widgets.worklist import WorklistTable
+from cxr_tui.widgets.xray import XRayView
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", labels=list(FINDINGS), image_size=48)
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_checkpoint(path, model.state_dict(), model.cxr_config.to_dict())
+    return path
+
+
+async def _until(pilot, condition, seconds: float = 60.0) -> None:
+    for _ in range(int(seconds / 0.1)):
+        if condition():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("timed out waiting for the app")
+
+
+async def test_review_flow(phantom_set, checkpoint):
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(110, 32)) as pilot:
+        await _until(pilot, lambda: app.last_load is not None)
+        screen = app.screen
+        assert isinstance(screen, WorklistScreen)
+        table = screen.query_one(WorklistTable)
+        assert len(screen.model) == len(app.studies) > 0
+        maxima = [float(screen.model.max_prob_at(i)) for i in range(len(screen.model))]
+        assert maxima == sorted(maxima, reverse=True)  # most suspicious first
+
+        await pilot.press("f")  # flagged only at the 0.5 defaults
+        assert all(int(screen.model.row(i).n_flagged) > 0 for i in range(len(screen.model)))
+        await pilot.press("escape")
+        assert len(screen.model) == len(app.studies)
+
+        await pilot.press("j", "j")
+        first = table.study_id
+        await pilot.press("enter")
+        await _until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        study = app.screen
+        assert study.study_id == first
+        await _until(pilot, lambda: study.pixels is not None)
+
+        await pilot.press("j", "a")  # accept the second finding
+        label = study.selected_finding()
+        with ReviewStore() as store:
+            saved = store.latest(app.workspace.root, first)
+        assert saved[(first, label)].decision == "accept"
+
+        await pilot.press("c")
+        await _until(pilot, lambda: study.query_one(XRayView).has_cam)
+
+        await pilot.press("n")
+        assert study.study_id != first
+        await pilot.press("escape")
+        assert isinstance(app.screen, WorklistScreen)
+        assert screen.model.status_at(screen.model.position_of(first)) != ""
+
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("q")
+
+
+async def test_reopen_comes_from_the_cache(phantom_set, checkpoint):
+    first = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with first.run_test(size=(100, 30)) as pilot:
+        await _until(pilot, lambda: first.last_load is not None)
+    again = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with again.run_test(size=(100, 30)) as pilot:
+        await _until(pilot, lambda: again.last_load is not None)
+        assert again.last_load.computed == 0 and again.last_load.cached == len(again.workspace.predictions)
+
+
+async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    app = CxrApp(phantom_set, bad, image_protocol="halfcell")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _until(pilot, lambda: bool(app._notifications))
+        texts = [n.message for n in app._notifications]
+        assert any("bad.safetensors" in t for t in texts)
+        assert isinstance(app.screen, WorklistScreen) and len(app.screen.model) > 0
+
+
+async def test_usable_at_80x24(phantom_set, checkpoint):
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.last_load is not None)
+        await pilot.press("enter")
+        await _until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
+        assert app.screen.query_one("#findings").size.width > 0
