@@ -1,1 +1,1 @@
-"""Evaluation: per-class metrics (and, later, confidence intervals, thresholds, reports)."""
+"""Evaluation: per-class metrics with confidence intervals, thresholds, calibration, localisation, reports."""
