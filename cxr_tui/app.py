@@ -22,6 +22,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.worker import Worker, WorkerState, get_current_worker
 
+import cxr_tui.widgets.xray  # noqa: F401 - asks the terminal about images before the app owns it (see there)
 from cxr_core.data.study import Study
 from cxr_core.errors import CxrError
 from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged

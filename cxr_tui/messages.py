@@ -39,6 +39,9 @@ class ThresholdsChanged(Message):
     thresholds: dict[str, float]
     saved_to: Path | None = None
 
+    def can_replace(self, message: Message) -> bool:  # a held arrow key: only the latest values matter
+        return isinstance(message, ThresholdsChanged) and message.saved_to is None and self.saved_to is None
+
 
 @dataclass
 class ModelChosen(Message):

@@ -50,11 +50,11 @@ class WorklistScreen(Screen):
         Binding("enter", "open", "Open study", show=False, id="worklist.open_study"),
         Binding("f", "toggle_flagged", "Flagged only", id="worklist.flagged"),
         Binding("o", "cycle_sort", "Sort", id="worklist.sort"),
-        Binding("d", "cycle_finding", "By finding", id="worklist.finding"),
-        Binding("r", "toggle_unreviewed", "Unreviewed", id="worklist.unreviewed"),
-        Binding("v", "cycle_split", "Split", id="worklist.split"),
+        Binding("d", "cycle_finding", "By finding", show=False, id="worklist.finding"),
+        Binding("r", "toggle_unreviewed", "Unreviewed", show=False, id="worklist.unreviewed"),
+        Binding("v", "cycle_split", "Split", show=False, id="worklist.split"),
         Binding("slash", "search", "Search", key_display="/", id="worklist.search"),
-        Binding("b", "browse", "Folder", id="worklist.browse"),
+        Binding("b", "browse", "Folder", show=False, id="worklist.browse"),
         Binding("escape", "clear", "Clear filters", show=False, id="worklist.clear"),
     ]
 

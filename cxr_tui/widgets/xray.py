@@ -17,6 +17,11 @@ from textual.containers import Container
 from textual.widget import Widget
 from textual.widgets import Static
 
+# Imported here, before any App runs, on purpose: importing textual_image.widget asks the terminal for its
+# cell size and graphics support. Asked while Textual owns the terminal, the late answer is read as key
+# presses (a stray "?" opened the help screen in tmux tests).
+from textual_image import widget as tiw
+
 DISPLAY_MAX = 768  # pixels kept for display: more than any terminal cell grid shows in a pane
 
 # Window presets on the 8-bit display scale (center, width): full range, lungs, mediastinum / soft tissue.
@@ -26,8 +31,6 @@ WINDOWS: tuple[tuple[str, int, int], ...] = (("full", 128, 256), ("lung", 100, 1
 
 def image_widget_class(protocol: str) -> type[Widget]:
     """The textual-image widget class for ``auto | kitty | sixel | halfcell | unicode``."""
-    from textual_image import widget as tiw
-
     classes = {"auto": tiw.Image, "kitty": tiw.TGPImage, "tgp": tiw.TGPImage, "sixel": tiw.SixelImage,
                "halfcell": tiw.HalfcellImage, "unicode": tiw.UnicodeImage}
     if protocol not in classes:

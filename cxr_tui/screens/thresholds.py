@@ -1,0 +1,735 @@
+"""ThresholdsScreen: set each disease's threshold while its sensitivity, specificity, ROC point and agreement move.
+
+Everything slow happens once, when the screen is built: :class:`~cxr_core.eval.thresholds.OperatingPoints`
+sorts every class's scores, and a worker reads the reviewer decisions and each reviewed study's highest
+probability per class. After that a key press is arithmetic: three binary searches per class,
+one vectorised comparison over the reviewed studies, and an update of that class's row of cells. Nothing is
+re-predicted, re-sorted or re-read.
+
+The screen keeps its own working copy of the thresholds and tells the app about every change with
+:class:`~cxr_tui.messages.ThresholdsChanged` (``saved_to`` set when it wrote the file), so the worklist's flags
+follow; it never writes the workspace itself.
+
+Predictions without truth still get a table, with a notice: no rates (they need labels), but the number and
+share of images each threshold flags, exactly, so thresholds can be set by hand; the chart then shows the
+distribution of the scores with the threshold on it instead of a ROC curve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual_plotext import PlotextPlot
+
+from cxr_core.errors import CxrError
+from cxr_core.eval.agreement import Agreement, agreement
+from cxr_core.eval.predictions import Predictions
+from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, load_thresholds, save_review, tune
+from cxr_core.paths import data_dir, ensure_private_dir
+from cxr_core.store.reviews import ReviewStore, default_reviews_path
+from cxr_tui.messages import ThresholdsChanged
+
+if TYPE_CHECKING:
+    from cxr_tui.state import Workspace
+
+FINE_STEP = 0.01
+COARSE_STEP = 0.05
+MANUAL = "manual"
+"""The mode recorded for a threshold set with the arrow / bracket keys."""
+
+AUTO_MODES: dict[str, tuple[str, str]] = {
+    "f1": ("f1", "max F1"),
+    "sens": ("sens=0.8", "sensitivity ≥ 0.80"),
+    "youden": ("youden", "Youden's J"),
+}
+"""Action parameter -> (tune mode, words for notifications)."""
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("label", "Disease"),
+    ("threshold", "Thresh"),
+    ("sensitivity", "Sens"),
+    ("specificity", "Spec"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+    ("f1", "F1"),
+    ("flagged", "Flagged"),
+    ("support", "Pos"),
+)
+"""Table columns with labelled predictions: key (a ThresholdStats field, or label/threshold) and header."""
+UNLABELLED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("label", "Disease"),
+    ("threshold", "Thresh"),
+    ("flagged", "Flagged"),
+    ("share", "% flagged"),
+)
+"""Table columns without truth: only what a threshold does to the counts."""
+
+RATE_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1")
+LABEL_WIDTH = 16
+MIN_CHART_ROWS = 10
+MIN_TABLE_ROWS = 6
+AGREEMENT_ROWS = 6
+MIN_CHART_WIDTH = 60
+UNDEFINED = "—"
+UNSAVED_MARK = "*"
+CURVE_POINTS = 200
+HISTOGRAM_BINS = 40
+NO_PREDICTIONS = "No predictions yet: choose a model and a data set, then come back to tune thresholds."
+NO_TRUTH = ("These predictions carry no labels: sensitivity, specificity, PPV, NPV and F1 need labelled data. "
+            "Thresholds can still be set by hand; the table shows how many images each flags.")
+FINE = Binding.Group("±0.01", compact=True)
+COARSE = Binding.Group("±0.05", compact=True)
+ARMED_NOTICE = "All diseases: press 1 (max F1), 2 (sensitivity ≥ 0.80) or 3 (Youden); a or esc cancels."
+
+
+def format_rate(value: float) -> str:
+    """A rate as the table shows it: three decimals, ``—`` when undefined (NaN)."""
+    return UNDEFINED if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def format_threshold(value: float, unsaved: bool = False) -> str:
+    """A threshold as the table shows it, with ``*`` when it differs from the saved value."""
+    return f"{value:.3f}" + (UNSAVED_MARK if unsaved else " ")
+
+
+def default_thresholds_path(workspace: Workspace) -> Path:
+    """Where thresholds are saved when the workspace names no file.
+
+    Beside the run when the model is a run's checkpoint (``<run>/checkpoints/x.safetensors`` ->
+    ``<run>/thresholds.json``, where ``cxr-tui eval`` looks for it); otherwise in the data dir, named by the
+    model's fingerprint (from the predictions' metadata), else the checkpoint's stem.
+    """
+    model = workspace.model
+    if model is not None and model.parent.name == "checkpoints":
+        return model.parent.parent / "thresholds.json"
+    preds = workspace.predictions
+    key = (preds.meta.get("fingerprint") if preds is not None else None) or (model.stem if model else "unnamed")
+    return data_dir() / "thresholds" / f"{key}.json"
+
+
+@dataclass(frozen=True)
+class ReviewedStudies:
+    """The reviewer's current decisions, paired with what the model says about each reviewed study.
+
+    ``max_prob`` is (S, K): per reviewed study present in the predictions, the highest probability of any of
+    its images (NaN when none has a score), so "the model flags the study" is ``max_prob >= threshold``.
+    ``by_finding`` maps a label to the row of each decision in ``max_prob`` and the decisions themselves;
+    ``unmatched`` counts decisions whose study has no score for that label (excluded from the table).
+    """
+
+    max_prob: np.ndarray
+    by_finding: dict[str, tuple[np.ndarray, list[str]]]
+    unmatched: dict[str, int]
+    total: int
+
+    @classmethod
+    def build(cls, preds: Predictions, reviews: Iterable[Any]) -> ReviewedStudies:
+        reviews = list(reviews)
+        wanted = {r.study for r in reviews}
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, study in enumerate(preds.study):
+            if study in wanted:
+                rows[study].append(i)
+        studies = list(rows)
+        position = {study: s for s, study in enumerate(studies)}
+        max_prob = np.full((len(studies), len(preds.labels)), np.nan, dtype=preds.probs.dtype)
+        for s, study in enumerate(studies):
+            max_prob[s] = np.fmax.reduce(preds.probs[rows[study]], axis=0)
+        column = {label: k for k, label in enumerate(preds.labels)}
+        pairs: dict[str, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
+        unmatched: dict[str, int] = defaultdict(int)
+        for review in reviews:
+            s, k = position.get(review.study), column.get(review.finding)
+            if s is None or k is None or np.isnan(max_prob[s, k]):
+                unmatched[review.finding] += 1
+                continue
+            index, decisions = pairs[review.finding]
+            index.append(s)
+            decisions.append(review.decision)
+        by_finding = {label: (np.array(index, dtype=np.intp), decisions) for label, (index, decisions) in pairs.items()}
+        return cls(max_prob, by_finding, dict(unmatched), len(reviews))
+
+    def agreement(self, label: str, k: int, threshold: float) -> Agreement:
+        """The model's study flags at ``threshold`` against the decisions on ``label`` (column ``k``)."""
+        index, decisions = self.by_finding.get(label, (np.zeros(0, np.intp), []))
+        flags = self.max_prob[index, k] >= np.asarray(threshold, dtype=self.max_prob.dtype)
+        table = agreement(flags.tolist(), decisions, label)
+        extra = self.unmatched.get(label, 0)
+        return Agreement(label, table.both_positive, table.model_only, table.reviewer_only, table.both_negative,
+                         table.excluded + extra)
+
+
+class ThresholdCommands(Provider):
+    """The Thresholds screen's actions in the command palette."""
+
+    def _commands(self) -> list[tuple[str, str, str]]:
+        return [
+            ("Thresholds: max F1 (selected disease)", "auto('f1')", "Threshold that maximises F1"),
+            ("Thresholds: sensitivity 0.80 (selected disease)", "auto('sens')",
+             "Highest threshold whose sensitivity is at least 0.80"),
+            ("Thresholds: Youden's J (selected disease)", "auto('youden')", "Maximise sensitivity + specificity - 1"),
+            ("Thresholds: max F1 (all diseases)", "auto('f1', True)", "Every disease at its max-F1 threshold"),
+            ("Thresholds: sensitivity 0.80 (all diseases)", "auto('sens', True)",
+             "Every disease at the highest threshold with sensitivity ≥ 0.80"),
+            ("Thresholds: Youden's J (all diseases)", "auto('youden', True)", "Every disease at its Youden threshold"),
+            ("Thresholds: save", "save", "Write the thresholds file (with who and when)"),
+            ("Thresholds: revert", "revert", "Back to the last saved or loaded thresholds"),
+        ]
+
+    async def discover(self) -> Hits:
+        if not isinstance(self.screen, ThresholdsScreen):
+            return
+        for name, action, help_text in self._commands():
+            yield DiscoveryHit(name, partial(self.screen.run_action, action), help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        if not isinstance(self.screen, ThresholdsScreen):
+            return
+        matcher = self.matcher(query)
+        for name, action, help_text in self._commands():
+            if (score := matcher.match(name)) > 0:
+                yield Hit(score, matcher.highlight(name), partial(self.screen.run_action, action), help=help_text)
+
+
+class ThresholdsScreen(Screen[None]):
+    """Per-disease thresholds with their operating points, ROC curve and agreement with the reviewer."""
+
+    HELP = """
+## Thresholds
+
+A study is flagged for a disease when its probability is **at or above** the threshold.
+
+- **↑/↓** or **j/k**: choose a disease
+- **←/→** or **-/+**: threshold down / up by 0.01
+- **[ / ]** or **shift+←/→**: down / up by 0.05
+- **1** max F1, **2** sensitivity ≥ 0.80 (the highest such threshold), **3** Youden's J
+- **a** then **1/2/3**: the same for every disease (**a** or **esc** again cancels)
+- **s** save (the file keeps who changed what, and when); **r** revert to the saved values
+
+The chart is the ROC curve of the selected disease (x: 1 - specificity, y: sensitivity) with the current
+threshold's point marked; without labels it shows the distribution of the scores and the threshold.
+`*` marks a threshold that differs from the saved one. Sens, Spec, PPV, NPV and F1 are over the labelled
+images; *Flagged* counts every image with a score; *Pos* is the number of labelled positives.
+Agreement compares the model's flags per study (any image at or above the threshold) with the reviewer's
+accept/reject decisions; uncertain ones are left out.
+"""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("left,minus", "step(-0.01)", "Threshold -0.01", group=FINE, priority=True, id="thresholds.down"),
+        Binding("right,plus,equals_sign", "step(0.01)", "Threshold +0.01", group=FINE, priority=True,
+                id="thresholds.up"),
+        Binding("left_square_bracket,shift+left", "step(-0.05)", "Threshold -0.05", group=COARSE, priority=True,
+                id="thresholds.coarse_down"),
+        Binding("right_square_bracket,shift+right", "step(0.05)", "Threshold +0.05", group=COARSE, priority=True,
+                id="thresholds.coarse_up"),
+        Binding("1", "auto('f1')", "Max F1", id="thresholds.f1"),
+        Binding("2", "auto('sens')", "Sens .8", id="thresholds.sens"),
+        Binding("3", "auto('youden')", "Youden", id="thresholds.youden"),
+        Binding("a", "arm_all", "Apply 1/2/3 to all diseases", show=False, id="thresholds.all"),
+        Binding("s", "save", "Save", id="thresholds.save"),
+        Binding("r", "revert", "Revert", id="thresholds.revert"),
+        Binding("escape", "back", "Back", id="thresholds.back"),
+        Binding("j", "cursor(1)", "Next disease", show=False, id="thresholds.next"),
+        Binding("k", "cursor(-1)", "Previous disease", show=False, id="thresholds.previous"),
+    ]
+
+    COMMANDS: ClassVar[set[type[Provider]]] = {ThresholdCommands}
+
+    DEFAULT_CSS = """
+    ThresholdsScreen {
+        layout: vertical;
+    }
+    ThresholdsScreen #thresholds-status {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    ThresholdsScreen #thresholds-notice {
+        height: auto;
+        max-height: 3;
+        padding: 0 1;
+        color: $text-warning;
+        background: $warning-muted;
+        display: none;
+    }
+    ThresholdsScreen #thresholds-notice.-shown {
+        display: block;
+    }
+    ThresholdsScreen #thresholds-table {
+        height: auto;
+    }
+    ThresholdsScreen #thresholds-detail {
+        height: 1;
+        padding: 0 1;
+        color: $text-muted;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    ThresholdsScreen #thresholds-lower {
+        height: 1fr;
+    }
+    ThresholdsScreen #thresholds-roc {
+        width: 1fr;
+        height: 1fr;
+    }
+    ThresholdsScreen #thresholds-agreement {
+        width: 38;
+        height: 1fr;
+        padding: 0 1;
+        border-left: vkey $panel;
+    }
+    ThresholdsScreen.-no-chart #thresholds-agreement {
+        width: 1fr;
+        border-left: none;
+    }
+    ThresholdsScreen.-no-chart #thresholds-roc {
+        display: none;
+    }
+    """
+
+    def __init__(self, *, reviews_path: Path | None = None, name: str | None = None, id: str | None = None,
+                 classes: str | None = None) -> None:
+        """``reviews_path``: the reviews database for the agreement panel (default: the data dir's)."""
+        super().__init__(name=name, id=id, classes=classes)
+        self.reviews_path = reviews_path
+        self.predictions: Predictions | None = None
+        self.points: OperatingPoints | None = None
+        self.thresholds: dict[str, float] = {}
+        """The working thresholds, label -> value (what the table shows and ThresholdsChanged carries)."""
+        self.saved: dict[str, float] = {}
+        """The last saved (or, before any save, loaded) values: what ``r`` goes back to."""
+        self.modes: dict[str, str] = {}
+        """How each working threshold was chosen (``manual`` or a tune mode), recorded on save."""
+        self.save_path: Path | None = None
+        self.selected: str | None = None
+        self.apply_to_all = False
+        """Armed by ``a``: the next automatic choice applies to every disease."""
+        self.reviewed: ReviewedStudies | None = None
+        self._notice: str | None = None
+        self._stats: ThresholdStats | None = None
+        self._curves: dict[str, tuple[Any, float | None]] = {}
+        self._histograms: dict[str, tuple[list[float], list[int]]] = {}
+        self._source: tuple[int, Path | None] | None = None
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.app.workspace  # type: ignore[attr-defined]
+
+    @property
+    def has_truth(self) -> bool:
+        return self.predictions is not None and self.predictions.truth is not None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="thresholds-status", markup=False)
+        yield Static(id="thresholds-notice", markup=False)
+        table: DataTable[Text] = DataTable(id="thresholds-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static(id="thresholds-detail", markup=False)
+        with Horizontal(id="thresholds-lower"):
+            yield PlotextPlot(id="thresholds-roc")
+            yield Static(id="thresholds-agreement", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_layout)
+
+    def _fit_layout(self) -> None:
+        """Give the table the rows it needs, leaving the chart at least MIN_CHART_ROWS or hiding it.
+
+        Below MIN_CHART_WIDTH columns, or when the chart would get too few rows, the chart is hidden and the
+        agreement panel takes the space; the table then scrolls if it still does not fit.
+        """
+        if not self.is_attached:
+            return
+        table = self.query_one("#thresholds-table", DataTable)
+        fixed = sum(self.query_one(selector).outer_size.height
+                    for selector in ("#thresholds-status", "#thresholds-notice", "#thresholds-detail", Footer))
+        space = self.size.height - fixed
+        wanted = table.row_count + 1 + (1 if table.virtual_size.width > table.size.width > 0 else 0)
+        chart = self.size.width >= MIN_CHART_WIDTH and space >= MIN_CHART_ROWS + MIN_TABLE_ROWS
+        self.set_class(not chart, "-no-chart")
+        table.styles.height = max(3, min(wanted, space - (MIN_CHART_ROWS if chart else AGREEMENT_ROWS)))
+
+    def on_screen_resume(self) -> None:
+        """Coming back (e.g. from a study): rebuild if the predictions or the file changed; re-read reviews."""
+        if self._source is not None and self._source != self._workspace_source():
+            self.reload()
+        elif self.predictions is not None:
+            self.load_reviews()
+
+    def predictions_ready(self) -> None:
+        """The app has new predictions (another model or root): rebuild from them."""
+        self.reload()
+
+    def _workspace_source(self) -> tuple[int, Path | None]:
+        return id(self.workspace.predictions), self.workspace.thresholds_path
+
+    # -- building ------------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Build everything from the workspace: operating points, working and saved thresholds, the table."""
+        ws = self.workspace
+        self._source = self._workspace_source()
+        self.predictions = preds = ws.predictions
+        self._curves.clear()
+        self._histograms.clear()
+        self.reviewed = None
+        table = self.query_one("#thresholds-table", DataTable)
+        table.clear(columns=True)
+        if preds is None:
+            self.points = None
+            self.thresholds, self.saved, self.modes = {}, {}, {}
+            self.selected = None
+            self._set_notice(NO_PREDICTIONS)
+            self._update_status()
+            self._update_selection()
+            return
+        if preds.truth is not None:
+            self.points = OperatingPoints.from_predictions(preds)
+        else:
+            self.points = OperatingPoints(preds.probs, None, labels=preds.labels)
+        self.save_path = ws.thresholds_path or default_thresholds_path(ws)
+        self.thresholds = {label: ws.threshold(label) for label in preds.labels}
+        self.saved, self.modes = self._saved_values()
+        self._stats = self.points.at(self.thresholds)
+        self._set_notice(None if self.has_truth else NO_TRUTH)
+        width = min(LABEL_WIDTH, max(len(label) for label in preds.labels)) if preds.labels else LABEL_WIDTH
+        for key, header in self.columns:
+            table.add_column(Text(header, justify="left" if key == "label" else "right"), key=key,
+                             width=width if key == "label" else None)
+        for k, label in enumerate(preds.labels):
+            table.add_row(*self._row_cells(k), key=label)
+        self.selected = preds.labels[0] if preds.labels else None
+        table.move_cursor(row=0)
+        table.focus()
+        self.call_after_refresh(self._fit_layout)
+        self._update_status()
+        self._update_selection()
+        self.load_reviews()
+
+    def _saved_values(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The file's thresholds (where it has one for a label) over the working ones, and their modes."""
+        saved = dict(self.thresholds)
+        modes = dict.fromkeys(self.thresholds, MANUAL)
+        if self.save_path is not None and self.save_path.is_file():
+            try:
+                stored = load_thresholds(self.save_path)
+            except CxrError as err:
+                self.notify(str(err), title="Thresholds file", severity="warning")
+                return saved, modes
+            for label, entry in stored.labels.items():
+                if label in saved and entry.threshold is not None:
+                    saved[label] = entry.threshold
+                    if entry.threshold == self.thresholds[label]:
+                        modes[label] = entry.mode or MANUAL
+        return saved, modes
+
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        return COLUMNS if self.has_truth else UNLABELLED_COLUMNS
+
+    def _row_cells(self, k: int) -> list[Text]:
+        """Row ``k``'s cells for the current columns, from the current stats."""
+        label, stats = self.points.labels[k], self._stats
+        unsaved = self.thresholds[label] != self.saved[label]
+        scored = int(self.points.n - self.points.missing[k])
+        values = {
+            "label": Text(label, overflow="ellipsis", no_wrap=True),
+            "threshold": Text(format_threshold(self.thresholds[label], unsaved), style="bold" if unsaved else "",
+                              justify="right"),
+            "flagged": Text(str(int(stats.flagged[k])), justify="right"),
+            "support": Text(str(int(stats.support[k])), justify="right"),
+            "share": Text(f"{100 * int(stats.flagged[k]) / scored:.1f}%" if scored else UNDEFINED, justify="right"),
+        }
+        values.update({key: Text(format_rate(float(getattr(stats, key)[k])), justify="right") for key in RATE_KEYS})
+        return [values[key] for key, _ in self.columns]
+
+    # -- changing thresholds -------------------------------------------------------------------------------
+
+    def set_thresholds(self, values: dict[str, float], mode: str = MANUAL) -> None:
+        """Set some labels' thresholds: recompute their stats (binary searches), update their rows, tell the app."""
+        if self.points is None or not values:
+            return
+        for label, value in values.items():
+            self.thresholds[label] = float(value)
+            self.modes[label] = mode
+        self._refresh_rows(list(values))
+        self.app.post_message(ThresholdsChanged(dict(self.thresholds)))
+
+    def _refresh_rows(self, labels: list[str]) -> None:
+        self._stats = self.points.at(self.thresholds)
+        table = self.query_one("#thresholds-table", DataTable)
+        for label in labels:
+            k = self.points.index(label)
+            for (key, _), cell in zip(self.columns, self._row_cells(k), strict=True):
+                if key != "label":
+                    table.update_cell(label, key, cell)
+        self._update_status()
+        if self.selected in labels:
+            self._update_selection()
+
+    def action_step(self, delta: float) -> None:
+        """Move the selected disease's threshold by ``delta``, kept within [0, 1]."""
+        if self.selected is None:
+            return
+        value = min(1.0, max(0.0, round(self.thresholds[self.selected] + delta, 6)))
+        self.set_thresholds({self.selected: value})
+
+    def action_auto(self, which: str, everyone: bool = False) -> None:
+        """Choose thresholds by a tuning mode, for the selected disease (or all when armed / ``everyone``)."""
+        if self.points is None or self.selected is None:
+            return
+        mode, words = AUTO_MODES[which]
+        everyone = everyone or self.apply_to_all
+        self._arm(False)
+        labels = list(self.points.labels) if everyone else [self.selected]
+        choices = tune(self.points, mode, labels=labels)
+        chosen = {c.label: c.threshold for c in choices if c.threshold is not None}
+        skipped = [f"{c.label}: {c.reason}" for c in choices if c.threshold is None]
+        self.set_thresholds(chosen, mode)
+        if skipped:
+            kept = "; ".join(skipped[:4]) + (f"; {len(skipped) - 4} more" if len(skipped) > 4 else "")
+            self.notify(f"{words}: kept the current threshold ({kept})", title="Thresholds", severity="warning")
+        elif everyone:
+            self.notify(f"{words}: set for {len(chosen)} diseases", title="Thresholds")
+
+    def action_arm_all(self) -> None:
+        """Toggle "apply the next automatic choice to every disease"."""
+        self._arm(not self.apply_to_all)
+
+    def _arm(self, on: bool) -> None:
+        self.apply_to_all = on
+        self._show_notice()
+        self.refresh_bindings()
+
+    def action_revert(self) -> None:
+        """Back to the last saved (or loaded) values."""
+        changed = {label: value for label, value in self.saved.items() if self.thresholds.get(label) != value}
+        if not changed:
+            self.notify("Nothing to revert", title="Thresholds")
+            return
+        self.set_thresholds(changed)
+        if self.save_path is not None and self.save_path.is_file():
+            self.modes.update(self._saved_values()[1])
+        self.notify(f"Reverted {len(changed)} threshold{'s' if len(changed) != 1 else ''}", title="Thresholds")
+
+    def action_save(self) -> None:
+        """Write the thresholds file (one history row per mode used, with the reviewer), then tell the app."""
+        if self.points is None or self.save_path is None:
+            return
+        path = self.save_path
+        ws = self.workspace
+        try:
+            if path.parent == data_dir() / "thresholds":
+                ensure_private_dir(path.parent)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            before = len(load_thresholds(path).history) if path.is_file() else -1
+            by_mode: dict[str, dict[str, float]] = defaultdict(dict)
+            for label, value in self.thresholds.items():
+                by_mode[self.modes.get(label, MANUAL)][label] = value
+            source = str(self.predictions.meta.get("source") or ws.root or "")
+            result = None
+            for mode, values in by_mode.items():
+                result = save_review(path, values, self.points, mode=mode, who=ws.reviewer, predictions=source)
+        except (CxrError, OSError) as err:
+            self.notify(str(err), title="Thresholds not saved", severity="error", timeout=10)
+            return
+        self.saved = dict(self.thresholds)
+        self._refresh_rows(list(self.thresholds))
+        self.app.post_message(ThresholdsChanged(dict(self.thresholds), saved_to=path))
+        if result is not None and len(result.history) > before:
+            self.notify(f"Saved to {path}", title="Thresholds")
+        else:
+            self.notify(f"Unchanged: {path} already holds these thresholds", title="Thresholds")
+
+    def action_cursor(self, delta: int) -> None:
+        table = self.query_one("#thresholds-table", DataTable)
+        if table.row_count:
+            table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + delta)))
+
+    def action_back(self) -> None:
+        if self.apply_to_all:
+            self._arm(False)
+        elif len(self.app.screen_stack) > 1:
+            self.dismiss()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "back":  # let escape reach the app when there is nothing to cancel or pop
+            return self.apply_to_all or (self.is_attached and len(self.app.screen_stack) > 1)
+        if action in ("step", "auto", "arm_all", "save", "revert"):
+            return self.points is not None
+        return True
+
+    # -- selection: detail line, chart, agreement -------------------------------------------------------------
+
+    @on(DataTable.RowHighlighted, "#thresholds-table")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        label = event.row_key.value
+        if label is not None and label != self.selected:
+            self.selected = label
+            self._update_selection()
+
+    def _update_selection(self) -> None:
+        self._update_detail()
+        self._update_chart()
+        self._update_agreement()
+
+    def _update_detail(self) -> None:
+        detail = self.query_one("#thresholds-detail", Static)
+        if self.selected is None or self._stats is None:
+            detail.update("")
+            return
+        k = self.points.index(self.selected)
+        s = self._stats
+        scored = int(self.points.n - self.points.missing[k])
+        share = f" ({100 * int(s.flagged[k]) / scored:.1f}%)" if scored else ""
+        text = f"{self.selected} ≥ {self.thresholds[self.selected]:.3f}: flags {int(s.flagged[k])} of {scored} images{share}"
+        if s.labelled[k]:
+            text += f" · TP {int(s.tp[k])} FP {int(s.fp[k])} TN {int(s.tn[k])} FN {int(s.fn[k])}"
+        detail.update(text)
+
+    def _update_chart(self) -> None:
+        plot = self.query_one("#thresholds-roc", PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if self.selected is None or self.points is None:
+            plot.refresh()
+            return
+        label, k = self.selected, self.points.index(self.selected)
+        threshold = self.thresholds[label]
+        if self.points.support[k] and self.points.negatives[k]:
+            curve, auc = self._curve(label)
+            plt.plot(curve.fpr.tolist(), curve.tpr.tolist(), marker="braille")
+            sens, spec = float(self._stats.sensitivity[k]), float(self._stats.specificity[k])
+            plt.scatter([1.0 - spec], [sens], marker="●", color="red")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+            plt.title(f"ROC {label} · AUC {auc:.3f}")
+        else:
+            centres, counts = self._histogram(label)
+            if counts:
+                plt.bar(centres, counts, width=1 / HISTOGRAM_BINS, marker="sd")
+                plt.vertical_line(threshold, color="red")
+                plt.xlim(0, 1)
+            why = "no labels" if not self.has_truth else "needs positives and negatives"
+            plt.title(f"{label} scores ({why})")
+        plot.refresh()
+
+    def _curve(self, label: str) -> tuple[Any, float | None]:
+        """The ROC curve to draw (at most CURVE_POINTS points) and the AUC of the full curve, cached per label."""
+        if label not in self._curves:
+            full = self.points.curve(label)
+            auc = float(np.sum(np.diff(full.fpr) * (full.tpr[1:] + full.tpr[:-1])) / 2) if full.thresholds.size else None
+            self._curves[label] = (full.downsample(CURVE_POINTS), auc)
+        return self._curves[label]
+
+    def _histogram(self, label: str) -> tuple[list[float], list[int]]:
+        if label not in self._histograms:
+            scores = self.predictions.probs[:, self.points.index(label)]
+            counts, edges = np.histogram(scores[~np.isnan(scores)], bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+            centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+            self._histograms[label] = (centres, counts.tolist() if counts.any() else [])
+        return self._histograms[label]
+
+    def _update_agreement(self) -> None:
+        panel = self.query_one("#thresholds-agreement", Static)
+        if self.selected is None or self.points is None:
+            panel.update("")
+            return
+        if self.reviewed is None or self.reviewed.total == 0:
+            panel.update(Text.assemble(("Agreement with reviewer\n", "bold"), "no reviews yet"))
+            return
+        label = self.selected
+        table = self.reviewed.agreement(label, self.points.index(label), self.thresholds[label])
+        panel.update(agreement_text(table))
+
+    # -- reviews -------------------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="thresholds-reviews", exit_on_error=False)
+    def load_reviews(self) -> None:
+        """Read the reviewer's current decisions for the workspace root and pair them with study flags."""
+        preds, root = self.predictions, self.workspace.root
+        if preds is None:
+            return
+        reviewed = ReviewedStudies(np.zeros((0, len(preds.labels)), np.float32), {}, {}, 0)
+        if root is not None:
+            path = self.reviews_path or default_reviews_path()
+            if path.is_file():
+                try:
+                    with ReviewStore(path, retry_seconds=5) as store:
+                        reviewed = ReviewedStudies.build(preds, store.reviews(root))
+                except CxrError as err:
+                    self.app.call_from_thread(self.notify, str(err), title="Reviews", severity="warning")
+        self.app.call_from_thread(self._reviews_loaded, preds, reviewed)
+
+    def _reviews_loaded(self, preds: Predictions, reviewed: ReviewedStudies) -> None:
+        if preds is self.predictions:
+            self.reviewed = reviewed
+            self._update_agreement()
+
+    # -- status lines --------------------------------------------------------------------------------------
+
+    def _set_notice(self, text: str | None) -> None:
+        """The standing notice (no predictions, no labels); ``a`` shows its prompt over it while armed."""
+        self._notice = text
+        self._show_notice()
+
+    def _show_notice(self) -> None:
+        text = ARMED_NOTICE if self.apply_to_all else self._notice
+        notice = self.query_one("#thresholds-notice", Static)
+        notice.update(text or "")
+        notice.set_class(bool(text), "-shown")
+        self.call_after_refresh(self._fit_layout)
+
+    def _update_status(self) -> None:
+        status = self.query_one("#thresholds-status", Static)
+        preds = self.predictions
+        if preds is None or self.points is None:
+            status.update("Thresholds")
+            return
+        labelled = int((self.points.labelled > 0).sum())
+        what = (f"{len(preds)} images, {len(preds.labels)} diseases ({labelled} with labels)" if self.has_truth
+                else f"{len(preds)} images, {len(preds.labels)} diseases, no labels")
+        unsaved = sum(self.thresholds[label] != self.saved[label] for label in self.thresholds)
+        text = Text.assemble(("Thresholds", "bold"), f" · {what} · ")
+        if unsaved:
+            text.append(f"{unsaved} unsaved", style="bold")
+            text.append(" · ")
+        text.append(f"s saves to {self.save_path}")
+        status.update(text)
+
+
+def agreement_text(table: Agreement) -> Text:
+    """The agreement panel: the 2x2 table (study level), kappa and what was left out."""
+    kappa = "—" if table.kappa is None else f"{table.kappa:.2f}"
+    observed = "—" if table.observed is None else f"{100 * table.observed:.0f}%"
+    text = Text.assemble(("Agreement with reviewer", "bold"), f" ({table.n} studies)\n")
+    text.append(f"{'':13}{'accept':>8}{'reject':>8}\n", style="dim")
+    text.append(f"{'model flags':13}{table.both_positive:>8}{table.model_only:>8}\n")
+    text.append(f"{'model does not':13}{table.reviewer_only:>8}{table.both_negative:>8}\n")
+    text.append(f"kappa {kappa} · agree {observed}")
+    if table.excluded:
+        text.append(f"\n{table.excluded} left out (uncertain / no score)", style="dim")
+    return text
