@@ -16,9 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cxr_core.checkpoint import load_checkpoint, save_checkpoint
-from cxr_core.models import get_spec
-from cxr_core.models.assets import asset_path
 from cxr_core.paths import data_dir
 
 DEMO_N = 600
@@ -44,11 +41,15 @@ def ensure_demo_set(root: Path | None = None, progress=None) -> Path:
 
 
 def demo_model_path() -> Path:
+    from cxr_core.models.assets import asset_path  # the models package imports timm: only when asked
+
     return asset_path(DEMO_MODEL)
 
 
 def export(run_or_checkpoint: str | Path, out: str | Path) -> Path:
+    from cxr_core.checkpoint import load_checkpoint, save_checkpoint
     from cxr_core.infer.loading import resolve_checkpoint
+    from cxr_core.models import get_spec
 
     source = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(source)

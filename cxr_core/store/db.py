@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,13 +28,31 @@ def connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
         os.close(fd)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, migrations)
+        _retry_locked(lambda: _migrate(conn, migrations))
     except (OSError, sqlite3.DatabaseError) as exc:
         raise CxrError(f"{path}: cannot open database ({exc})") from None
     return conn
+
+
+def _retry_locked(step, seconds: float = BUSY_TIMEOUT_MS / 1000):
+    """Run ``step``, retrying while another process holds the lock it needs.
+
+    Switching to WAL and the first migration take locks for which SQLite may answer "database is locked" at
+    once instead of calling the busy handler (several processes opening a new database together).
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.005
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -11,11 +11,12 @@ from rich.table import Table
 
 from cxr_core.data.sources import SourceOptions
 from cxr_core.errors import CxrError
-from cxr_core.eval.predictions import Predictions
 from cxr_core.imaging import read_xray
-from cxr_core.infer.engine import Predictor
-from cxr_core.infer.studies import predict_root
 from cxr_core.store.index import StudyIndex, image_base
+
+if TYPE_CHECKING:
+    from cxr_core.eval.predictions import Predictions
+    from cxr_core.infer.engine import Predictor
 from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
 from cxr_tui.cli.output import print_json, progress_bar, stderr, stdout
 from cxr_tui.cli.predict import (
@@ -72,6 +73,7 @@ def eval_cmd(
     """Per-class AUC (95% CI by patient), AP, sensitivity/specificity/PPV/NPV/F1, calibration; report + plots."""
     from cxr_core.eval.evaluate import evaluate
     from cxr_core.eval.report import write_report
+    from cxr_core.infer.studies import predict_root
 
     if n_boot < 0:
         raise CxrError(f"--n-boot must be 0 or more, got {n_boot}")

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cxr_core.data.sources import SourceOptions
 from cxr_core.errors import CxrError
-from cxr_core.eval.predictions import Predictions
 from cxr_core.imaging import probe_xray
-from cxr_core.infer.engine import TTA_CHOICES, Predictor
-from cxr_core.infer.studies import RootPredictions, predict_root
 from cxr_core.store.index import StudyIndex
+
+if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not for --help or --version
+    from cxr_core.infer.engine import Predictor
+    from cxr_core.infer.studies import RootPredictions
+
 from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
 from cxr_tui.cli.output import print_json, progress_bar, stderr, stdout
+
+TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked there)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint file, run directory or run id.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, mps, cpu) or a torch device such as cuda:1.")]
@@ -31,6 +35,8 @@ LIST_LIMIT = 20
 
 def make_predictor(model: str, device: str, batch_size: int, workers: int | None, tta: str | None,
                    compile: bool, no_cache: bool) -> Predictor:
+    from cxr_core.infer.engine import Predictor
+
     return Predictor.from_checkpoint(model, device=device, batch_size=batch_size, workers=workers,
                                      tta=[t.strip() for t in (tta or "").split(",") if t.strip()],
                                      compile=compile, cache=not no_cache)
@@ -106,6 +112,9 @@ def predict(
 
 def _predict(predictor: Predictor, root: Path, fmt: str | None, labels_csv: Path | None, split: str | None,
              db: Path | None, progress) -> RootPredictions:
+    from cxr_core.eval.predictions import Predictions
+    from cxr_core.infer.studies import RootPredictions, predict_root
+
     if root.is_file() and fmt is None and _is_image(root):
         result = predictor.predict([str(root)], progress=progress)
         if result.errors:

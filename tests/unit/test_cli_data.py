@@ -46,7 +46,7 @@ def test_synth_then_index_json_keys(tmp_path):
 
 
 def test_demo_generates_indexes_and_prints_stats(tmp_path):
-    out = cxr("demo", "--out", tmp_path / "demo", "--db", tmp_path / "i.sqlite")
+    out = cxr("demo", "--out", tmp_path / "demo", "--db", tmp_path / "i.sqlite", "--no-open")
     assert out.returncode == 0, out.stderr
     assert "synthetic" in out.stdout and "Labels (phantom)" in out.stdout and "Cardiomegaly" in out.stdout
 

@@ -179,3 +179,15 @@ def test_torchrun_shards_and_merges(checkpoint, folder, tmp_path):
     assert len(by_image) == 10
     for path, row in zip(_images(folder), single.probs, strict=True):
         np.testing.assert_allclose(by_image[str(Path(path).relative_to(folder))], row, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_knows_the_engines_augmentations():
+    from cxr_core.infer.engine import TTA_CHOICES
+    from cxr_tui.cli.predict import TTA_CHOICES as CLI_CHOICES
+
+    assert CLI_CHOICES == TTA_CHOICES
+
+
+def test_version_does_not_load_torch():
+    code = "import sys, cxr_tui.cli.main; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
