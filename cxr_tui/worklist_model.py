@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status"]
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)
-REVIEW_STATES: tuple[str, ...] = ("", "partial", "reviewed")
-"""Review status of a study: not started, some findings reviewed, every finding reviewed."""
+REVIEW_STATES: tuple[str, ...] = ("", "partial", "uncertain", "reviewed", "missing")
+"""Review status of a study: not started, some findings reviewed, a finding left uncertain, every finding
+reviewed; ``missing`` marks a labelled study whose image is not on disk (a partial NIH download)."""
 
 NOT_PREDICTED = "–"
 """Shown for the number flagged and the maximum probability of a study without predictions."""
@@ -327,7 +328,7 @@ class WorklistModel:
         if f.finding is not None:
             keep &= self._flags[:, self.labels.index(f.finding)]
         if f.unreviewed_only:
-            keep &= self._status != REVIEW_STATES.index("reviewed")
+            keep &= (self._status != REVIEW_STATES.index("reviewed")) & (self._status != REVIEW_STATES.index("missing"))
         if f.split is not None:
             code = self._splits.index(f.split) if f.split in self._splits else -1
             keep &= self._split_codes == code

@@ -118,7 +118,7 @@ def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: li
     for label, auc in metrics["auc"].items():
         ci = metrics["ci"].get(label)
         at = metrics["threshold_metrics"].get(label, {})
-        table.add_row(label, _fmt(auc), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—", _fmt(metrics["ap"].get(label)),
+        table.add_row(label, _fmt(auc), f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—", _fmt(metrics["ap"].get(label)),
                       _fmt(at.get("sensitivity")), _fmt(at.get("specificity")), _fmt(at.get("ppv")),
                       _fmt(at.get("f1")), str(metrics["support"].get(label, 0)))
     stdout.print(table)

@@ -103,6 +103,10 @@ class StudyScreen(Screen):
         self._load_decisions()
         self._fill_findings()
         self._fill_info()
+        self.pixels = None
+        if not study.images:
+            self.query_one(XRayView).show(None, "no image on disk for this study (labels only: a partial download?)")
+            return
         self.query_one(XRayView).show(None, "loading image…")
         self.load_image(self.study_id, self.image_index)
 

@@ -66,6 +66,7 @@ class WorklistScreen(Screen):
         self.unreviewed_only = False
         self.finding: str | None = None
         self.split: str | None = None
+        self.missing = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -91,11 +92,16 @@ class WorklistScreen(Screen):
 
     def studies_loaded(self, studies) -> None:
         self.model = WorklistModel.from_studies(studies)
+        missing = {s.id: "missing" for s in studies if not s.images}
+        self.missing = len(missing)
+        if missing:
+            self.model.update_status(missing)
         self._refresh_reviews()
         self._apply()
         self.query_one(WorklistTable).set_model(self.model)
         model = self.app.workspace.model
-        self._status(f"{len(studies):,} studies" + ("" if model else " · no model: press g to train one, or start with --model"))
+        self._status(f"{len(studies):,} studies" + (f" ({len(missing):,} without an image: ∅)" if missing else "")
+                     + ("" if model else " · no model: press g to train one, or start with --model"))
 
     def prediction_progressed(self, done: int, total: int) -> None:
         bar = self.query_one("#worklist-progress", ProgressBar)
@@ -134,6 +140,8 @@ class WorklistScreen(Screen):
     def _status(self, text: str | None = None) -> None:
         if text is None:
             parts = [f"{len(self.model):,} of {self.model.total:,} studies", f"sorted by {SORTS[self.sort_index][2]}"]
+            if self.missing:
+                parts.append(f"{self.missing:,} without an image (∅)")
             if self.flagged_only:
                 parts.append("flagged only")
             if self.finding:

@@ -33,8 +33,8 @@ from cxr_tui.worklist_model import NOT_PREDICTED, WorklistModel
 
 Align = Literal["left", "right"]
 
-STATUS_GLYPHS = {"": " ", "partial": "◐", "reviewed": "✓"}
-"""Review status as one cell: nothing, partly reviewed, reviewed."""
+STATUS_GLYPHS = {"": " ", "partial": "◐", "uncertain": "?", "reviewed": "✓", "missing": "∅"}
+"""Review status as one cell: nothing, partly reviewed, left uncertain, reviewed, image missing."""
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 _STATUS_COMPONENTS = {"partial": "worklist-table--partial", "reviewed": "worklist-table--reviewed"}

@@ -111,3 +111,20 @@ async def test_usable_at_80x24(phantom_set, checkpoint):
         await pilot.press("enter")
         await _until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
         assert app.screen.query_one("#findings").size.width > 0
+
+
+@pytest.mark.real_data
+async def test_nih_sample_lists_every_label_row_and_marks_missing_images(real_data, tmp_path):
+    """The demo model on NIH's partial download: 112,120 rows, 112,020 marked missing, 100 images predicted."""
+    from cxr_core.demo import demo_model_path
+
+    app = CxrApp(real_data / "nih-sample", demo_model_path(), image_protocol="halfcell")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _until(pilot, lambda: app.last_load is not None, seconds=180)
+        screen = app.screen
+        assert screen.model.total == 112_120 and screen.missing == 112_020
+        assert len(app.workspace.predictions) == 100
+        await pilot.press("r")  # unreviewed only: the missing ones are not work to do
+        assert len(screen.model) == 100
+        position = screen.model.position_of(app.workspace.predictions.study[0])
+        assert position is not None and screen.model.row(position).max_prob != "–"
