@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_b0")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's (8 on CPU, 64 on CUDA)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "predict_throughput.json")
     args = parser.parse_args()
@@ -93,7 +94,16 @@ def main() -> None:
     engine = Predictor(loaded, device=device, batch_size=args.batch_size, workers=args.workers, cache=False)
     engine.predict(warm)
     result = engine.predict(paths)
-    engine_rate = len(paths) / result.seconds
+    eager_rate = len(paths) / result.seconds
+    engine_rate, compile_s, compiled_rate = eager_rate, None, None
+    if not args.no_compile:
+        compiled = Predictor(load_model(checkpoint, device), device=device, batch_size=args.batch_size,
+                             workers=args.workers, cache=False, compile=True)
+        started = time.perf_counter()
+        compiled.predict(paths[: compiled.batch_size])  # compilation happens here, once per shape
+        compile_s = time.perf_counter() - started
+        compiled_rate = len(paths) / compiled.predict(paths).seconds
+        engine_rate = max(eager_rate, compiled_rate)
 
     cache = PredictionCache(work / "preds.sqlite")
     cached_engine = Predictor(loaded, device=device, batch_size=args.batch_size, workers=args.workers, cache=cache)
@@ -105,9 +115,12 @@ def main() -> None:
     report = {
         "benchmark": "predict_throughput", "model": args.model, "image_size": args.size, "images": len(paths),
         "source": source, "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "batch_size": args.batch_size,
+        "batch_size": engine.batch_size,
         "workers": args.workers if args.workers is not None else "auto",
         "loop_img_s": round(loop_rate, 2), "loop_images": len(loop_n),
+        "engine_eager_img_s": round(eager_rate, 2), "engine_eager_vs_loop": round(eager_rate / loop_rate, 3),
+        "engine_compiled_img_s": round(compiled_rate, 2) if compiled_rate else None,
+        "compile_s": round(compile_s, 1) if compile_s is not None else None,
         "engine_img_s": round(engine_rate, 2), "engine_vs_loop": round(engine_rate / loop_rate, 3),
         "engine_cached_img_s": round(cached_rate, 1), "unreadable": len(result.errors),
         "deterministic": bool(same), "python": platform.python_version(), "torch": torch.__version__,

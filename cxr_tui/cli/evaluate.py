@@ -63,7 +63,7 @@ def eval_cmd(
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples (by patient) for the 95% CIs; 0 turns them off.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     tta: TtaOpt = None,
     no_cache: NoCacheOpt = False,

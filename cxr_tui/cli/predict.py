@@ -23,7 +23,7 @@ TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked t
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint file, run directory or run id.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, mps, cpu) or a torch device such as cuda:1.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch (default 8 on CPU, 64 on CUDA).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: spare cores).")]
 TtaOpt = Annotated[str | None, typer.Option("--tta", help=f"Test-time augmentation, comma-separated: {', '.join(TTA_CHOICES)}.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (worth it for large runs on a GPU).")]
@@ -33,7 +33,7 @@ ThresholdsOpt = Annotated[Path | None, typer.Option("--thresholds", help="Thresh
 LIST_LIMIT = 20
 
 
-def make_predictor(model: str, device: str, batch_size: int, workers: int | None, tta: str | None,
+def make_predictor(model: str, device: str, batch_size: int | None, workers: int | None, tta: str | None,
                    compile: bool, no_cache: bool) -> Predictor:
     from cxr_core.infer.engine import Predictor
 
@@ -60,7 +60,7 @@ def predict(
     labels_csv: LabelsOpt = None,
     split: Annotated[str | None, typer.Option("--split", help="Only this split (e.g. test).")] = None,
     device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     tta: TtaOpt = None,
     compile: CompileOpt = False,
