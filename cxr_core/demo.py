@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cxr_core.assets import asset_path
+
 from cxr_core.paths import data_dir
 
 DEMO_N = 600
@@ -41,8 +43,6 @@ def ensure_demo_set(root: Path | None = None, progress=None) -> Path:
 
 
 def demo_model_path() -> Path:
-    from cxr_core.models.assets import asset_path  # the models package imports timm: only when asked
-
     return asset_path(DEMO_MODEL)
 
 

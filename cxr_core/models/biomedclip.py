@@ -22,7 +22,7 @@ from torch import nn
 
 from cxr_core.errors import CxrError
 from cxr_core.models import hub, vit
-from cxr_core.models.assets import load_json_asset
+from cxr_core.assets import load_json_asset
 from cxr_core.models.config import ModelConfig
 from cxr_core.models.registry import ModelSpec, get_spec
 

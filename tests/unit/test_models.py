@@ -27,7 +27,7 @@ from cxr_core.models import (
     model_config,
     read_state_dict,
 )
-from cxr_core.models.assets import asset_path
+from cxr_core.assets import asset_path
 
 NIH = get_space("nih").labels
 TINY = ["tiny_efficientnet", "tiny_resnet", "tiny_convnext", "tiny_vit", "tiny_biomedclip"]
