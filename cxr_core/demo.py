@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from cxr_core.assets import asset_path
-
 from cxr_core.paths import data_dir
 
 DEMO_N = 600

@@ -20,9 +20,9 @@ import timm
 import torch
 from torch import nn
 
+from cxr_core.assets import load_json_asset
 from cxr_core.errors import CxrError
 from cxr_core.models import hub, vit
-from cxr_core.assets import load_json_asset
 from cxr_core.models.config import ModelConfig
 from cxr_core.models.registry import ModelSpec, get_spec
 

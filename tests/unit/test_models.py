@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cxr_core.assets import asset_path
 from cxr_core.errors import CxrError
 from cxr_core.labels import get_space
 from cxr_core.models import (
@@ -27,7 +28,6 @@ from cxr_core.models import (
     model_config,
     read_state_dict,
 )
-from cxr_core.assets import asset_path
 
 NIH = get_space("nih").labels
 TINY = ["tiny_efficientnet", "tiny_resnet", "tiny_convnext", "tiny_vit", "tiny_biomedclip"]
