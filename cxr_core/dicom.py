@@ -12,6 +12,7 @@ explicit request such as ``--show-phi``.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -253,7 +254,10 @@ def _transfer_syntax(path: str, dataset: Dataset) -> UID:
         return ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
     syntax = UID(str(syntax).strip())
     if syntax not in AllTransferSyntaxes:
-        raise UnsupportedImage(path, f"unknown DICOM transfer syntax {syntax}")
+        # Never echo the value unless it is a UID: a damaged length can make it swallow the whole header,
+        # patient identifiers included (found by tests/unit/test_fuzz.py).
+        shown = str(syntax) if re.fullmatch(r"[0-9.]{1,64}", str(syntax)) else "(not a UID: damaged file meta header?)"
+        raise UnsupportedImage(path, f"unknown DICOM transfer syntax {shown}")
     return syntax
 
 

@@ -42,7 +42,9 @@ def _open_csv(path: Path):
 def _rows(path: Path) -> list[dict[str, str]]:
     try:
         with _open_csv(path) as fh:
-            return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(fh)]
+            # Cells beyond the header (DictReader files them under None, as a list) are ignored.
+            return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None and not isinstance(v, list)}
+                    for row in csv.DictReader(fh)]
     except (OSError, UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from None
 

@@ -275,7 +275,9 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            rows = [{(k or "").strip().casefold(): (v or "").strip() for k, v in row.items()} for row in reader]
+            # Cells beyond the header (DictReader files them under None, as a list) are ignored.
+            rows = [{k.strip().casefold(): (v or "").strip() for k, v in row.items() if k is not None and not isinstance(v, list)}
+                    for row in reader]
             return [(h or "").strip().casefold() for h in reader.fieldnames or []], rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
