@@ -47,7 +47,7 @@ def launch(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> int
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_list(gpus))
     env.setdefault("PYTHONUNBUFFERED", "1")
     run.update_status(state="queued", pid=None, pid_start=None, error=None, detached=True, gpus=gpus)
-    with open(run.log_path, "ab") as log_file:
+    with open(os.open(run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:
         proc = subprocess.Popen(job_command(run, resume=resume, gpus=gpus), stdin=subprocess.DEVNULL,
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                 close_fds=True, cwd=str(Path.home()) if Path.home().is_dir() else None)

@@ -7,6 +7,7 @@ every rank under ``torchrun``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -25,6 +26,7 @@ def run_logging(run: RunDir | None, echo: bool):
     """Log lines go to the run's log.txt (rank 0) and, when ``echo``, to stderr."""
     handlers: list[logging.Handler] = []
     if run is not None:
+        os.close(os.open(run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # owner-only, like the run
         handlers.append(logging.FileHandler(run.log_path, encoding="utf-8"))
     if echo:
         handlers.append(logging.StreamHandler(sys.stderr))
