@@ -202,7 +202,7 @@ def test_two_processes_record_concurrently(tmp_path: Path):
     path = tmp_path / "reviews.sqlite"
     ctx = mp.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(str(path), w, 200, start, out)) for w in range(2)]
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 500, start, out)) for w in range(2)]
     for p in procs:
         p.start()
     start.set()
@@ -211,9 +211,9 @@ def test_two_processes_record_concurrently(tmp_path: Path):
         p.join(30)
     assert results == ["ok", "ok"]
     rows = _rows(path)
-    assert len(rows) == 400 and len({r[0] for r in rows}) == 400
+    assert len(rows) == 1000 and len({r[0] for r in rows}) == 1000
     with ReviewStore(path) as store:
-        assert len(store.latest(ROOT)) == 400
+        assert len(store.latest(ROOT)) == 1000
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
@@ -294,6 +294,54 @@ def test_sigkill_mid_action_loses_nothing_acknowledged(tmp_path: Path):
     ids = [r[0] for r in conn.execute("SELECT action_id FROM actions")]
     conn.close()
     assert len(ids) == len(set(ids)) and set(acked_all) <= set(ids)
+
+
+PLAN = 1000  # the issue's size: one reviewer's 1,000 actions, applied across SIGKILLed sessions
+
+
+def _plan_action(store: ReviewStore, i: int) -> None:
+    store.record(ROOT, f"plan-s{i % 211}", ("Mass", "Effusion", "Nodule")[i % 3], ("accept", "reject", "uncertain")[i % 3],
+                 note=f"n{i}", action_id=f"plan-{i}")
+
+
+def _plan_child(path: str, fd: int, start: int) -> None:
+    with ReviewStore(Path(path)) as store:
+        for i in range(start, PLAN):
+            os.write(fd, f"B {i}\n".encode())
+            _plan_action(store, i)
+            os.write(fd, f"A {i}\n".encode())
+
+
+def test_thousand_actions_survive_random_sigkills(tmp_path: Path):
+    """The TUI's code path (ReviewStore.record) applying 1,000 actions, killed at random points until done."""
+    path = tmp_path / "reviews.sqlite"
+    ctx = mp.get_context("fork")
+    rng = random.Random(11)
+    acknowledged: set[int] = set()
+    kills = 0
+    while True:
+        with ReviewStore(path) as store:
+            stored = [int(r.action_id.split("-")[1]) for r in store.reviews(ROOT, history=True, include_cleared=True)]
+        assert len(stored) == len(set(stored)) and sorted(stored) == list(range(len(stored)))  # no gap, no duplicate
+        assert acknowledged <= set(stored)  # everything acknowledged before a kill survived it
+        if len(stored) == PLAN:
+            break
+        read_fd, write_fd = os.pipe()
+        child = ctx.Process(target=_plan_child, args=(str(path), write_fd, len(stored)))
+        child.start()
+        os.close(write_fd)
+        last_round = kills >= 8
+        if not last_round:
+            time.sleep(rng.uniform(0.02, 0.25))
+            os.kill(child.pid, signal.SIGKILL)
+            kills += 1
+        child.join(120)
+        acknowledged |= {int(line[2:]) for line in _read_all(read_fd).splitlines() if line.startswith("A ")}
+        os.close(read_fd)
+    assert kills >= 5 and len(acknowledged) >= PLAN - kills  # at most the in-flight action of each kill unacknowledged
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
 
 
 def test_lock_held_past_busy_timeout_is_retried(tmp_path: Path):
