@@ -135,3 +135,20 @@ def test_labels_csv_paths_outside_the_root_are_refused(tmp_path, index):
     assert result.report.studies == 2
     allowed = index.scan(root, options=SourceOptions(allow_outside_root=True))
     assert allowed.report.studies == 3
+
+
+def test_labels_csv_paths_through_symlinks_out_of_the_root_are_refused(tmp_path, index):
+    root = tmp_path / "data"
+    _labelled_folder(root, n=2)
+    elsewhere = tmp_path / "elsewhere"
+    _png(elsewhere / "private.png")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # as an archive from elsewhere might carry
+    (root / "direct.png").symlink_to(elsewhere / "private.png")
+    with (root / "labels.csv").open("a") as fh:
+        fh.write("linked/private.png,Nodule,p9,PA,50,M\n")
+        fh.write("direct.png,Mass,p8,PA,51,F\n")
+    result = index.scan(root)
+    refused = [p for p in result.report.problems if "through a symlink" in p["reason"]]
+    assert len(refused) == 2 and result.report.studies == 2
+    allowed = index.scan(root, options=SourceOptions(allow_outside_root=True))
+    assert allowed.report.studies == 4

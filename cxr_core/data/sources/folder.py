@@ -88,16 +88,21 @@ def resolve_csv_image(root: Path, csv_dir: Path, value: str, catalog: FileCatalo
         if target.is_file():
             return os.path.relpath(target, root), ""
     rel = str(pure)
+    found: str | None = None
     if rel in catalog:
-        return rel, ""
-    if csv_dir != root:
+        found = rel
+    elif csv_dir != root:
         rel_csv = (csv_dir.relative_to(root) / rel).as_posix() if _inside(root, csv_dir) else rel
         if rel_csv in catalog:
-            return rel_csv, ""
-    found = catalog.find_name(pure.name) if len(pure.parts) == 1 else None
-    if found is not None:
-        return found, ""
-    return None, "image not found under the root"
+            found = rel_csv
+    if found is None and len(pure.parts) == 1:
+        found = catalog.find_name(pure.name)
+    if found is None:
+        return None, "image not found under the root"
+    if not options.allow_outside_root and not _inside(root, root / found):
+        # A symlink inside the root that leads out of it (e.g. from an archive someone else made).
+        return None, "path leads outside the data root through a symlink (refused; pass --allow-outside-root to permit)"
+    return found, ""
 
 
 def _group_files(catalog: FileCatalog) -> dict[str, list[str]]:
@@ -181,6 +186,8 @@ def read_folder(root: Path, catalog: FileCatalog, options: SourceOptions, space:
             where = f"{labels_csv}:{row['_line']}"
             if rel is None and "outside" in reason:
                 problems.append(Problem(where, f"{row['image']}: {reason}"))
+                if "symlink" in reason:
+                    claimed.add(row["image"])  # refused: not taken in again as an unlabelled image
                 continue
             path = rel or row["image"]
             if path in claimed:
