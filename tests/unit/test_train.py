@@ -97,3 +97,32 @@ def test_labels_subset_and_unknown_label(tmp_path, phantom_set):
     with pytest.raises(ConfigError, match="Tuberculosis"):
         run_training(bad)
     assert bad.read_status().state == "failed" and "Tuberculosis" in bad.read_status()["error"]
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_why(tmp_path, phantom_set, monkeypatch):
+    import errno
+
+    from cxr_core import checkpoint as ckpt_module
+    from cxr_core.train import trainer as trainer_module
+
+    run = _run(tmp_path, _config(phantom_set, epochs=3))
+    real_save = ckpt_module.save_file
+    calls = {"n": 0}
+
+    def save_file(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1 wrote last + best; the disk is full from epoch 2 on
+            with open(path, "wb") as fh:
+                fh.write(b"\0" * 1000)  # half a file in the temporary path, as a full disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ckpt_module, "save_file", save_file)
+    assert trainer_module.save_checkpoint is ckpt_module.save_checkpoint
+    with pytest.raises(OSError):
+        run_training(run)
+    status = run.read_status()
+    assert status.state == "failed" and "No space left on device" in status["error"]
+    kept = load_checkpoint(run.last_checkpoint, train_state=True)  # the epoch-1 checkpoint, whole
+    assert kept.epoch == 1
+    assert not [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
