@@ -38,7 +38,9 @@ def test_killed_job_is_interrupted_and_resumes_to_the_end(tmp_path, phantom_set)
     started = cxr_json("train", "--data", phantom_set, *TRAIN, "--epochs", "3", "--runs-dir", runs, "--detach")
     run = RunDir.open(started["run"], runs)
     assert started["state"] == "queued" and started["pid"] > 0
-    _wait(lambda: run.read_status().state == "running" and _epochs(run), 240, "the first epoch", run)
+    # after the first epoch's checkpoint (metrics.jsonl gets the epoch line a moment before it is written)
+    _wait(lambda: run.read_status().state == "running" and _epochs(run) and run.last_checkpoint.is_file(), 240,
+          "the first epoch's checkpoint", run)
     os.kill(run.read_status()["pid"], signal.SIGKILL)
     _wait(lambda: run.read_status().state == "interrupted", 30, "state interrupted")
     listed = cxr_json("jobs", "list", "--runs-dir", runs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -341,7 +342,8 @@ def test_no_planted_identifier_in_any_file_written_or_any_output(world):
 
 def test_show_phi_reveals_the_identifiers_in_the_study_screen(world):
     assert "Zzyzx^Quintavius" in world.phi_info, world.phi_info
-    assert "MRN-7734-PLANTED" in world.phi_info and "Xylophant Memorial Infirmary" in world.phi_info
+    # whichever study the worklist puts first: every patient's id is MRN-77xx-PLANTED
+    assert re.search(r"MRN-77\d\d-PLANTED", world.phi_info) and "Xylophant Memorial Infirmary" in world.phi_info
     assert "Zzyzx" in world.phi_svg.replace("&#160;", " ")
 
 
