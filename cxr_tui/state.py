@@ -6,7 +6,6 @@ Screens read this (``self.app.workspace``) and change it only by posting message
 
 from __future__ import annotations
 
-import getpass
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +13,9 @@ from pathlib import Path
 from cxr_core.atomic import atomic_write_text
 from cxr_core.eval.predictions import Predictions
 from cxr_core.paths import data_dir
+from cxr_core.store.reviews import current_user
 
 SESSION_FILE = "tui-session.json"
-
-
-def reviewer_name() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # containers without a passwd entry
-        return "unknown"
 
 
 @dataclass
@@ -33,7 +26,7 @@ class Workspace:
     thresholds: dict[str, float] = field(default_factory=dict)
     predictions: Predictions | None = None  # one row per image of the root
     errors: dict[str, str] = field(default_factory=dict)  # unreadable images: relpath -> reason
-    reviewer: str = field(default_factory=reviewer_name)
+    reviewer: str = field(default_factory=current_user)
     runs_dir: Path | None = None
     show_phi: bool = False
 

@@ -45,7 +45,6 @@ changes a threshold appends a history row keeping the previous value.
 
 from __future__ import annotations
 
-import getpass
 import json
 import math
 import os
@@ -61,6 +60,7 @@ import numpy as np
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError, DataError
 from cxr_core.eval.predictions import Predictions
+from cxr_core.store.reviews import current_user  # one definition of who is acting
 
 FORMAT_VERSION = 1
 METRIC_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "flagged", "support", "negatives", "labelled",
@@ -563,14 +563,6 @@ def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | N
     if current.update(entries, action="review", who=who):
         current.write(path)
     return current
-
-
-def current_user() -> str:
-    """The login name for history rows (``unknown`` where the system cannot say)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
-        return "unknown"
 
 
 def now_iso() -> str:

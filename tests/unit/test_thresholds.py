@@ -15,7 +15,6 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_curve
 from typer.testing import CliRunner
 
 from cxr_core.errors import CxrError
-from cxr_core.eval import thresholds as th
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import (
     Mode,
@@ -324,7 +323,7 @@ def test_missing_file(tmp_path):
 
 def test_review_save_appends_history_and_keeps_previous_values(tmp_path, monkeypatch):
     points, data, path = tuned_file(tmp_path)
-    monkeypatch.setattr(th.getpass, "getuser", lambda: "dr_bob")
+    monkeypatch.setattr("getpass.getuser", lambda: "dr_bob")
     old_a = data.thresholds["a"]
     saved = save_review(path, {"a": 0.61, "b": data.thresholds["b"]}, points)
     back = load_thresholds(path)
