@@ -57,6 +57,13 @@ class CacheBuildCancelled(CxrError):
     """The build was cancelled; rows finished so far are saved and will not be decoded again."""
 
 
+def letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, inner height, inner width) of an (H, W) image inside its ``size`` letterbox."""
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
+
+
 def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
     """Fit a (H, W) uint8 image into ``size x size``: aspect ratio kept, centred, padded with 0.
 
@@ -67,13 +74,11 @@ def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
     integer box reduction (``reducing_gap=2``) that halves its cost at 1024 -> 224 with no visible change.
     """
     height, width = pixels.shape
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left, new_h, new_w = letterbox_geometry(height, width, size)
     if (new_h, new_w) != (height, width):
         resized = Image.fromarray(pixels).resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=2.0)
         pixels = np.asarray(resized)
     out = np.zeros((size, size), np.uint8)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
     out[top : top + new_h, left : left + new_w] = pixels
     return out
 

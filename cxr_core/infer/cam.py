@@ -40,7 +40,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from cxr_core.atomic import atomic_path
-from cxr_core.data.cache import letterbox
+from cxr_core.data.cache import letterbox, letterbox_geometry
 from cxr_core.data.dataset import Normalizer
 from cxr_core.errors import CxrError
 from cxr_core.models.config import ModelConfig
@@ -212,16 +212,6 @@ def _normalise(maps: Tensor) -> Tensor:
     spread = maps.amax(dim=(-2, -1), keepdim=True) - low
     ok = spread > 1e-12
     return torch.where(ok, (maps - low) / torch.where(ok, spread, torch.ones_like(spread)), torch.zeros_like(maps))
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(top, left, inner height, inner width) of an (H, W) image inside its ``size`` letterbox.
-
-    Mirrors :func:`cxr_core.data.cache.letterbox` (a test checks both agree on non-square shapes).
-    """
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
 
 
 def unletterbox(square: np.ndarray, height: int, width: int) -> np.ndarray:
