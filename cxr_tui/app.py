@@ -126,9 +126,9 @@ class CxrApp(App):
         self.call_from_thread(self._studies_loaded, root, studies, space)
         if workspace.model is None or worker.is_cancelled:
             return
-        self._predict(worker.cancelled_event)
+        self._predict(worker.cancelled_event, studies)
 
-    def _predict(self, cancel: threading.Event) -> None:
+    def _predict(self, cancel: threading.Event, studies: list[Study]) -> None:
         from cxr_core.infer.engine import Predictor
         from cxr_core.infer.loading import load_model, resolve_checkpoint
         from cxr_core.infer.studies import predict_root
@@ -139,7 +139,7 @@ class CxrApp(App):
             self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, workers=0)
         self._load_thresholds(path)
         with self.model_lock:
-            result = predict_root(self.predictor, workspace.root, cancel=cancel, use_cache=self.use_cache,
+            result = predict_root(self.predictor, workspace.root, cancel=cancel, use_cache=self.use_cache, studies=studies,
                                   progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
         if result.cancelled:
             return

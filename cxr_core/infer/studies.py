@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.data.sources import SourceOptions
+from cxr_core.data.study import Study
 from cxr_core.errors import CxrError
 from cxr_core.eval.predictions import Predictions
 from cxr_core.infer.engine import Predictor, Progress
@@ -47,7 +48,8 @@ def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None
 def predict_root(predictor: Predictor, root: str | os.PathLike[str], *, fmt: str | None = None,
                  split: str | None = None, options: SourceOptions = SourceOptions(), index: StudyIndex | None = None,
                  cancel: threading.Event | None = None, progress: Progress | None = None,
-                 use_cache: bool = True) -> RootPredictions:
+                 use_cache: bool = True, studies: list[Study] | None = None) -> RootPredictions:
+    """``studies``: the root's studies (present images only) when the caller already loaded them, as the TUI has."""
     dist = predictor.dist
     if dist.enabled and not dist.is_main:
         dist.barrier()  # rank 0 indexes first; the others then find the index up to date
@@ -57,7 +59,10 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str], *, fmt: str
         scan = index.scan(root, fmt, options)
         resolved = Path(scan.report.root)
         space = index.label_space(resolved)
-        studies = index.studies(resolved, split=split, present_only=True)
+        if studies is None:
+            studies = index.studies(resolved, split=split, present_only=True)
+        elif split is not None:
+            studies = [s for s in studies if s.split == split]
     finally:
         if own:
             index.close()
