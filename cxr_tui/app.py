@@ -84,6 +84,7 @@ class CxrApp(App):
         self.model_lock = threading.Lock()  # CAM hooks and predictions share the model
         self.study_probs: np.ndarray | None = None  # (n studies, K) max over each study's images
         self.image_rows: dict[str, list[int]] = {}  # study -> rows of workspace.predictions
+        self._reviews = None  # ReviewStore, opened on first use (see `reviews`)
         self.last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
 
     # -- start -------------------------------------------------------------------------------------------------
@@ -229,6 +230,19 @@ class CxrApp(App):
         return [s for s in self.screen_stack if hasattr(s, method)]
 
     # -- what screens ask of the app ---------------------------------------------------------------------------
+
+    @property
+    def reviews(self):
+        """The reviews database, opened once for the app (every decision is still its own committed transaction)."""
+        if self._reviews is None:
+            from cxr_core.store.reviews import ReviewStore
+
+            self._reviews = ReviewStore()
+        return self._reviews
+
+    def on_unmount(self) -> None:
+        if self._reviews is not None:
+            self._reviews.close()
 
     def study_probabilities(self, study_id: str) -> np.ndarray | None:
         """(n images, K) probabilities of a study's images, or None before predictions arrive."""

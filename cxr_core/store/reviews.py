@@ -409,23 +409,26 @@ class ReviewStore:
         return [r[0] for r in rows]
 
     def status_by_study(self, root: str | os.PathLike[str],
-                        expected: Mapping[str, Collection[str]] | None = None) -> dict[str, str]:
+                        expected: Mapping[str, Collection[str]] | None = None, *,
+                        study: str | None = None) -> dict[str, str]:
         """Review status of every study of ``root`` with at least one decision (one query).
 
         ``expected`` maps a study to the findings that need a decision (e.g. those the model flags). A study is
         ``reviewed`` when all of them are accepted or rejected, ``uncertain`` when all are decided but one or
         more is uncertain, ``partial`` when some are still undecided. Without ``expected`` (or for a study not
         in it), the findings that have a decision are all that is asked. Studies without any decision are not
-        in the result: ``status.get(study, UNREVIEWED)``.
+        in the result: ``status.get(study, UNREVIEWED)``. ``study`` narrows the query to that one study (what a
+        screen needs after one decision, instead of the whole root).
         """
         key = root_key(root)
+        where, args = ("c.root = ? AND c.study = ?", (key, study)) if study is not None else ("c.root = ?", (key,))
         if expected is None:  # no finding names to carry: the cheaper aggregate
-            sql = _latest_sql("c.study, max(c.decision = 'uncertain')", "c.root = ?") + _DECIDED_BY_STUDY
-            rows = self._run(lambda conn: conn.execute(sql, (key,)).fetchall(), write=False)
+            sql = _latest_sql("c.study, max(c.decision = 'uncertain')", where) + _DECIDED_BY_STUDY
+            rows = self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)
             return {study: UNCERTAIN_STUDY if uncertain else REVIEWED for study, uncertain in rows}
-        sql = (_latest_sql("c.study, max(c.decision = 'uncertain'), group_concat(c.finding, ?)", "c.root = ?")
+        sql = (_latest_sql("c.study, max(c.decision = 'uncertain'), group_concat(c.finding, ?)", where)
                + _DECIDED_BY_STUDY)
-        rows = self._run(lambda conn: conn.execute(sql, (_SEP, key)).fetchall(), write=False)
+        rows = self._run(lambda conn: conn.execute(sql, (_SEP, *args)).fetchall(), write=False)
         result: dict[str, str] = {}
         for study, uncertain, findings in rows:
             wanted = expected.get(study)

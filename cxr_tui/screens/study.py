@@ -180,11 +180,8 @@ class StudyScreen(Screen):
         return ["\n[b]identifiers (--show-phi)[/b]", *(f"{k}: {v}" for k, v in fields.items())]
 
     def _load_decisions(self) -> None:
-        from cxr_core.store.reviews import ReviewStore
-
         try:
-            with ReviewStore() as store:
-                latest = store.latest(self.app.workspace.root, self.study_id)
+            latest = self.app.reviews.latest(self.app.workspace.root, self.study_id)
         except CxrError as err:
             self.notify(str(err), severity="error")
             latest = {}
@@ -308,21 +305,19 @@ class StudyScreen(Screen):
         self._record(label, decision)
 
     def _record(self, label: str, decision: str | None = None, note: str | None = None) -> None:
-        from cxr_core.store.reviews import ReviewStore
-
         workspace = self.app.workspace
         probs = self._probs()
         k = self._labels().index(label)
         prob = float(probs[k]) if probs is not None and not np.isnan(probs[k]) else None
         try:
-            with ReviewStore() as store:
-                if decision is None:
-                    review = store.set_note(workspace.root, self.study_id, label, note or "", reviewer=workspace.reviewer)
-                else:
-                    review = store.record(workspace.root, self.study_id, label, decision, note=note,
-                                          reviewer=workspace.reviewer, probability=prob,
-                                          flagged=None if prob is None else prob >= workspace.threshold(label),
-                                          model=self.app.predictor.fingerprint if self.app.predictor else None)
+            store = self.app.reviews
+            if decision is None:
+                review = store.set_note(workspace.root, self.study_id, label, note or "", reviewer=workspace.reviewer)
+            else:
+                review = store.record(workspace.root, self.study_id, label, decision, note=note,
+                                      reviewer=workspace.reviewer, probability=prob,
+                                      flagged=None if prob is None else prob >= workspace.threshold(label),
+                                      model=self.app.predictor.fingerprint if self.app.predictor else None)
         except CxrError as err:
             self.notify(str(err), severity="error")
             return

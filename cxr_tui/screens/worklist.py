@@ -124,7 +124,7 @@ class WorklistScreen(Screen):
             self._apply()
 
     def review_changed(self, study_id: str) -> None:
-        self._refresh_reviews([study_id])
+        self._refresh_reviews(study_id)
         self.query_one(WorklistTable).refresh_view()
 
     # -- filters and sort ---------------------------------------------------------------------------------------
@@ -155,20 +155,18 @@ class WorklistScreen(Screen):
             text = " · ".join(parts)
         self.query_one("#worklist-status", Static).update(text)
 
-    def _refresh_reviews(self, studies: list[str] | None = None) -> None:
-        from cxr_core.store.reviews import ReviewStore
-
+    def _refresh_reviews(self, study: str | None = None) -> None:
+        """Review status of every study, or of ``study`` alone after a decision on it (one row, not the root)."""
         root = self.app.workspace.root
         if root is None:
             return
         try:
-            with ReviewStore() as store:
-                status = store.status_by_study(root)
+            status = self.app.reviews.status_by_study(root, study=study)
         except Exception as err:  # a damaged reviews database must not block the worklist
             self.notify(f"reviews unavailable: {err}", severity="warning")
             return
-        if studies is not None:
-            status = {s: status.get(s, "") for s in studies}
+        if study is not None:
+            status = {study: status.get(study, "")}
         self.model.update_status(status)
 
     def action_toggle_flagged(self) -> None:
