@@ -296,6 +296,7 @@ def test_sigkill_mid_action_loses_nothing_acknowledged(tmp_path: Path):
     assert len(ids) == len(set(ids)) and set(acked_all) <= set(ids)
 
 
+KILLS = 8
 PLAN = 1000  # the size: one reviewer's 1,000 actions, applied across SIGKILLed sessions
 
 
@@ -330,15 +331,23 @@ def test_thousand_actions_survive_random_sigkills(tmp_path: Path):
         child = ctx.Process(target=_plan_child, args=(str(path), write_fd, len(stored)))
         child.start()
         os.close(write_fd)
-        last_round = kills >= 8
-        if not last_round:
-            time.sleep(rng.uniform(0.02, 0.25))
+        head = b""
+        if kills < KILLS:
+            # Kill by progress, not by the clock: a fast machine would otherwise finish the plan before the
+            # kills land. A random count of acknowledged actions, then a random moment inside the next ones.
+            target = rng.randint(20, (PLAN - 100) // KILLS)
+            while head.count(b"A ") < target:
+                chunk = os.read(read_fd, 4096)
+                assert chunk, "the child ended before it was killed"
+                head += chunk
+            time.sleep(rng.uniform(0.0, 0.01))
             os.kill(child.pid, signal.SIGKILL)
             kills += 1
         child.join(120)
-        acknowledged |= {int(line[2:]) for line in _read_all(read_fd).splitlines() if line.startswith("A ")}
+        assert child.exitcode == (-signal.SIGKILL if head else 0)
+        acknowledged |= {int(line[2:]) for line in (head.decode() + _read_all(read_fd)).splitlines() if line.startswith("A ")}
         os.close(read_fd)
-    assert kills >= 5 and len(acknowledged) >= PLAN - kills  # at most the in-flight action of each kill unacknowledged
+    assert kills == KILLS and len(acknowledged) >= PLAN - kills  # at most the in-flight action of each kill unacknowledged
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
