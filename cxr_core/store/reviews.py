@@ -62,6 +62,8 @@ EXPORT_COLUMNS = ("study", "finding", "decision", "note", "reviewer", "at", "pro
 
 DEFAULT_RETRY_SECONDS = 300.0
 _DECIDED_BY_STUDY = " AND c.decision != 'clear' GROUP BY c.study"
+# A cell a spreadsheet would evaluate as a formula (OWASP "CSV injection"): =, +, -, @, or a tab/CR before one.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SEP = "\x1f"  # unit separator: joins finding names in one SQL aggregate (never part of a label name)
 
 MIGRATIONS = (
@@ -157,6 +159,16 @@ def current_user() -> str:
         return getpass.getuser()
     except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
         return "unknown"
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would run it as a formula; anything else unchanged.
+
+    Reviewer notes are free text ("+ small effusion", "=> see prior") and study ids come from file names;
+    opened in Excel or LibreOffice, a cell starting with ``=``/``+``/``-``/``@`` is evaluated, which is the
+    classic CSV-injection hole. The apostrophe is the spreadsheet convention for "this is text".
+    """
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def check_decision(decision: str) -> str:
@@ -458,11 +470,14 @@ class ReviewStore:
     # -- export -------------------------------------------------------------------------------------
 
     def export_csv(self, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
-                   history: bool = False) -> int:
+                   history: bool = False, raw_text: bool = False) -> int:
         """Write the current decisions (or every action) as CSV, atomically, mode 0644; returns the row count.
 
         Columns: ``EXPORT_COLUMNS``; ``at`` is ISO-8601 with offset, ``flagged`` is 1/0, missing values are empty.
+        Text cells that a spreadsheet would evaluate get a leading ``'`` (``spreadsheet_safe``) unless
+        ``raw_text``.
         """
+        text = (lambda value: value) if raw_text else spreadsheet_safe
         rows = self.reviews(root, history=history)
         target = Path(path).expanduser()
         if not target.parent.is_dir():
@@ -473,9 +488,11 @@ class ReviewStore:
                     writer = csv.writer(fh)
                     writer.writerow(EXPORT_COLUMNS)
                     for r in rows:
-                        writer.writerow([r.study, r.finding, r.decision, r.note or "", r.reviewer, r.when,
+                        writer.writerow([text(r.study), text(r.finding), r.decision, text(r.note or ""),
+                                         text(r.reviewer), r.when,
                                          "" if r.probability is None else repr(r.probability),
-                                         "" if r.flagged is None else int(r.flagged), r.model or "", r.root])
+                                         "" if r.flagged is None else int(r.flagged), text(r.model or ""),
+                                         text(r.root)])
         except OSError as exc:
             raise CxrError(f"{target}: cannot write ({exc.strerror or exc})") from None
         return len(rows)

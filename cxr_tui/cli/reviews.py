@@ -26,11 +26,14 @@ def export_cmd(
     root: RootOpt = None,
     db: DbOpt = None,
     history: Annotated[bool, typer.Option("--history", help="Every action, not only the current decisions.")] = False,
+    raw_text: Annotated[bool, typer.Option(
+        "--raw-text", help="Write text cells exactly as stored. By default a cell starting with = + - @ gets a "
+                           "leading ' so a spreadsheet shows it instead of running it as a formula.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write the current decision of every (study, finding) as CSV: study, finding, decision, note, reviewer, at, ..."""
     with ReviewStore(db) as store:
-        rows = store.export_csv(out, root, history=history)
+        rows = store.export_csv(out, root, history=history, raw_text=raw_text)
     result = {"path": str(out), "rows": rows, "columns": list(EXPORT_COLUMNS), "history": history}
     if json_out:
         print_json(result)

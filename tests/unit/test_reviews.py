@@ -182,6 +182,27 @@ def test_export_csv(store: ReviewStore, tmp_path: Path):
     assert empty.read_text().strip() == ",".join(EXPORT_COLUMNS)
 
 
+def test_export_csv_neutralises_spreadsheet_formulas(store: ReviewStore, tmp_path: Path):
+    """A note or study id that Excel would evaluate is written as text; --raw-text keeps it byte for byte."""
+    store.record(ROOT, "=HYPERLINK(\"http://x\")", "Mass", "accept", note="+ small effusion", reviewer="ana")
+    store.record(ROOT, "s2", "Mass", "reject", note="@SUM(A1)", reviewer="ana")
+    store.record(ROOT, "s3", "Mass", "reject", note="-ve, 2 = 2", reviewer="ana")
+    store.record(ROOT, "s4", "Mass", "accept", note="no change; =ok later", reviewer="ana")
+    out = tmp_path / "reviews.csv"
+
+    def read(**kwargs) -> dict[str, dict[str, str]]:
+        store.export_csv(out, ROOT, **kwargs)
+        with open(out, newline="", encoding="utf-8") as fh:
+            return {r["note"]: r for r in csv.DictReader(fh)}
+
+    safe = read()
+    assert set(safe) == {"'+ small effusion", "'@SUM(A1)", "'-ve, 2 = 2", "no change; =ok later"}
+    assert safe["'+ small effusion"]["study"] == "'=HYPERLINK(\"http://x\")"
+    raw = read(raw_text=True)
+    assert set(raw) == {"+ small effusion", "@SUM(A1)", "-ve, 2 = 2", "no change; =ok later"}
+    assert raw["+ small effusion"]["study"] == '=HYPERLINK("http://x")'
+
+
 # -- concurrency and crashes --------------------------------------------------------------------------
 
 def _writer(path: str, worker: int, count: int, start, out) -> None:
