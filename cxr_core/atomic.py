@@ -2,15 +2,21 @@
 
 Write to a temporary file in the same directory, flush and fsync it, then ``os.replace`` it over the target
 (atomic on POSIX within one file system) and fsync the directory so the rename itself survives a crash.
+A writer killed between the two leaves its temporary file behind; the next successful write of the same
+target removes such leftovers once they are ``STALE_TMP_S`` old (a live writer's file is younger).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+STALE_TMP_S = 3600.0  # a temporary file untouched this long belongs to a writer that died
 
 
 @contextlib.contextmanager
@@ -34,6 +40,21 @@ def atomic_path(target: str | os.PathLike[str], mode: int = 0o600) -> Iterator[P
             tmp_path.unlink()
         raise
     _fsync_dir(target.parent)
+    remove_stale_tmp(target)
+
+
+def remove_stale_tmp(target: str | os.PathLike[str], older_than_s: float = STALE_TMP_S) -> int:
+    """Remove ``target``'s temporary files left by killed writers (untouched ``older_than_s``); returns how many."""
+    target = Path(target)
+    cutoff = time.time() - older_than_s
+    removed = 0
+    with contextlib.suppress(OSError):
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if leftover.lstat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+    return removed
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
