@@ -11,7 +11,6 @@ trainer's checkpoint); their failures are shown once, from ``on_worker_state_cha
 
 from __future__ import annotations
 
-import codecs
 import os
 import shlex
 import subprocess
@@ -21,177 +20,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Horizontal, Vertical
 from textual.reactive import var
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Log, MarkdownViewer, Select, Static
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
-from cxr_core.data.sources import SOURCES
 from cxr_core.errors import CxrError
-from cxr_core.models import list_models
 from cxr_core.train import jobs
-from cxr_core.train.config import LOSSES, ConfigError, TrainConfig
+from cxr_core.train.config import TrainConfig
 from cxr_core.train.rundir import ACTIVE, RunDir, default_runs_dir, list_runs
 from cxr_tui.messages import ModelChosen
+from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
+from cxr_tui.screens.launch import LaunchForm
 from cxr_tui.state import Workspace
-from cxr_tui.widgets.charts import CurveChart, Series
+from cxr_tui.training_model import (
+    LOG_LINES,
+    LogTail,
+    RunRow,
+    auc_labels,
+    auc_series,
+    epoch_rows,
+    eval_args,
+    eval_report,
+    file_stamp,
+    loss_series,
+    run_row,
+)
+from cxr_tui.widgets.charts import CurveChart
 
 REFRESH_S = 2.0
 """Seconds between two reads of the runs directory and of the selected run's files."""
 
-LOG_LINES = 200
-"""Lines of the selected run's log kept on screen."""
-
-TAIL_BYTES = 256 * 1024
-"""How far back from the end of log.txt the first read of a run looks for its last lines."""
-
 JOB_GROUP = "training-jobs"
 COLUMNS = ("run", "state", "epoch", "best AUC", "model")
-STATE_STYLES = {"running": "bold", "queued": "dim", "failed": "bold red", "interrupted": "yellow"}
-MACRO = "val macro AUC"
-
-
-# -- what the screen reads from a run directory ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One run as the job list shows it, read from its status.json (and config.toml)."""
-
-    id: str
-    state: str
-    epoch: int
-    epochs: int | None
-    best: float | None
-    best_epoch: int | None
-    model: str
-    phase: str | None
-    error: str | None
-
-    @property
-    def cells(self) -> tuple[str, Text, str, str, str]:
-        return (self.id, Text(self.state, style=STATE_STYLES.get(self.state, "")),
-                f"{self.epoch}/{self.epochs if self.epochs else '?'}",
-                f"{self.best:.4f}" if self.best is not None else "—", self.model)
-
-
-def run_row(run: RunDir, config: TrainConfig | None) -> RunRow:
-    status = run.read_status()
-    best = status["best_metric"]
-    return RunRow(id=run.id, state=status.state, epoch=int(status["epoch"] or 0),
-                  epochs=status["epochs"] or (config.epochs if config else None),
-                  best=float(best) if isinstance(best, int | float) else None, best_epoch=status["best_epoch"],
-                  model=config.model if config else "?", phase=status["phase"], error=status["error"])
-
-
-def epoch_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``"type": "epoch"`` rows, one per epoch (the last written wins: a resumed run redoes an epoch)."""
-    by_epoch = {int(r["epoch"]): r for r in rows if r.get("type") == "epoch" and isinstance(r.get("epoch"), int)}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _series(rows: list[dict[str, Any]], value) -> Series:
-    points = [(int(r["epoch"]), value(r)) for r in rows]
-    points = [(x, float(y)) for x, y in points if isinstance(y, int | float)]
-    return [x for x, _ in points], [y for _, y in points]
-
-
-def loss_series(rows: list[dict[str, Any]]) -> dict[str, Series]:
-    return {"train loss": _series(rows, lambda r: r.get("train_loss")),
-            "val loss": _series(rows, lambda r: r.get("val_loss"))}
-
-
-def auc_series(rows: list[dict[str, Any]], label: str | None = None) -> dict[str, Series]:
-    """Validation macro AUC per epoch, and ``label``'s own AUC when one is chosen."""
-    series = {MACRO: _series(rows, lambda r: r.get("val_auc_macro"))}
-    if label is not None:
-        series[label] = _series(rows, lambda r: (r.get("val_auc") or {}).get(label))
-    return series
-
-
-def auc_labels(rows: list[dict[str, Any]]) -> list[str]:
-    """Labels with a per-class validation AUC, in the order of the latest epoch that has any."""
-    for row in reversed(rows):
-        if row.get("val_auc"):
-            return list(row["val_auc"])
-    return []
-
-
-def eval_report(run: RunDir) -> Path | None:
-    """The run's newest ``eval/<split>/report.md`` (the test split's when there is one)."""
-    reports = [p for p in run.path.glob("eval/*/report.md") if p.is_file()]
-    if not reports:
-        return None
-    return max(reports, key=lambda p: (p.parent.name == "test", p.stat().st_mtime))
-
-
-def eval_args(run: RunDir, config: TrainConfig, split: str = "test") -> list[str]:
-    """The arguments of ``cxr-tui eval`` that evaluate ``run`` on its own data set's ``split``."""
-    args = ["eval", str(run.path), "--data", config.data, "--split", split]
-    if config.format:
-        args += ["--format", config.format]
-    if config.labels_csv:
-        args += ["--labels", config.labels_csv]
-    return args
-
-
-class LogTail:
-    """Follows a growing text file like ``tail -f``: its last lines first, then the lines appended since.
-
-    Only complete lines are returned (a line still being written waits for its newline). A file that was
-    replaced or got shorter is read again from its last lines, as is one that grew by more than TAIL_BYTES.
-    """
-
-    def __init__(self, path: Path, lines: int = LOG_LINES):
-        self.path = path
-        self.lines = lines
-        self.offset = 0
-        self.inode: int | None = None
-        self.partial = ""
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def read(self) -> tuple[bool, list[str]]:
-        """``(start over, lines)``: with start over the lines replace what was shown, else they follow it."""
-        try:
-            st = self.path.stat()
-        except OSError:
-            st = None
-        inode, size = (st.st_ino, st.st_size) if st else (None, 0)
-        try:
-            if inode != self.inode or size < self.offset or size - self.offset > TAIL_BYTES:
-                self.inode, self.offset, self.partial = inode, 0, ""
-                self.decoder.reset()
-                if st is None:
-                    return True, []
-                start = max(0, size - TAIL_BYTES)
-                lines = self._read_from(start)
-                return True, (lines[1:] if start else lines)[-self.lines:]  # the first may be cut
-            if size == self.offset:
-                return False, []
-            return False, self._read_from(self.offset)
-        except OSError:
-            return False, []
-
-    def _read_from(self, start: int) -> list[str]:
-        with open(self.path, "rb") as fh:
-            fh.seek(start)
-            data = fh.read()
-        self.offset = start + len(data)
-        *lines, self.partial = (self.partial + self.decoder.decode(data)).split("\n")
-        return [line.rstrip("\r") for line in lines]
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -200,198 +65,6 @@ class JobDone:
 
     message: str
     run_id: str | None = None
-
-
-# -- dialogs --------------------------------------------------------------------------------------------------
-
-
-class ReportScreen(ModalScreen[None]):
-    """A run's evaluation report (report.md) in a Markdown viewer."""
-
-    DEFAULT_CSS = """
-    ReportScreen { align: center middle; }
-    ReportScreen > Vertical { width: 95%; height: 95%; border: round $primary; background: $surface; }
-    ReportScreen #report-title { width: 1fr; height: 1; padding: 0 1; text-style: bold; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q", "close", "Close")]
-
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path = path
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(str(self.path), id="report-title", markup=False)
-            yield MarkdownViewer(self.path.read_text(encoding="utf-8", errors="replace"),
-                                 show_table_of_contents=False, open_links=False, id="report")
-        yield Footer()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    """A question with a yes button (``y``) and a no button (``n`` / escape)."""
-
-    DEFAULT_CSS = """
-    ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 76; max-width: 100%; height: auto; border: round $primary;
-                               background: $surface; padding: 0 1; }
-    ConfirmScreen #question { width: 1fr; margin-bottom: 1; }
-    ConfirmScreen Horizontal { height: auto; align-horizontal: right; }
-    ConfirmScreen Button { margin-left: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Yes"),
-                                             Binding("n,escape", "answer(False)", "No")]
-
-    def __init__(self, question: str, yes: str = "Yes"):
-        super().__init__()
-        self.question = question
-        self.yes = yes
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(self.question, id="question", markup=False)
-            with Horizontal():
-                yield Button(self.yes, id="yes", variant="primary", compact=True)
-                yield Button("Cancel", id="no", compact=True)
-
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
-
-
-class LaunchForm(ModalScreen[TrainConfig | None]):
-    """The settings of a new training run; dismisses with a resolved, validated TrainConfig (or None)."""
-
-    DEFAULT_CSS = """
-    LaunchForm { align: center middle; }
-    LaunchForm > Vertical { width: 76; max-width: 100%; height: auto; max-height: 100%;
-                            border: round $primary; background: $surface; padding: 0 1; }
-    LaunchForm #launch-title { text-style: bold; height: 1; }
-    LaunchForm Grid { grid-size: 2; grid-columns: 14 1fr; grid-rows: 1; grid-gutter: 0 1; height: auto; }
-    LaunchForm #launch-error { color: $error; height: auto; min-height: 1; }
-    LaunchForm #launch-buttons { height: 1; align-horizontal: right; }
-    LaunchForm Button { margin-left: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel"),
-                                             Binding("ctrl+s", "submit", "Start run")]
-
-    def __init__(self, root: Path | None = None, models: Sequence[str] | None = None):
-        super().__init__()
-        self.root = root
-        self.models = list(models) if models else list_models(include_tiny=False)
-
-    def compose(self) -> ComposeResult:
-        defaults = TrainConfig()
-        model = defaults.model if defaults.model in self.models else self.models[0]
-        with Vertical():
-            yield Static("New training run", id="launch-title")
-            with Grid():
-                yield Label("data root")
-                yield Input(str(self.root or ""), placeholder="data set root (as for `data index`)", id="data",
-                            compact=True)
-                yield Label("format")
-                yield Select([("detect", "auto"), *((name, name) for name in SOURCES)], value="auto",
-                             allow_blank=False, id="format", compact=True)
-                yield Label("model")
-                yield Select([(name, name) for name in self.models], value=model, allow_blank=False, id="model",
-                             compact=True)
-                yield Label("image size")
-                yield Input(placeholder="the model's own", type="integer", id="image-size", compact=True)
-                yield Label("epochs")
-                yield Input(str(defaults.epochs), type="integer", id="epochs", compact=True)
-                yield Label("batch size")
-                yield Input(str(defaults.batch_size), type="integer", id="batch-size", compact=True)
-                yield Label("learning rate")
-                yield Input(placeholder="auto (2e-3 from scratch, 3e-4 from weights)", type="number", id="lr",
-                            compact=True)
-                yield Label("loss")
-                yield Select([(name, name) for name in LOSSES], value=defaults.loss, allow_blank=False, id="loss",
-                             compact=True)
-                yield Label("weights file")
-                yield Input(placeholder="optional: .safetensors / .pth / .bin", id="weights", compact=True)
-                yield Label("GPUs")
-                yield Input("1", type="integer", id="gpus", compact=True,
-                            tooltip="0: CPU; 1: one GPU; more: one process per GPU (torchrun, DDP)")
-                yield Label("name")
-                yield Input(placeholder="optional: appended to the run id", id="name", compact=True)
-            yield Static("", id="launch-error", markup=False)
-            with Horizontal(id="launch-buttons"):
-                yield Button("Start", id="start", variant="primary", compact=True)
-                yield Button("Cancel", id="cancel", compact=True)
-
-    def config(self) -> TrainConfig:
-        """The form as a resolved, validated config; a ConfigError says which field is wrong."""
-        data = self._text("data")
-        if not data:
-            raise ConfigError("data: a data set root is required")
-        root = Path(data).expanduser().resolve()
-        if not root.exists():
-            raise ConfigError(f"data: {root} does not exist")
-        weights = self._text("weights")
-        if weights:
-            weights = str(Path(weights).expanduser().resolve())
-            if not Path(weights).is_file():
-                raise ConfigError(f"weights: {weights} is not a file")
-        gpus = self._number("gpus", int)
-        gpus = 1 if gpus is None else gpus
-        if gpus < 0:
-            raise ConfigError("GPUs must be 0 (CPU) or more")
-        fmt, model = self.query_one("#format", Select).value, self.query_one("#model", Select).value
-        config = TrainConfig(
-            data=str(root), format=None if fmt == "auto" else str(fmt), model=str(model),
-            image_size=self._number("image-size", int), epochs=self._number("epochs", int, required=True),
-            batch_size=self._number("batch-size", int, required=True), lr=self._number("lr", float),
-            loss=str(self.query_one("#loss", Select).value), weights=weights or None,
-            device="cpu" if gpus == 0 else "auto", gpus=",".join(map(str, range(gpus))) if gpus > 1 else None,
-            name=self._text("name") or None,
-        )
-        return config.resolve().validate()
-
-    def _text(self, field: str) -> str:
-        return self.query_one(f"#{field}", Input).value.strip()
-
-    def _number(self, field: str, kind: type, required: bool = False) -> Any:
-        text = self._text(field)
-        label = field.replace("-", " ")
-        if not text:
-            if required:
-                raise ConfigError(f"{label}: a value is required")
-            return None
-        try:
-            return kind(text)
-        except ValueError:
-            raise ConfigError(f"{label}: {text!r} is not a {'whole ' if kind is int else ''}number") from None
-
-    def show_error(self, message: str) -> None:
-        self.query_one("#launch-error", Static).update(f"⚠ {message}")
-
-    def action_submit(self) -> None:
-        try:
-            config = self.config()
-        except CxrError as exc:
-            self.show_error(str(exc))
-            return
-        self.dismiss(config)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#start")
-    def _start(self) -> None:
-        self.action_submit()
-
-    @on(Button.Pressed, "#cancel")
-    def _cancel(self) -> None:
-        self.action_cancel()
-
-    @on(Input.Submitted)
-    def _submitted(self) -> None:
-        self.action_submit()
 
 
 # -- the screen -----------------------------------------------------------------------------------------------
@@ -539,7 +212,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
     def follow_run(self) -> None:
         """Re-read the selected run's metrics if the file changed, and append what was added to its log."""
         run = self.selected_run
-        stamp = _stamp(run.metrics_path) if run else None
+        stamp = file_stamp(run.metrics_path) if run else None
         if run is not None and stamp != self._metrics_stamp:
             self._metrics_stamp = stamp
             self.metrics = epoch_rows(run.read_metrics())

@@ -16,15 +16,10 @@ from textual.widgets import DataTable, Input, Log, Static
 from cxr_core.train.config import TrainConfig
 from cxr_core.train.rundir import RunDir, process_start_time
 from cxr_tui.messages import ModelChosen
-from cxr_tui.screens.training import (
-    MACRO,
-    ConfirmScreen,
-    LaunchForm,
-    LogTail,
-    ReportScreen,
-    TrainingScreen,
-    epoch_rows,
-)
+from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
+from cxr_tui.screens.launch import LaunchForm
+from cxr_tui.screens.training import TrainingScreen
+from cxr_tui.training_model import MACRO, LogTail, epoch_rows
 from cxr_tui.state import Workspace
 from cxr_tui.widgets.charts import CurveChart
 

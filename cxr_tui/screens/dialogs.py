@@ -1,0 +1,72 @@
+"""Small modal dialogs shared by screens: a yes/no question, and a Markdown report viewer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, MarkdownViewer, Static
+
+
+class ReportScreen(ModalScreen[None]):
+    """A run's evaluation report (report.md) in a Markdown viewer."""
+
+    DEFAULT_CSS = """
+    ReportScreen { align: center middle; }
+    ReportScreen > Vertical { width: 95%; height: 95%; border: round $primary; background: $surface; }
+    ReportScreen #report-title { width: 1fr; height: 1; padding: 0 1; text-style: bold; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q", "close", "Close")]
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(str(self.path), id="report-title", markup=False)
+            yield MarkdownViewer(self.path.read_text(encoding="utf-8", errors="replace"),
+                                 show_table_of_contents=False, open_links=False, id="report")
+        yield Footer()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A question with a yes button (``y``) and a no button (``n`` / escape)."""
+
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical { width: 76; max-width: 100%; height: auto; border: round $primary;
+                               background: $surface; padding: 0 1; }
+    ConfirmScreen #question { width: 1fr; margin-bottom: 1; }
+    ConfirmScreen Horizontal { height: auto; align-horizontal: right; }
+    ConfirmScreen Button { margin-left: 2; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Yes"),
+                                             Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, yes: str = "Yes"):
+        super().__init__()
+        self.question = question
+        self.yes = yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question, id="question", markup=False)
+            with Horizontal():
+                yield Button(self.yes, id="yes", variant="primary", compact=True)
+                yield Button("Cancel", id="no", compact=True)
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
