@@ -9,11 +9,17 @@ raters used one and the same category throughout).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from cxr_core.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxr_core.eval.predictions import Predictions
 
 POSITIVE, NEGATIVE = "accept", "reject"
 EXCLUDED = ("uncertain", "clear")
@@ -133,3 +139,60 @@ def agreement_by_finding(
         result[finding] = Agreement(finding, table.both_positive, table.model_only, table.reviewer_only,
                                     table.both_negative, table.excluded + extra)
     return result
+
+
+@dataclass(frozen=True)
+class ReviewedStudies:
+    """The reviewer's current decisions, paired with what the model says about each reviewed study.
+
+    ``max_prob`` is (S, K): per reviewed study present in the predictions, the highest probability of any of
+    its images (NaN when none has a score), so "the model flags the study" is ``max_prob >= threshold``.
+    ``by_finding`` maps a label to the row of each decision in ``max_prob`` and the decisions themselves;
+    ``unmatched`` counts decisions whose study has no score for that label (excluded from the table).
+    """
+
+    max_prob: np.ndarray
+    by_finding: dict[str, tuple[np.ndarray, list[str]]]
+    unmatched: dict[str, int]
+    total: int
+
+    @classmethod
+    def empty(cls, n_labels: int) -> ReviewedStudies:
+        """No decisions (yet): every agreement table is empty."""
+        return cls(np.zeros((0, n_labels), np.float32), {}, {}, 0)
+
+    @classmethod
+    def build(cls, preds: Predictions, reviews: Iterable[_ReviewLike]) -> ReviewedStudies:
+        reviews = list(reviews)
+        wanted = {r.study for r in reviews}
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, study in enumerate(preds.study):
+            if study in wanted:
+                rows[study].append(i)
+        studies = list(rows)
+        position = {study: s for s, study in enumerate(studies)}
+        max_prob = np.full((len(studies), len(preds.labels)), np.nan, dtype=preds.probs.dtype)
+        for s, study in enumerate(studies):
+            max_prob[s] = np.fmax.reduce(preds.probs[rows[study]], axis=0)
+        column = {label: k for k, label in enumerate(preds.labels)}
+        pairs: dict[str, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
+        unmatched: dict[str, int] = defaultdict(int)
+        for review in reviews:
+            s, k = position.get(review.study), column.get(review.finding)
+            if s is None or k is None or np.isnan(max_prob[s, k]):
+                unmatched[review.finding] += 1
+                continue
+            index, decisions = pairs[review.finding]
+            index.append(s)
+            decisions.append(review.decision)
+        by_finding = {label: (np.array(index, dtype=np.intp), decisions) for label, (index, decisions) in pairs.items()}
+        return cls(max_prob, by_finding, dict(unmatched), len(reviews))
+
+    def agreement(self, label: str, k: int, threshold: float) -> Agreement:
+        """The model's study flags at ``threshold`` against the decisions on ``label`` (column ``k``)."""
+        index, decisions = self.by_finding.get(label, (np.zeros(0, np.intp), []))
+        flags = self.max_prob[index, k] >= np.asarray(threshold, dtype=self.max_prob.dtype)
+        table = agreement(flags.tolist(), decisions, label)
+        extra = self.unmatched.get(label, 0)
+        return Agreement(label, table.both_positive, table.model_only, table.reviewer_only, table.both_negative,
+                         table.excluded + extra)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,7 +35,7 @@ from textual.widgets import DataTable, Footer, Static
 from textual_plotext import PlotextPlot
 
 from cxr_core.errors import CxrError
-from cxr_core.eval.agreement import Agreement, agreement
+from cxr_core.eval.agreement import Agreement, ReviewedStudies
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, load_thresholds, save_review, tune
 from cxr_core.paths import data_dir, ensure_private_dir
@@ -120,58 +118,6 @@ def default_thresholds_path(workspace: Workspace) -> Path:
     preds = workspace.predictions
     key = (preds.meta.get("fingerprint") if preds is not None else None) or (model.stem if model else "unnamed")
     return data_dir() / "thresholds" / f"{key}.json"
-
-
-@dataclass(frozen=True)
-class ReviewedStudies:
-    """The reviewer's current decisions, paired with what the model says about each reviewed study.
-
-    ``max_prob`` is (S, K): per reviewed study present in the predictions, the highest probability of any of
-    its images (NaN when none has a score), so "the model flags the study" is ``max_prob >= threshold``.
-    ``by_finding`` maps a label to the row of each decision in ``max_prob`` and the decisions themselves;
-    ``unmatched`` counts decisions whose study has no score for that label (excluded from the table).
-    """
-
-    max_prob: np.ndarray
-    by_finding: dict[str, tuple[np.ndarray, list[str]]]
-    unmatched: dict[str, int]
-    total: int
-
-    @classmethod
-    def build(cls, preds: Predictions, reviews: Iterable[Any]) -> ReviewedStudies:
-        reviews = list(reviews)
-        wanted = {r.study for r in reviews}
-        rows: dict[str, list[int]] = defaultdict(list)
-        for i, study in enumerate(preds.study):
-            if study in wanted:
-                rows[study].append(i)
-        studies = list(rows)
-        position = {study: s for s, study in enumerate(studies)}
-        max_prob = np.full((len(studies), len(preds.labels)), np.nan, dtype=preds.probs.dtype)
-        for s, study in enumerate(studies):
-            max_prob[s] = np.fmax.reduce(preds.probs[rows[study]], axis=0)
-        column = {label: k for k, label in enumerate(preds.labels)}
-        pairs: dict[str, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
-        unmatched: dict[str, int] = defaultdict(int)
-        for review in reviews:
-            s, k = position.get(review.study), column.get(review.finding)
-            if s is None or k is None or np.isnan(max_prob[s, k]):
-                unmatched[review.finding] += 1
-                continue
-            index, decisions = pairs[review.finding]
-            index.append(s)
-            decisions.append(review.decision)
-        by_finding = {label: (np.array(index, dtype=np.intp), decisions) for label, (index, decisions) in pairs.items()}
-        return cls(max_prob, by_finding, dict(unmatched), len(reviews))
-
-    def agreement(self, label: str, k: int, threshold: float) -> Agreement:
-        """The model's study flags at ``threshold`` against the decisions on ``label`` (column ``k``)."""
-        index, decisions = self.by_finding.get(label, (np.zeros(0, np.intp), []))
-        flags = self.max_prob[index, k] >= np.asarray(threshold, dtype=self.max_prob.dtype)
-        table = agreement(flags.tolist(), decisions, label)
-        extra = self.unmatched.get(label, 0)
-        return Agreement(label, table.both_positive, table.model_only, table.reviewer_only, table.both_negative,
-                         table.excluded + extra)
 
 
 class ThresholdCommands(Provider):
@@ -673,7 +619,7 @@ accept/reject decisions; uncertain ones are left out.
         preds, root = self.predictions, self.workspace.root
         if preds is None:
             return
-        reviewed = ReviewedStudies(np.zeros((0, len(preds.labels)), np.float32), {}, {}, 0)
+        reviewed = ReviewedStudies.empty(len(preds.labels))
         if root is not None:
             path = self.reviews_path or default_reviews_path()
             if path.is_file():

@@ -19,8 +19,8 @@ from cxr_tui.messages import ModelChosen
 from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
 from cxr_tui.screens.launch import LaunchForm
 from cxr_tui.screens.training import TrainingScreen
-from cxr_tui.training_model import MACRO, LogTail, epoch_rows
 from cxr_tui.state import Workspace
+from cxr_tui.training_model import MACRO, LogTail, epoch_rows
 from cxr_tui.widgets.charts import CurveChart
 
 SIZE = (80, 24)

@@ -20,7 +20,8 @@ from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 
 from cxr_core.errors import CxrError
-from cxr_core.eval.agreement import Agreement, agreement, agreement_by_finding
+from cxr_core.eval.agreement import Agreement, ReviewedStudies, agreement, agreement_by_finding
+from cxr_core.eval.predictions import Predictions
 from cxr_core.store.reviews import (
     EXPORT_COLUMNS,
     PARTIAL,
@@ -463,6 +464,25 @@ def test_agreement_by_finding_from_stored_reviews(store: ReviewStore):
     flags = {("a", "Mass"): True, ("b", "Mass"): False, ("c", "Mass"): False, ("a", "Effusion"): False}
     now = agreement_by_finding(store.reviews(ROOT), flags)
     assert now["Mass"].observed == 1.0 and now["Effusion"].reviewer_only == 1
+
+
+def test_reviewed_studies_pairs_decisions_with_the_study_maximum(store: ReviewStore):
+    """A study is flagged when any of its images reaches the threshold; decisions without a score are left out."""
+    preds = Predictions(["Mass", "Effusion"], [[0.2, 0.9], [0.7, 0.1], [0.4, 0.3], [0.1, float("nan")]],
+                        study=["a", "a", "b", "c"], image=["a1", "a2", "b1", "c1"])
+    store.record(ROOT, "a", "Mass", "accept")
+    store.record(ROOT, "b", "Mass", "reject")
+    store.record(ROOT, "c", "Effusion", "accept")  # its only image has no Effusion score
+    store.record(ROOT, "zz", "Mass", "accept")  # not in the predictions
+    reviewed = ReviewedStudies.build(preds, store.reviews(ROOT))
+    assert reviewed.total == 4 and reviewed.max_prob.shape == (3, 2)
+    low = reviewed.agreement("Mass", 0, 0.3)  # a (0.7) and b (0.4) flagged
+    assert (low.both_positive, low.model_only, low.reviewer_only, low.both_negative, low.excluded) == (1, 1, 0, 0, 1)
+    high = reviewed.agreement("Mass", 0, 0.5)  # only a flagged: full agreement
+    assert (high.both_positive, high.both_negative, high.observed) == (1, 1, 1.0)
+    assert reviewed.agreement("Effusion", 1, 0.5).excluded == 1
+    empty = ReviewedStudies.empty(2).agreement("Mass", 0, 0.5)
+    assert empty.n == 0 and empty.kappa is None
 
 
 def test_agreement_rejects_unknown_decisions():
