@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cxr_core.errors import CxrError
+
 STALE_TMP_S = 3600.0  # a temporary file untouched this long belongs to a writer that died
 
 
@@ -73,3 +75,30 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock for a read-modify-write of ``target`` across processes.
+
+    The lock is ``flock`` on a sibling ``.<name>.lock`` file (created 0600, left in place: removing it would
+    let a third writer lock a different inode). Where ``fcntl`` does not exist the block runs unlocked.
+    A lock file that cannot be created raises CxrError naming ``target``.
+    """
+    target = Path(target)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CxrError(f"{target}: cannot lock for writing ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+

@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cxr_core.atomic import atomic_write_text
+from cxr_core.atomic import atomic_write_text, locked
 from cxr_core.errors import CxrError, DataError
 from cxr_core.eval.predictions import Predictions
 from cxr_core.store.reviews import current_user  # one definition of who is acting
@@ -540,18 +540,25 @@ def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | N
     Labels not given keep their entries. A changed label gets ``mode`` and its metrics at the new value
     from ``points`` (or no metrics without ``points``, so stale numbers never sit beside a new threshold).
     One history row (who = the login name, when = now) keeps each previous value. If the file does not
-    exist it is created; a damaged one raises DataError rather than being overwritten.
+    exist it is created; a damaged one raises DataError rather than being overwritten. The read and the
+    write happen under an advisory lock, so concurrent savers (two reviewers, two processes) never drop a row.
     """
     path = Path(path)
-    if path.exists():
-        current = load_thresholds(path)
-    else:
-        current = ThresholdsFile(created=now_iso(), predictions=predictions,
-                                 n=points.n if points is not None else 0, path=path)
     for name, value in thresholds.items():
         if value is not None and not math.isfinite(float(value)):
             raise DataError(f"threshold for {name!r} is not a finite number: {value!r}")
     stats = points.at(thresholds) if points is not None else None
+    with locked(path):  # read, change and write under one lock: two reviewers saving at once both keep their row
+        return _save_locked(path, thresholds, stats, mode=mode, who=who, predictions=predictions,
+                            n=points.n if points is not None else 0)
+
+
+def _save_locked(path: Path, thresholds: Mapping[str, float | None], stats: ThresholdStats | None, *, mode: str,
+                 who: str | None, predictions: str, n: int) -> ThresholdsFile:
+    if path.exists():
+        current = load_thresholds(path)
+    else:
+        current = ThresholdsFile(created=now_iso(), predictions=predictions, n=n, path=path)
     entries: dict[str, LabelThreshold] = {}
     for name, value in thresholds.items():
         value = None if value is None else float(value)

@@ -355,6 +355,38 @@ def test_review_save_creates_a_file_but_never_overwrites_a_damaged_one(tmp_path)
         save_review(new, {"x": float("nan")})
 
 
+def _saver(path: str, label: str, start: object, rounds: int) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    for i in range(1, rounds + 1):
+        save_review(path, {label: i / 1000}, who=label)
+
+
+def test_two_reviewers_saving_at_once_keep_every_history_row(tmp_path):
+    """Read-modify-write under a lock: without it one process's save overwrites the other's row."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    path = tmp_path / "thresholds.json"
+    start = ctx.Event()
+    rounds = 40
+    children = [ctx.Process(target=_saver, args=(str(path), label, start, rounds)) for label in ("ana", "bo")]
+    for child in children:
+        child.start()
+    start.set()
+    for child in children:
+        child.join(60)
+        assert child.exitcode == 0
+    data = load_thresholds(path)
+    assert data.thresholds == {"ana": rounds / 1000, "bo": rounds / 1000}
+    assert sorted(row["who"] for row in data.history) == ["ana"] * rounds + ["bo"] * rounds
+    assert (tmp_path / ".thresholds.json.lock").stat().st_mode & 0o777 == 0o600
+
+
+def test_review_save_into_a_missing_directory_is_one_line(tmp_path):
+    with pytest.raises(CxrError, match=r"missing/t.json: cannot lock for writing \(No such file"):
+        save_review(tmp_path / "missing" / "t.json", {"x": 0.5})
+
+
 def test_threshold_file_without_optional_fields_loads():
     data = ThresholdsFile.from_json({"version": 1, "labels": {"a": {"threshold": 0.5}, "b": {"threshold": None}}})
     assert data.thresholds == {"a": 0.5} and data.history == []
