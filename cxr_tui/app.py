@@ -148,7 +148,7 @@ class CxrApp(App):
                                            result.seconds))
 
     def _load_thresholds(self, checkpoint: Path) -> None:
-        from cxr_core.eval.thresholds import load_thresholds
+        from cxr_core.eval.thresholds_file import load_thresholds
 
         workspace = self.workspace
         if workspace.thresholds_path is None:

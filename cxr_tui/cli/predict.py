@@ -45,7 +45,7 @@ def make_predictor(model: str, device: str, batch_size: int | None, workers: int
 def load_threshold_values(path: Path | None, labels: list[str]) -> dict[str, float]:
     if path is None:
         return dict.fromkeys(labels, 0.5)
-    from cxr_core.eval.thresholds import load_thresholds
+    from cxr_core.eval.thresholds_file import load_thresholds
 
     values = load_thresholds(path).thresholds
     return {label: values.get(label, 0.5) for label in labels}

@@ -11,14 +11,8 @@ from rich.table import Table
 
 from cxr_core.errors import DataError
 from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import (
-    OperatingPoints,
-    ThresholdsFile,
-    load_thresholds,
-    parse_mode,
-    thresholds_from_choices,
-    tune,
-)
+from cxr_core.eval.thresholds import OperatingPoints, parse_mode, tune
+from cxr_core.eval.thresholds_file import ThresholdsFile, load_thresholds, thresholds_from_choices
 from cxr_tui.cli.output import print_json, stdout
 
 app = typer.Typer(help="Per-class thresholds: tune them on labelled predictions, show a thresholds file.",

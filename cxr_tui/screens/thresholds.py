@@ -37,7 +37,8 @@ from textual_plotext import PlotextPlot
 from cxr_core.errors import CxrError
 from cxr_core.eval.agreement import Agreement, ReviewedStudies
 from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, load_thresholds, save_review, tune
+from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, tune
+from cxr_core.eval.thresholds_file import load_thresholds, save_review
 from cxr_core.paths import data_dir, ensure_private_dir
 from cxr_core.store.reviews import ReviewStore, default_reviews_path
 from cxr_tui.messages import ThresholdsChanged

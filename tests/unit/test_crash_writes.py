@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_core.eval.thresholds import LabelThreshold, ThresholdsFile, load_thresholds
+from cxr_core.eval.thresholds_file import LabelThreshold, ThresholdsFile, load_thresholds
 from cxr_core.train.rundir import RunDir
 
 LABELS = [f"Finding {k}" for k in range(40)]  # big enough that a write takes more than one syscall

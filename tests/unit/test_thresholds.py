@@ -16,16 +16,8 @@ from typer.testing import CliRunner
 
 from cxr_core.errors import CxrError
 from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import (
-    Mode,
-    OperatingPoints,
-    ThresholdsFile,
-    load_thresholds,
-    parse_mode,
-    save_review,
-    thresholds_from_choices,
-    tune,
-)
+from cxr_core.eval.thresholds import Mode, OperatingPoints, parse_mode, tune
+from cxr_core.eval.thresholds_file import ThresholdsFile, load_thresholds, save_review, thresholds_from_choices
 from cxr_tui.cli.thresholds import app
 
 # -- brute force -------------------------------------------------------------------------------------------
