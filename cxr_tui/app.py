@@ -137,7 +137,7 @@ class CxrApp(App):
         workspace = self.workspace
         path = resolve_checkpoint(workspace.model)
         if self.predictor is None or self.predictor.loaded.path != path:
-            self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, workers=0)
+            self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, processes=False)
         self._load_thresholds(path)
         with self.model_lock:
             result = predict_root(self.predictor, workspace.root, cancel=cancel, use_cache=self.use_cache, studies=studies,

@@ -13,7 +13,7 @@ uint8 (1, S, S) tensor before scaling and normalisation, where it is cheapest, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -75,6 +75,13 @@ class Normalizer:
         image = image.float().div_(255.0)
         size = image.shape[-2:]
         return (image.expand(self.channels, *size) - self.mean) / self.std
+
+    def batch(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 (B, S, S) -> float (B, C, S, S) in one vectorised pass (no transform: inference only)."""
+        if self.transform is not None:
+            raise ValueError("Normalizer.batch does not apply a transform; call the normalizer per image")
+        images = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)).unsqueeze(1).float().div_(255.0)
+        return (images.expand(-1, self.channels, -1, -1) - self.mean) / self.std
 
 
 def _per_channel(values: Sequence[float] | float, channels: int, name: str) -> torch.Tensor:
@@ -149,6 +156,23 @@ class PredictDataset(Dataset):
         except ImageReadError as err:
             image, error = torch.zeros(self._normalize.channels, self.size, self.size), err.reason
         return {"image": image, "index": index, "path": path, "error": error}
+
+    def pixels(self, index: int) -> tuple[np.ndarray, str]:
+        """The letterboxed uint8 image and ``""``, or a zero placeholder and the reason it could not be read.
+
+        NumPy and Pillow only (no torch op), so it can run in plain threads beside a model's own threads.
+        """
+        try:
+            return load_letterboxed(self.paths[index], self.size), ""
+        except ImageReadError as err:
+            return np.zeros((self.size, self.size), np.uint8), err.reason
+
+    def batch(self, indices: Sequence[int], load: Callable[..., Iterable[tuple[np.ndarray, str]]] = map) -> dict[str, Any]:
+        """Items ``indices`` collated as a DataLoader would, decoded through ``load`` (e.g. a pool's ``map``)."""
+        loaded = list(load(self.pixels, indices))
+        return {"image": self._normalize.batch(np.stack([pixels for pixels, _ in loaded])),
+                "index": torch.as_tensor(list(indices), dtype=torch.long),
+                "path": [self.paths[i] for i in indices], "error": [error for _, error in loaded]}
 
 
 def items_from_studies(

@@ -24,7 +24,7 @@ TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked t
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint file, run directory or run id.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, mps, cpu) or a torch device such as cuda:1.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch (default 8 on CPU, 64 on CUDA).")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: spare cores).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: on a CPU, threads taking turns with the model; on a GPU, spare cores).")]
 TtaOpt = Annotated[str | None, typer.Option("--tta", help=f"Test-time augmentation, comma-separated: {', '.join(TTA_CHOICES)}.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (worth it for large runs on a GPU).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute even when the prediction cache has the answer.")]

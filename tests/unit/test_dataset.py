@@ -96,6 +96,25 @@ def test_predict_dataset_reports_bad_files_and_a_loader_batches_through(folder):
     assert batches[0]["image"].shape == (2, 3, SIZE, SIZE)
 
 
+def test_predict_dataset_batch_equals_the_loader_batch(folder):
+    """The CPU engine's batched decoding (threads, one normalising op) gives the DataLoader's batch exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, _ = folder
+    (base / "bad.png").write_bytes(b"not an image at all")
+    paths = [base / "square.png", base / "bad.png", base / "tall.png", base / "wide.png"]
+    dataset = PredictDataset(paths, size=SIZE, preprocess=SPEC)
+    (expected,) = list(DataLoader(dataset, batch_size=4))
+    with ThreadPoolExecutor(2) as pool:
+        batch = dataset.batch(range(4), pool.map)
+    assert batch["error"] == expected["error"] and batch["path"] == [str(p) for p in paths]
+    assert batch["index"].tolist() == [0, 1, 2, 3]
+    good = [0, 2, 3]  # the placeholder of a bad file is never used, only its error
+    torch.testing.assert_close(batch["image"][good], expected["image"][good], rtol=0, atol=1e-6)
+    one_channel = PredictDataset(paths[:1], size=SIZE, preprocess=Preprocess(in_chans=1, mean=0.5, std=0.25))
+    assert one_channel.batch([0])["image"].shape == (1, 1, SIZE, SIZE)
+
+
 def test_items_from_studies_flattens_filters_and_picks_columns():
     space = LabelSpace("t", ("A", "B", "No Finding"), normal="No Finding")
     studies = [

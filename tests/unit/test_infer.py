@@ -76,6 +76,19 @@ def test_unreadable_file_reported_and_rest_predicted(checkpoint, folder):
     assert result.ok.sum() == 10 and np.isnan(result.probs[-1]).all()
 
 
+def test_cpu_thread_decoding_gives_the_dataloader_results(checkpoint, folder):
+    """CPU default (decode in threads, in turn with the model) == explicit DataLoader workers, bad file included."""
+    paths = _images(folder) + [str(folder / "s3" / "broken.png")]
+    threads = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4).predict(paths)
+    loader = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=0).predict(paths)
+    assert list(threads.errors) == list(loader.errors) == [paths[-1]]
+    np.testing.assert_allclose(threads.probs, loader.probs, rtol=1e-5, atol=1e-6, equal_nan=True)
+    seen: list[tuple[int, int]] = []
+    Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4).predict(
+        paths, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (11, 11) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
 def test_cache_hits_by_content_and_misses_on_new_content(checkpoint, folder, tmp_path):
     cache = PredictionCache(tmp_path / "preds.sqlite")
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=cache, workers=0)
