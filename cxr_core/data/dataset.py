@@ -76,12 +76,19 @@ class Normalizer:
         size = image.shape[-2:]
         return (image.expand(self.channels, *size) - self.mean) / self.std
 
-    def batch(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 (B, S, S) -> float (B, C, S, S) in one vectorised pass (no transform: inference only)."""
+    def batch(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S) -> float (B, C, S, S) in one vectorised pass, on the device ``pixels`` is on.
+
+        No transform (inference only). Normalising whole batches where the model runs means the decoders hand
+        over uint8 (a twelfth of float RGB: less to pickle between processes and to copy to a GPU).
+        """
         if self.transform is not None:
             raise ValueError("Normalizer.batch does not apply a transform; call the normalizer per image")
-        images = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)).unsqueeze(1).float().div_(255.0)
-        return (images.expand(-1, self.channels, -1, -1) - self.mean) / self.std
+        if not isinstance(pixels, torch.Tensor):
+            pixels = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
+        images = pixels.unsqueeze(1).float().div_(255.0)
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.expand(-1, self.channels, -1, -1) - mean) / std
 
 
 def _per_channel(values: Sequence[float] | float, channels: int, name: str) -> torch.Tensor:
@@ -167,12 +174,34 @@ class PredictDataset(Dataset):
         except ImageReadError as err:
             return np.zeros((self.size, self.size), np.uint8), err.reason
 
+    @property
+    def normalizer(self) -> Normalizer:
+        return self._normalize
+
     def batch(self, indices: Sequence[int], load: Callable[..., Iterable[tuple[np.ndarray, str]]] = map) -> dict[str, Any]:
-        """Items ``indices`` collated as a DataLoader would, decoded through ``load`` (e.g. a pool's ``map``)."""
+        """Items ``indices`` as a :class:`PredictPixels` batch, decoded through ``load`` (e.g. a pool's ``map``)."""
         loaded = list(load(self.pixels, indices))
-        return {"image": self._normalize.batch(np.stack([pixels for pixels, _ in loaded])),
+        return {"pixels": torch.from_numpy(np.stack([pixels for pixels, _ in loaded])),
                 "index": torch.as_tensor(list(indices), dtype=torch.long),
                 "path": [self.paths[i] for i in indices], "error": [error for _, error in loaded]}
+
+
+class PredictPixels(Dataset):
+    """A :class:`PredictDataset`'s items as un-normalised uint8: ``{"pixels" (S, S), "index", "path", "error"}``.
+
+    For DataLoader workers feeding a GPU: the consumer normalises whole batches on its device
+    (``dataset.normalizer.batch``), so each image crosses processes and the bus as S*S bytes, not 3*S*S floats.
+    """
+
+    def __init__(self, dataset: PredictDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pixels, error = self.dataset.pixels(index)
+        return {"pixels": torch.from_numpy(pixels), "index": index, "path": self.dataset.paths[index], "error": error}
 
 
 def items_from_studies(

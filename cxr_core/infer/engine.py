@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from cxr_core.data.dataset import PredictDataset
+from cxr_core.data.dataset import Normalizer, PredictDataset, PredictPixels
 from cxr_core.errors import CxrError
 from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.loading import LoadedModel, load_model
@@ -247,15 +247,16 @@ class Predictor:
             else:
                 workers = default_workers(self.device, len(indices), self.batch_size) if self.workers is None \
                     else self.workers
-                batches = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+                batches = DataLoader(PredictPixels(dataset), batch_size=self.batch_size, shuffle=False, num_workers=workers,
                                      pin_memory=self.device.type == "cuda", persistent_workers=False,
                                      prefetch_factor=4 if workers else None)
-            done, cancelled = self._consume(batches, indices, computed, errors, cancel, progress, done, total, scale)
+            done, cancelled = self._consume(batches, dataset.normalizer, indices, computed, errors, cancel, progress,
+                                            done, total, scale)
         return computed, errors, cancelled
 
-    def _consume(self, batches: Iterable[dict[str, Any]], indices: list[int], computed: dict[int, np.ndarray],
-                 errors: dict[int, str], cancel: threading.Event | None, progress: Progress | None, done: int,
-                 total: int, scale: int) -> tuple[int, bool]:
+    def _consume(self, batches: Iterable[dict[str, Any]], normalizer: Normalizer, indices: list[int],
+                 computed: dict[int, np.ndarray], errors: dict[int, str], cancel: threading.Event | None,
+                 progress: Progress | None, done: int, total: int, scale: int) -> tuple[int, bool]:
         for batch in batches:
             if cancel is not None and cancel.is_set():
                 return done, True
@@ -265,7 +266,8 @@ class Predictor:
                 if reason:
                     errors[rows[m]] = reason
             if good:
-                out = self.predict_batch(batch["image"][good])
+                pixels = batch["pixels"].to(self.device, non_blocking=True)  # uint8, pinned on CUDA
+                out = self.predict_batch(normalizer.batch(pixels[good] if len(good) < len(rows) else pixels))
                 for m, row in zip(good, out, strict=True):
                     computed[rows[m]] = row
             done += len(rows) * scale

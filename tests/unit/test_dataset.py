@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from cxr_core.data.augment import train_transform
 from cxr_core.data.cache import ImageCache
-from cxr_core.data.dataset import Item, PredictDataset, Preprocess, XRayDataset, items_from_studies
+from cxr_core.data.dataset import Item, PredictDataset, PredictPixels, Preprocess, XRayDataset, items_from_studies
 from cxr_core.data.study import Study, StudyImage
 from cxr_core.errors import ImageReadError
 from cxr_core.labels import LabelSpace, UncertaintyPolicy
@@ -107,12 +107,15 @@ def test_predict_dataset_batch_equals_the_loader_batch(folder):
     (expected,) = list(DataLoader(dataset, batch_size=4))
     with ThreadPoolExecutor(2) as pool:
         batch = dataset.batch(range(4), pool.map)
-    assert batch["error"] == expected["error"] and batch["path"] == [str(p) for p in paths]
-    assert batch["index"].tolist() == [0, 1, 2, 3]
+    (loaded,) = list(DataLoader(PredictPixels(dataset), batch_size=4, num_workers=2))  # uint8 through processes
     good = [0, 2, 3]  # the placeholder of a bad file is never used, only its error
-    torch.testing.assert_close(batch["image"][good], expected["image"][good], rtol=0, atol=1e-6)
+    for got in (batch, loaded):
+        assert got["error"] == expected["error"] and list(got["path"]) == [str(p) for p in paths]
+        assert got["index"].tolist() == [0, 1, 2, 3] and got["pixels"].dtype == torch.uint8
+        images = dataset.normalizer.batch(got["pixels"])
+        torch.testing.assert_close(images[good], expected["image"][good], rtol=0, atol=1e-6)
     one_channel = PredictDataset(paths[:1], size=SIZE, preprocess=Preprocess(in_chans=1, mean=0.5, std=0.25))
-    assert one_channel.batch([0])["image"].shape == (1, 1, SIZE, SIZE)
+    assert one_channel.normalizer.batch(one_channel.batch([0])["pixels"]).shape == (1, 1, SIZE, SIZE)
 
 
 def test_items_from_studies_flattens_filters_and_picks_columns():
