@@ -507,16 +507,22 @@ def test_cli_export_and_list(tmp_path: Path):
     assert json.loads(result.stdout)["rows"] == 2 and out.exists()
     result = runner.invoke(app, ["export", "--out", str(out), "--db", str(db)])
     assert result.exit_code == 0 and "wrote 3 decisions" in result.stdout
+    with ReviewStore(db) as store:
+        store.record(ROOT, "s3", "Mass", "accept", note="=1+1")
+    runner.invoke(app, ["export", "--out", str(out), "--db", str(db)])
+    assert "'=1+1" in out.read_text()
+    result = runner.invoke(app, ["export", "--out", str(out), "--db", str(db), "--raw-text"])
+    assert result.exit_code == 0 and ",=1+1," in out.read_text()
 
     result = runner.invoke(app, ["list", "--db", str(db), "--json"])
     listed = json.loads(result.stdout)
-    assert [r["study"] for r in listed] == ["x", "s2", "s1"] and listed[2]["probability"] == 0.91
+    assert [r["study"] for r in listed] == ["s3", "x", "s2", "s1"] and listed[3]["probability"] == 0.91
     result = runner.invoke(app, ["list", "--db", str(db), "--root", ROOT], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "s1" in result.stdout and "[bold]not markup[/bold]" in result.stdout and "flagged 0.91" in result.stdout
     assert "x" not in result.stdout.split()
     result = runner.invoke(app, ["list", "--db", str(db), "--limit", "1"])
-    assert "2 more" in result.stdout
+    assert "3 more" in result.stdout
     result = runner.invoke(app, ["list", "--db", str(db), "--root", "/nowhere"])
     assert "no reviews yet" in result.stdout
     result = runner.invoke(app, [])
