@@ -1,8 +1,9 @@
 """Inference throughput: the engine vs a per-image loop, same model, same PNGs, same run; print and write JSON.
 
 The loop is what a simple script does: for each file, open it, preprocess it, run the model on a batch of
-one. The engine (:class:`cxr_core.infer.engine.Predictor`) batches, decodes in DataLoader workers while the
-model runs, and (on CUDA) uses bf16 autocast and channels_last. The prediction cache is off: this measures
+one. The engine (:class:`cxr_core.infer.engine.Predictor`) batches; on a CPU it decodes each batch in
+threads over every core, then runs the model (channels_last) on every core, in turn; on CUDA it decodes in
+DataLoader workers while the GPU runs, with bf16 autocast and channels_last. The prediction cache is off: this measures
 computing, not remembering. A third figure, the engine reading a warm cache, shows what a reopen costs.
 
 Images: the real 1024x1024 NIH PNGs of ``$CXR_REAL_DATA/nih-sample`` (``--images`` names, cycling over

@@ -19,6 +19,7 @@ from pathlib import Path
 from cxr_core.errors import CxrError
 
 STALE_TMP_S = 3600.0  # a temporary file untouched this long belongs to a writer that died
+LOCK_TIMEOUT_S = 5.0  # longest wait for another process's read-modify-write of the same file
 
 
 @contextlib.contextmanager
@@ -78,12 +79,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(target: str | os.PathLike[str]) -> Iterator[None]:
+def locked(target: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold an exclusive advisory lock for a read-modify-write of ``target`` across processes.
 
     The lock is ``flock`` on a sibling ``.<name>.lock`` file (created 0600, left in place: removing it would
     let a third writer lock a different inode). Where ``fcntl`` does not exist the block runs unlocked.
-    A lock file that cannot be created raises CxrError naming ``target``.
+    Waits at most ``timeout`` seconds for another holder (a UI thread must not hang on a suspended process
+    or a stuck network mount); then, or when the lock cannot be created or taken at all, raises CxrError
+    naming ``target``.
     """
     target = Path(target)
     try:
@@ -97,8 +100,18 @@ def locked(target: str | os.PathLike[str]) -> Iterator[None]:
     except OSError as exc:
         raise CxrError(f"{target}: cannot lock for writing ({exc.strerror or exc})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CxrError(f"{target}: another process is saving it (lock held for more than "
+                                   f"{timeout:.0f} s); try again") from None
+                time.sleep(0.02)
+            except OSError as exc:
+                raise CxrError(f"{target}: cannot lock for writing ({exc.strerror or exc})") from None
         yield
     finally:
         os.close(fd)  # closing releases the lock
-

@@ -475,7 +475,7 @@ class ReviewStore:
 
         Columns: ``EXPORT_COLUMNS``; ``at`` is ISO-8601 with offset, ``flagged`` is 1/0, missing values are empty.
         Text cells that a spreadsheet would evaluate get a leading ``'`` (``spreadsheet_safe``) unless
-        ``raw_text``.
+        ``raw_text``; every field is quoted, so no locale's separator splits a note into cells.
         """
         text = (lambda value: value) if raw_text else spreadsheet_safe
         rows = self.reviews(root, history=history)
@@ -485,7 +485,8 @@ class ReviewStore:
         try:
             with atomic_path(target, mode=0o644) as tmp:
                 with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                    writer = csv.writer(fh)
+                    # Every field quoted: a spreadsheet in a ';' locale must not split "ok;=1+1" into a formula.
+                    writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
                     writer.writerow(EXPORT_COLUMNS)
                     for r in rows:
                         writer.writerow([text(r.study), text(r.finding), r.decision, text(r.note or ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from cxr_core.atomic import locked
 from cxr_core.errors import DataError
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, parse_mode, tune
@@ -36,15 +38,17 @@ def tune_cmd(
     predictions = Predictions.read(preds)
     points = OperatingPoints.from_predictions(predictions)
     choices = tune(points, chosen_mode)
-    previous = None
-    if out is not None and out.exists():
-        try:
-            previous = load_thresholds(out)
-        except DataError as err:
-            raise DataError(f"{err}; not overwriting it (choose another --out)") from None
-    result = thresholds_from_choices(choices, predictions=str(preds.resolve()), n=len(predictions), previous=previous)
-    if out is not None:
-        result.write(out)
+    with locked(out) if out is not None else contextlib.nullcontext():  # a reviewer may be saving it right now
+        previous = None
+        if out is not None and out.exists():
+            try:
+                previous = load_thresholds(out)
+            except DataError as err:
+                raise DataError(f"{err}; not overwriting it (choose another --out)") from None
+        result = thresholds_from_choices(choices, predictions=str(preds.resolve()), n=len(predictions),
+                                         previous=previous)
+        if out is not None:
+            result.write(out)
     if json_out:
         print_json({**result.to_json(), "path": None if out is None else str(out)})
         return

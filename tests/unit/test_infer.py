@@ -78,15 +78,24 @@ def test_unreadable_file_reported_and_rest_predicted(checkpoint, folder):
 
 def test_cpu_thread_decoding_gives_the_dataloader_results(checkpoint, folder):
     """CPU default (decode in threads, in turn with the model) == explicit DataLoader workers, bad file included."""
-    paths = _images(folder) + [str(folder / "s3" / "broken.png")]
+    images = _images(folder)
+    broken = str(folder / "s3" / "broken.png")
+    paths = [images[0], broken, *images[1:5], broken, *images[5:]]  # bad files inside batches, not only last
     threads = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4).predict(paths)
-    loader = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=0).predict(paths)
-    assert list(threads.errors) == list(loader.errors) == [paths[-1]]
+    loader = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=1).predict(paths)
+    assert list(threads.errors) == list(loader.errors) == [broken]
+    assert np.isnan(threads.probs[[1, 6]]).all() and threads.ok.sum() == 10
     np.testing.assert_allclose(threads.probs, loader.probs, rtol=1e-5, atol=1e-6, equal_nan=True)
+    reference = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False)  # per-image normalisation
+    normalise, size = Normalizer(reference.config), reference.config.input_size
+    with torch.no_grad():
+        batch = torch.stack([normalise(load_letterboxed(p, size)) for p in paths if p != broken])
+        expected = torch.sigmoid(reference.model(batch)).numpy()
+    np.testing.assert_allclose(threads.probs[threads.ok], expected, rtol=1e-5, atol=1e-6)
     seen: list[tuple[int, int]] = []
     Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4).predict(
         paths, progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (11, 11) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1] == (12, 12) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
 def test_cache_hits_by_content_and_misses_on_new_content(checkpoint, folder, tmp_path):

@@ -180,7 +180,7 @@ def test_export_csv(store: ReviewStore, tmp_path: Path):
     assert store.export_csv(out, history=True) == 6
     empty = tmp_path / "empty.csv"
     assert store.export_csv(empty, "/nothing/here") == 0
-    assert empty.read_text().strip() == ",".join(EXPORT_COLUMNS)
+    assert empty.read_text().strip() == ",".join(f'"{c}"' for c in EXPORT_COLUMNS)
 
 
 def test_export_csv_neutralises_spreadsheet_formulas(store: ReviewStore, tmp_path: Path):
@@ -188,7 +188,7 @@ def test_export_csv_neutralises_spreadsheet_formulas(store: ReviewStore, tmp_pat
     store.record(ROOT, "=HYPERLINK(\"http://x\")", "Mass", "accept", note="+ small effusion", reviewer="ana")
     store.record(ROOT, "s2", "Mass", "reject", note="@SUM(A1)", reviewer="ana")
     store.record(ROOT, "s3", "Mass", "reject", note="-ve, 2 = 2", reviewer="ana")
-    store.record(ROOT, "s4", "Mass", "accept", note="no change; =ok later", reviewer="ana")
+    store.record(ROOT, "s4", "Mass", "accept", note="no change; =ok later", reviewer="ana")  # quoted: ';' locales
     out = tmp_path / "reviews.csv"
 
     def read(**kwargs) -> dict[str, dict[str, str]]:
@@ -199,6 +199,7 @@ def test_export_csv_neutralises_spreadsheet_formulas(store: ReviewStore, tmp_pat
     safe = read()
     assert set(safe) == {"'+ small effusion", "'@SUM(A1)", "'-ve, 2 = 2", "no change; =ok later"}
     assert safe["'+ small effusion"]["study"] == "'=HYPERLINK(\"http://x\")"
+    assert '"no change; =ok later"' in out.read_text()
     raw = read(raw_text=True)
     assert set(raw) == {"+ small effusion", "@SUM(A1)", "-ve, 2 = 2", "no change; =ok later"}
     assert raw["+ small effusion"]["study"] == '=HYPERLINK("http://x")'
@@ -357,12 +358,14 @@ def test_thousand_actions_survive_random_sigkills(tmp_path: Path):
         if kills < KILLS:
             # Kill by progress, not by the clock: a fast machine would otherwise finish the plan before the
             # kills land. A random count of acknowledged actions, then a random moment inside the next ones.
-            target = rng.randint(20, (PLAN - 100) // KILLS)
+            # Targets sum to at most 800 and the extra moment is <= 2 ms (~10 actions on tmpfs at 0.2 ms each),
+            # so every kill lands before the plan's end even on a fast disk.
+            target = rng.randint(20, (PLAN - 200) // KILLS)
             while head.count(b"A ") < target:
                 chunk = os.read(read_fd, 4096)
                 assert chunk, "the child ended before it was killed"
                 head += chunk
-            time.sleep(rng.uniform(0.0, 0.01))
+            time.sleep(rng.uniform(0.0, 0.002))
             os.kill(child.pid, signal.SIGKILL)
             kills += 1
         child.join(120)
@@ -510,9 +513,9 @@ def test_cli_export_and_list(tmp_path: Path):
     with ReviewStore(db) as store:
         store.record(ROOT, "s3", "Mass", "accept", note="=1+1")
     runner.invoke(app, ["export", "--out", str(out), "--db", str(db)])
-    assert "'=1+1" in out.read_text()
+    assert "\"'=1+1\"" in out.read_text()
     result = runner.invoke(app, ["export", "--out", str(out), "--db", str(db), "--raw-text"])
-    assert result.exit_code == 0 and ",=1+1," in out.read_text()
+    assert result.exit_code == 0 and ',"=1+1",' in out.read_text()
 
     result = runner.invoke(app, ["list", "--db", str(db), "--json"])
     listed = json.loads(result.stdout)
