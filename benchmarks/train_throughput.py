@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from cxr_core.data.augment import train_transform
 from cxr_core.data.cache import MIN_IMAGES_PER_WORKER, ImageCache, load_letterboxed
-from cxr_core.data.dataset import Item, Preprocess, XRayDataset
+from cxr_core.data.dataset import Item, Normalizer, Preprocess, XRayDataset
 from cxr_core.train.losses import make_loss
 from cxr_core.train.sampling import RareLabelSampler
 
@@ -144,19 +144,22 @@ def timed_rate(loader: DataLoader, warmup: int, step, sync) -> tuple[float, floa
         waited += time.perf_counter() - asked
         step(batch)
         if i >= warmup:
-            images += len(batch["image"])
+            images += len(batch["target"])
     sync()
     elapsed = time.perf_counter() - start
     return images / elapsed, waited / elapsed
 
 
-def train_step(model: torch.nn.Module, device: torch.device, amp: bool, channels_last: bool):
+def train_step(model: torch.nn.Module, device: torch.device, amp: bool, channels_last: bool,
+               normalizer: Normalizer):
+    """One optimisation step as the trainer takes it: uint8 pixels to the device, normalised there."""
     loss_fn = make_loss("bce").to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(batch):
-        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        pixels = batch["pixels"].to(device, non_blocking=True)
+        images = normalizer.batch(pixels).contiguous(memory_format=memory_format)
         target = batch["target"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -170,7 +173,8 @@ def train_step(model: torch.nn.Module, device: torch.device, amp: bool, channels
 
 
 def _random_batch(batch_size: int, size: int) -> dict[str, torch.Tensor]:
-    return {"image": torch.randn(batch_size, 3, size, size), "target": torch.zeros(batch_size, NUM_CLASSES),
+    return {"pixels": torch.randint(0, 256, (batch_size, size, size), dtype=torch.uint8),
+            "target": torch.zeros(batch_size, NUM_CLASSES),
             "mask": torch.ones(batch_size, NUM_CLASSES)}
 
 
@@ -205,20 +209,20 @@ def main() -> None:
         items = [Item(name, targets[i], np.ones(NUM_CLASSES, np.float32)) for i, name in enumerate(names)]
         datasets = {
             path: XRayDataset(items, cache=cache if path == "cache" else None, base=base, size=args.size,
-                              preprocess=Preprocess(), transform=train_transform(args.size))
+                              preprocess=Preprocess(), transform=train_transform(args.size), raw=True)
             for path in ("cache", "decode")
         }
         loader_rates = {}
         for path, dataset in datasets.items():
             loader = make_loader(dataset, targets, warmup + loader_batches, batch_size, args.workers, cuda)
-            loader_rates[path], _ = timed_rate(loader, warmup, lambda b: b["image"].to(device, non_blocking=True), sync)
+            loader_rates[path], _ = timed_rate(loader, warmup, lambda b: b["pixels"].to(device, non_blocking=True), sync)
             print(f"loading only, {path}: {loader_rates[path]:.1f} img/s", flush=True)
 
         model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=NUM_CLASSES).to(device)
         if cuda:
             model = model.to(memory_format=torch.channels_last)
         model.train()
-        step = train_step(model, device, cuda, cuda)
+        step = train_step(model, device, cuda, cuda, datasets["cache"].normalizer)
         for _ in range(warmup):  # first steps allocate optimizer state and pick kernels: not either path's cost
             step(_random_batch(batch_size, args.size))
         sync()

@@ -139,9 +139,12 @@ class Trainer:
                 data.train = [i for i in data.train if i.relpath in cache]
                 data.val = [i for i in data.val if i.relpath in cache]
         spec = self.model_config
+        # raw: workers hand over uint8 pixels; batches are normalised on the training device (_images)
         self.train_set = XRayDataset(data.train, cache=cache, base=data.base, size=size, preprocess=spec,
-                                     transform=train_transform(size, hflip=cfg.hflip) if cfg.augment else None)
-        val_set = XRayDataset(data.val, cache=cache, base=data.base, size=size, preprocess=spec)
+                                     transform=train_transform(size, hflip=cfg.hflip) if cfg.augment else None,
+                                     raw=True)
+        val_set = XRayDataset(data.val, cache=cache, base=data.base, size=size, preprocess=spec, raw=True)
+        self.normalizer = self.train_set.normalizer
         self.val_set = Subset(val_set, range(dist.rank, len(val_set), dist.world))
         targets = np.stack([i.target for i in data.train])
         masks = np.stack([i.mask for i in data.train])
@@ -322,13 +325,18 @@ class Trainer:
                              "lr": self.optimizer.param_groups[0]["lr"]}
         return None
 
-    def _train_step(self, batch: dict[str, Any], step: int) -> float:
-        cfg = self.config
-        images = batch["image"].to(self.device, non_blocking=True)
-        target = batch["target"].to(self.device, non_blocking=True)
-        mask = batch["mask"].to(self.device, non_blocking=True)
+    def _images(self, batch: dict[str, Any]) -> torch.Tensor:
+        """A batch's uint8 pixels, moved to the device and normalised there (channels_last when it pays)."""
+        images = self.normalizer.batch(batch["pixels"].to(self.device, non_blocking=True))
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _train_step(self, batch: dict[str, Any], step: int) -> float:
+        cfg = self.config
+        images = self._images(batch)
+        target = batch["target"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
         if cfg.mixup > 0:
             lam = float(np.random.default_rng([cfg.seed, self.dist.rank, self.global_step, step]).beta(cfg.mixup, cfg.mixup))
             perm = torch.randperm(images.shape[0], device=images.device)
@@ -359,9 +367,7 @@ class Trainer:
         self.net.eval()
         probs, targets, masks, losses = [], [], [], []
         for batch in self._loader(self.val_set, seed=0):
-            images = batch["image"].to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = self._images(batch)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 logits = self.model(images).float()

@@ -197,3 +197,16 @@ def test_dataset_applies_the_transform_before_normalising(folder):
     image = XRayDataset(items, cache=None, base=base, size=SIZE, preprocess=SPEC, transform=record)[0]["image"]
     assert seen == [(torch.uint8, (1, SIZE, SIZE), 51)]
     assert image[0, 3, 5].item() == pytest.approx((204 / 255 - 0.5) / 0.25, abs=1e-6)
+
+
+def test_raw_items_normalised_as_a_batch_equal_the_normalised_items(folder):
+    """The trainer's path (uint8 pixels, augmented, normalised as a batch on its device) == per-item images."""
+    base, items = folder
+    made = [XRayDataset(items, cache=None, base=base, size=SIZE, preprocess=SPEC, raw=raw,
+                        transform=train_transform(SIZE, generator=torch.Generator().manual_seed(4)))
+            for raw in (False, True)]
+    plain, raw = (list(DataLoader(dataset, batch_size=3)) for dataset in made)
+    assert "image" not in raw[0] and raw[0]["pixels"].dtype == torch.uint8 and raw[0]["pixels"].shape == (3, SIZE, SIZE)
+    torch.testing.assert_close(made[1].normalizer.batch(raw[0]["pixels"]), plain[0]["image"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(raw[0]["target"], plain[0]["target"])
+    assert not torch.equal(raw[0]["pixels"][1], torch.from_numpy(made[1].pixels(1)))  # the transform was applied
