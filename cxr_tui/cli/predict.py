@@ -72,6 +72,20 @@ def predict(
     if not root.exists():
         raise CxrError(f"{root}: no such file or folder")
     predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache)
+    try:
+        _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)
+        predictor.dist.barrier()  # torchrun: every rank is done (rank 0 has written) before the group goes
+    finally:
+        from cxr_core.train.distributed import shutdown_distributed
+
+        # Torn down explicitly, as PyTorch asks, not left to interpreter exit (where one loaded CI run saw a
+        # gloo rank abort with SIGABRT after its results were gathered).
+        shutdown_distributed()
+
+
+def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thresholds: Path | None,
+                        fmt: str | None, labels_csv: Path | None, split: str | None, db: Path | None,
+                        json_out: bool) -> None:
     if not predictor.dist.is_main:  # torchrun: the other ranks compute their shard and leave the writing to rank 0
         _predict(predictor, root, fmt, labels_csv, split, db, None)
         return
