@@ -17,6 +17,7 @@ from cxr_tui.screens.study import StudyScreen
 from cxr_tui.screens.worklist import WorklistScreen
 from cxr_tui.widgets.worklist import WorklistTable
 from cxr_tui.widgets.xray import XRayView
+from tests.pilot import until
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +31,10 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-async def _until(pilot, condition, seconds: float = 60.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if condition():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("timed out waiting for the app")
-
-
 async def test_review_flow(phantom_set, checkpoint):
     app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with app.run_test(size=(110, 32)) as pilot:
-        await _until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.last_load is not None)
         screen = app.screen
         assert isinstance(screen, WorklistScreen)
         table = screen.query_one(WorklistTable)
@@ -57,10 +50,10 @@ async def test_review_flow(phantom_set, checkpoint):
         await pilot.press("j", "j")
         first = table.study_id
         await pilot.press("enter")
-        await _until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen))
         study = app.screen
         assert study.study_id == first
-        await _until(pilot, lambda: study.pixels is not None)
+        await until(pilot, lambda: study.pixels is not None)
 
         await pilot.press("j", "a")  # accept the second finding
         label = study.selected_finding()
@@ -69,7 +62,7 @@ async def test_review_flow(phantom_set, checkpoint):
         assert saved[(first, label)].decision == "accept"
 
         await pilot.press("c")
-        await _until(pilot, lambda: study.query_one(XRayView).has_cam)
+        await until(pilot, lambda: study.query_one(XRayView).has_cam)
 
         await pilot.press("n")
         assert study.study_id != first
@@ -86,10 +79,10 @@ async def test_review_flow(phantom_set, checkpoint):
 async def test_reopen_comes_from_the_cache(phantom_set, checkpoint):
     first = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with first.run_test(size=(100, 30)) as pilot:
-        await _until(pilot, lambda: first.last_load is not None)
+        await until(pilot, lambda: first.last_load is not None)
     again = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with again.run_test(size=(100, 30)) as pilot:
-        await _until(pilot, lambda: again.last_load is not None)
+        await until(pilot, lambda: again.last_load is not None)
         assert again.last_load.computed == 0 and again.last_load.cached == len(again.workspace.predictions)
 
 
@@ -98,7 +91,7 @@ async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_p
     bad.write_bytes(b"not a checkpoint")
     app = CxrApp(phantom_set, bad, image_protocol="halfcell")
     async with app.run_test(size=(100, 30)) as pilot:
-        await _until(pilot, lambda: bool(app._notifications))
+        await until(pilot, lambda: bool(app._notifications))
         texts = [n.message for n in app._notifications]
         assert any("bad.safetensors" in t for t in texts)
         assert isinstance(app.screen, WorklistScreen) and len(app.screen.model) > 0
@@ -107,9 +100,9 @@ async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_p
 async def test_usable_at_80x24(phantom_set, checkpoint):
     app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with app.run_test(size=(80, 24)) as pilot:
-        await _until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.last_load is not None)
         await pilot.press("enter")
-        await _until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
         assert app.screen.query_one("#findings").size.width > 0
 
 
@@ -120,7 +113,7 @@ async def test_nih_sample_lists_every_label_row_and_marks_missing_images(real_da
 
     app = CxrApp(real_data / "nih-sample", demo_model_path(), image_protocol="halfcell")
     async with app.run_test(size=(120, 40)) as pilot:
-        await _until(pilot, lambda: app.last_load is not None, seconds=180)
+        await until(pilot, lambda: app.last_load is not None, seconds=180)
         screen = app.screen
         assert screen.model.total == 112_120 and screen.missing == 112_020
         assert len(app.workspace.predictions) == 100

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from cxr_tui.screens.training import TrainingScreen
 from cxr_tui.state import Workspace
 from cxr_tui.training_model import MACRO, LogTail, epoch_rows
 from cxr_tui.widgets.charts import CurveChart
+from tests.pilot import until
 
 SIZE = (80, 24)
 LABELS = ("Effusion", "Mass")
@@ -82,10 +82,7 @@ def text_of(static: Static) -> str:
 
 
 async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the screen"
-        await pilot.pause(0.1)
+    await until(pilot, condition, seconds=timeout, what="the screen")
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import pydicom
 import pytest
 
 from tests.malformed import write_dicom
+from tests.pilot import until
 
 pytestmark = pytest.mark.slow
 
@@ -194,14 +195,6 @@ def listening_sockets(pid: int) -> list[str]:
 # --- the TUI ------------------------------------------------------------------------------------------------
 
 
-async def _until(pilot, condition, seconds: float = 60.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if condition():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("timed out waiting for the app")
-
-
 async def _drive_tui(root: Path, checkpoint: Path, screenshot_dir: Path, *, show_phi: bool,
                      socket_samples: list[list[str]] | None = None, size: tuple[int, int] = (120, 40)) -> str:
     """Open the root, wait for predictions, open the first study, show its CAM, save an SVG; return the info text."""
@@ -217,15 +210,15 @@ async def _drive_tui(root: Path, checkpoint: Path, screenshot_dir: Path, *, show
 
     app = CxrApp(root, checkpoint, image_protocol="halfcell", show_phi=show_phi)
     async with app.run_test(size=size) as pilot:
-        await _until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.last_load is not None)
         sample()
         app.save_screenshot("worklist.svg", str(screenshot_dir))
         await pilot.press("enter")
-        await _until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
         sample()
         study = app.screen
         await pilot.press("c")
-        await _until(pilot, lambda: study.query_one(XRayView).has_cam)
+        await until(pilot, lambda: study.query_one(XRayView).has_cam)
         sample()
         await pilot.pause(0.2)
         app.save_screenshot("study.svg", str(screenshot_dir))
