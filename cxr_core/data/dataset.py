@@ -67,12 +67,15 @@ class Normalizer:
         if (self.std <= 0).any():
             raise ValueError(f"std must be positive, got {tuple(spec.std)}")
         self.transform = transform
+        self._device_stats: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
+
+    def augment(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 (S, S) -> uint8 (1, S, S), a copy, through the transform when there is one."""
+        image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0)
+        return image if self.transform is None else self.transform(image)
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0)
-        if self.transform is not None:
-            image = self.transform(image)
-        image = image.float().div_(255.0)
+        image = self.augment(pixels).float().div_(255.0)
         size = image.shape[-2:]
         return (image.expand(self.channels, *size) - self.mean) / self.std
 
@@ -94,11 +97,9 @@ class Normalizer:
         """mean and std on ``device``, copied there once (not a small host-to-device copy every batch)."""
         if device.type == "cpu":
             return self.mean, self.std
-        cached = getattr(self, "_device_stats", None)
-        if cached is None or cached[0] != device:
-            cached = (device, self.mean.to(device), self.std.to(device))
-            self._device_stats = cached
-        return cached[1], cached[2]
+        if self._device_stats is None or self._device_stats[0] != device:
+            self._device_stats = (device, self.mean.to(device), self.std.to(device))
+        return self._device_stats[1], self._device_stats[2]
 
 
 def _per_channel(values: Sequence[float] | float, channels: int, name: str) -> torch.Tensor:
@@ -132,7 +133,6 @@ class XRayDataset(Dataset):
         self.cache = cache
         self.base = Path(base)
         self.size = size
-        self.transform = transform
         self.raw = raw
         self._normalize = Normalizer(preprocess, transform)
         self._batch_normalize = Normalizer(preprocess)
@@ -155,10 +155,7 @@ class XRayDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         _, target, mask = self.items[index]
         if self.raw:  # uint8 (S, S), augmented: S*S bytes to hand over instead of C*S*S floats
-            pixels = torch.from_numpy(np.array(self.pixels(index), dtype=np.uint8))
-            if self.transform is not None:
-                pixels = self.transform(pixels.unsqueeze(0))[0]
-            picture = {"pixels": pixels}
+            picture = {"pixels": self._normalize.augment(self.pixels(index))[0]}
         else:
             picture = {"image": self._normalize(self.pixels(index))}
         return {
