@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.paths import data_dir
-from cxr_core.store.db import connect
+from cxr_core.store.db import open_database
 
 MIGRATIONS = (
     """
@@ -48,11 +47,11 @@ def content_hash(path: str | os.PathLike[str]) -> str:
 class PredictionCache:
     def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = Path(path) if path else default_cache_path()
-        self._conn = connect(self.path, MIGRATIONS)
-        self._lock = threading.Lock()
+        self._db = open_database(self.path, MIGRATIONS)
+        self._conn, self._lock = self._db.conn, self._db.lock  # one connection per file per process
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> PredictionCache:
         return self
@@ -91,10 +90,8 @@ class PredictionCache:
             fresh.append((path, st.st_size, st.st_mtime_ns, digest))
             out.append(digest)
         if fresh:
-            with self._lock:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
-                self._conn.execute("COMMIT")
+            with self._db.transaction() as conn:
+                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
         return out
 
     def get(self, hashes: Iterable[str], model: str, variant: str, labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -119,11 +116,9 @@ class PredictionCache:
         rows = [(digest, model, variant, key, np.asarray(p, dtype=np.float32).tobytes(), now) for digest, p in items]
         if not rows:
             return
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("INSERT OR REPLACE INTO predictions (hash, model, variant, labels, probs, created) "
-                                   "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._conn.execute("COMMIT")
+        with self._db.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO predictions (hash, model, variant, labels, probs, created) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def count(self, model: str | None = None) -> int:
         with self._lock:

@@ -26,7 +26,7 @@ from cxr_core.errors import CxrError, DataError, ImageReadError
 from cxr_core.imaging import probe_xray
 from cxr_core.labels import LabelSpace, get_space
 from cxr_core.paths import default_index_path
-from cxr_core.store.db import connect
+from cxr_core.store.db import open_database
 
 Progress = Callable[[str, int, int], None]
 SPLIT_SEED = 0
@@ -109,11 +109,11 @@ class StudyIndex:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else default_index_path()
-        self._conn = connect(self.path, MIGRATIONS)
-        self._lock = threading.Lock()
+        self._db = open_database(self.path, MIGRATIONS)
+        self._conn, self._lock = self._db.conn, self._db.lock  # one connection per file per process
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> StudyIndex:
         return self
@@ -226,21 +226,22 @@ class StudyIndex:
         return files, len(todo), reused
 
     def _write_files(self, dataset_id: int, infos) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-            ((dataset_id, i.relpath, i.size, i.mtime_ns, int(i.ok), i.reason, i.format, i.width, i.height,
-              json.dumps(dict(i.meta))) for i in infos),
-        )
-        self._conn.execute("COMMIT")
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                ((dataset_id, i.relpath, i.size, i.mtime_ns, int(i.ok), i.reason, i.format, i.width, i.height,
+                  json.dumps(dict(i.meta))) for i in infos),
+            )
 
     def _save(self, root, dataset_id, space, options_key, inputs, report, studies, present, files, known):
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             values = (json.dumps(space.to_dict()), options_key, json.dumps(inputs),
                       json.dumps(report.to_dict()), time.time())
             fmt = report.format
+            if dataset_id is None:  # another process may have indexed the root for the first time meanwhile
+                row = conn.execute("SELECT id FROM datasets WHERE root = ?", (str(root),)).fetchone()
+                if row is not None:
+                    dataset_id, known = row[0], self._known_files(row[0])
             if dataset_id is None:
                 dataset_id = conn.execute(
                     "INSERT INTO datasets (root, format, label_space, options, inputs, report, scanned_at)"
@@ -269,10 +270,6 @@ class StudyIndex:
                 ((dataset_id, s.id, k, im.path, im.view, int(im.path in present))
                  for s in studies for k, im in enumerate(s.images)),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -284,38 +281,44 @@ class StudyIndex:
         return row
 
     def report(self, root: str | Path) -> DatasetReport:
-        return DatasetReport.from_dict(json.loads(self._dataset_row(root)[3]))
+        with self._lock:
+            row = self._dataset_row(root)
+        return DatasetReport.from_dict(json.loads(row[3]))
 
     def label_space(self, root: str | Path) -> LabelSpace:
-        spec = json.loads(self._dataset_row(root)[2])
+        with self._lock:
+            spec = json.loads(self._dataset_row(root)[2])
         if spec["name"] != "custom":
             return get_space(spec["name"])
         return LabelSpace(name="custom", labels=tuple(spec["labels"]), title=spec.get("title", ""), normal=spec.get("normal"))
 
     def studies(self, root: str | Path, split: str | None = None, present_only: bool = False) -> list[Study]:
         """Studies of an indexed root in source order (``split`` filters; ``present_only`` drops images not on disk)."""
-        dataset_id = self._dataset_row(root)[0]
-        where, args = "s.dataset_id = ?", [dataset_id]
-        if split is not None:
-            where += " AND s.split = ?"
-            args.append(split)
         images: dict[str, list[StudyImage]] = {}
         image_sql = "SELECT study_id, path, view, present FROM images WHERE dataset_id = ? ORDER BY study_id, position"
-        for study_id, path, view, present in self._conn.execute(image_sql, (dataset_id,)):
-            if present or not present_only:
-                images.setdefault(study_id, []).append(StudyImage(path, view))
-        rows = self._conn.execute(
-            f"SELECT id, patient_id, view, split, labels, meta FROM studies s WHERE {where} ORDER BY position", args)
+        with self._lock:  # one read transaction: images and studies of the same scan
+            self._conn.execute("BEGIN")
+            try:
+                dataset_id = self._dataset_row(root)[0]
+                where, args = "s.dataset_id = ?", [dataset_id]
+                if split is not None:
+                    where += " AND s.split = ?"
+                    args.append(split)
+                for study_id, path, view, present in self._conn.execute(image_sql, (dataset_id,)):
+                    if present or not present_only:
+                        images.setdefault(study_id, []).append(StudyImage(path, view))
+                rows = self._conn.execute(
+                    f"SELECT id, patient_id, view, split, labels, meta FROM studies s WHERE {where} ORDER BY position",
+                    args).fetchall()
+            finally:
+                self._conn.execute("COMMIT")
         return [Study(i, p, tuple(images.get(i, ())), labels, v, sp, json.loads(m)) for i, p, v, sp, labels, m in rows]
 
     def roots(self) -> list[tuple[str, str, float]]:
         """(root, format, last scan time) of every indexed data set, most recent first."""
-        return self._conn.execute("SELECT root, format, scanned_at FROM datasets ORDER BY scanned_at DESC").fetchall()
-
-    def forget(self, root: str | Path) -> None:
-        dataset_id = self._dataset_row(root)[0]
         with self._lock:
-            self._conn.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+            return self._conn.execute(
+                "SELECT root, format, scanned_at FROM datasets ORDER BY scanned_at DESC").fetchall()
 
 
 class _MetaEncoder:

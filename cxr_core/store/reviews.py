@@ -22,8 +22,9 @@ stale read snapshot can never make a commit fail, the connection waits ``BUSY_TI
 and anything still "locked"/"busy" is retried with backoff for ``retry_seconds`` before one clear
 ``CxrError`` — the raw "database is locked" never reaches the caller.
 
-Only study ids are stored, never patient identifiers. Do not share one ``ReviewStore`` across ``fork()``:
-open it in the process that uses it (it is safe to share between threads).
+Only study ids are stored, never patient identifiers. Every ``ReviewStore`` on one file in a process shares one
+connection (:func:`cxr_core.store.db.open_database`): opening a second never costs the first its locks. Do not
+share one across ``fork()``: open it in the process that uses it (it is safe to share between threads).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import getpass
 import os
 import random
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 from cxr_core.atomic import atomic_path
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir
-from cxr_core.store.db import connect
+from cxr_core.store.db import Database, open_database
 
 ACCEPT, REJECT, UNCERTAIN, CLEAR = "accept", "reject", "uncertain", "clear"
 DECISIONS = (ACCEPT, REJECT, UNCERTAIN, CLEAR)
@@ -224,15 +224,15 @@ class ReviewStore:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         self.path = Path(path) if path is not None else default_reviews_path()
         self.retry_seconds = retry_seconds
-        self._lock = threading.RLock()
-        self._conn = self._open()
+        self._db = self._open()
+        self._lock, self._conn = self._db.lock, self._db.conn  # shared with every other store on this file
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> Database:
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.01
         while True:
             try:
-                conn = connect(self.path, MIGRATIONS)
+                db = open_database(self.path, MIGRATIONS)
                 break
             except CxrError as exc:  # connect() words every failure; retry only a busy database
                 text = str(exc).lower()
@@ -243,16 +243,16 @@ class ReviewStore:
         try:
             # An acknowledged action must survive a power cut too, not only a killed process: one fsync of the
             # WAL per commit (a few ms, at the pace of a human clicking).
-            conn.execute("PRAGMA synchronous = FULL")
+            with db.lock:
+                db.conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
-            conn.close()
+            db.close()
             raise CxrError(f"{self.path}: cannot open reviews database ({exc})") from None
-        return conn
+        return db
 
     def close(self) -> None:
-        """Close the connection (every action is already committed)."""
-        with self._lock:
-            self._conn.close()
+        """Release this store (every action is already committed); the connection closes with its last user."""
+        self._db.close()
 
     def __enter__(self) -> ReviewStore:
         return self
