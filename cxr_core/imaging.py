@@ -21,7 +21,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
@@ -101,13 +101,21 @@ class XRay:
         return (self.pixels >> 8).astype(np.uint8)
 
 
-def looks_like_image(path: str | os.PathLike[str]) -> bool:
-    """By suffix; a name with no suffix, or a numeric one as in UID-named DICOMs, by the DICOM magic."""
+def looks_like_image(path: str | os.PathLike[str], skip: Callable[[os.stat_result], bool] | None = None) -> bool:
+    """By suffix; a name with no suffix, or a numeric one as in UID-named DICOMs, by the DICOM magic.
+
+    ``skip(stat)`` True means: never open this file to look (a database this process holds open).
+    """
     suffix = os.path.splitext(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return True
     if suffix and not suffix[1:].isdigit():
         return False
+    try:
+        if skip is not None and skip(os.stat(path)):
+            return False
+    except OSError:
+        pass
     try:
         with open_image_file(os.fspath(path)) as (f, _):
             head = f.read(_DICOM_MAGIC_OFFSET + 4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +39,13 @@ def _stat_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def walk_images(root: Path, cancel: threading.Event | None = None) -> Iterator[FoundFile]:
-    """Yield every candidate image file below ``root`` with its size and mtime (sorted per directory)."""
+def walk_images(root: Path, cancel: threading.Event | None = None,
+                skip: Callable[[os.stat_result], bool] | None = None) -> Iterator[FoundFile]:
+    """Yield every candidate image file below ``root`` with its size and mtime (sorted per directory).
+
+    ``skip(stat)``: files never to open while guessing whether a suffix-less name is a DICOM (the index passes
+    "a database this process has open").
+    """
     seen: set[tuple[int, int]] = set()
     stack = [(str(root), "")]
     while stack:
@@ -70,7 +75,7 @@ def walk_images(root: Path, cancel: threading.Event | None = None) -> Iterator[F
                 if not entry.name.startswith(".") and entry.name not in _SKIP_DIRS:
                     subdirs.append((entry.path, rel + "/"))
                 continue
-            if entry.name.startswith(".") or not looks_like_image(entry.path):
+            if entry.name.startswith(".") or not looks_like_image(entry.path, skip=skip):
                 continue
             try:
                 st = entry.stat()

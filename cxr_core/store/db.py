@@ -46,6 +46,8 @@ class _Shared:
         self.path, self.key, self.conn = path, key, conn
         self.lock = threading.RLock()
         self.users = 0
+        st = os.stat(path)
+        self.inode = (st.st_dev, st.st_ino)
 
 
 class Database:
@@ -117,6 +119,14 @@ def open_database(path: str | os.PathLike[str], migrations: Sequence[str]) -> Da
                     raise CxrError(f"{path}: cannot open database ({exc})") from None
         shared.users += 1
         return Database(shared)
+
+
+def is_open_database(st: os.stat_result) -> bool:
+    """Whether the file with this stat is a database this process has open: a scan must not open it (closing
+    that descriptor would drop the connection's locks)."""
+    inode = (st.st_dev, st.st_ino)
+    with _registry_lock:
+        return any(shared.inode == inode for shared in _registry.values())
 
 
 def connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:

@@ -26,7 +26,7 @@ from cxr_core.errors import CxrError, DataError, ImageReadError
 from cxr_core.imaging import probe_xray
 from cxr_core.labels import LabelSpace, get_space
 from cxr_core.paths import default_index_path
-from cxr_core.store.db import open_database
+from cxr_core.store.db import is_open_database, open_database
 
 Progress = Callable[[str, int, int], None]
 SPLIT_SEED = 0
@@ -201,7 +201,7 @@ class StudyIndex:
         files: dict[str, FileInfo] = {}
         todo = []
         reused = 0
-        for found in walk_images(root, cancel):
+        for found in walk_images(root, cancel, skip=is_open_database):
             if found.error:
                 files[found.relpath] = FileInfo(found.relpath, 0, 0, False, found.error)
                 continue

@@ -120,3 +120,30 @@ def test_no_descriptor_but_sqlites_on_a_database(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
     again.close()
     db.close()
+
+
+def test_a_scan_never_opens_a_database_this_process_holds(tmp_path):
+    """A suffix-less database inside a data root (``--db ROOT/cxrdb``) is not opened to sniff for DICOM."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from cxr_core.store.index import StudyIndex
+
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "a.png")
+    db = root / "cxrdb"
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    with StudyIndex(db) as index, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", spy)
+        report = index.scan(root, "folder").report
+    assert report.studies == 1
+    assert str(db) not in opened
