@@ -152,3 +152,24 @@ def test_labels_csv_paths_through_symlinks_out_of_the_root_are_refused(tmp_path,
     assert len(refused) == 2 and result.report.studies == 2
     allowed = index.scan(root, options=SourceOptions(allow_outside_root=True))
     assert allowed.report.studies == 4
+
+
+@pytest.mark.slow
+def test_two_first_time_index_commands_on_one_root_both_succeed(tmp_path):
+    """Two `data index` processes meeting on a root nobody indexed yet (was: UNIQUE constraint failed)."""
+    import subprocess
+
+    from tests.cli import SCRIPT
+
+    for trial in range(3):
+        root = tmp_path / f"root{trial}"
+        root.mkdir()
+        for i in range(40):
+            Image.fromarray(np.full((32, 32), i, np.uint8)).save(root / f"i{i}.png")
+        env = {**os.environ, "CXR_HOME": str(tmp_path / f"home{trial}"), "NO_COLOR": "1"}
+        procs = [subprocess.Popen([str(SCRIPT), "data", "index", str(root)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+        with StudyIndex(tmp_path / f"home{trial}" / "index.sqlite") as index:
+            assert len(index.studies(root)) == 40
