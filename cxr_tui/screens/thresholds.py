@@ -40,7 +40,6 @@ from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, tune
 from cxr_core.eval.thresholds_file import load_thresholds, save_review
 from cxr_core.paths import data_dir, ensure_private_dir
-from cxr_core.store.reviews import ReviewStore, default_reviews_path
 from cxr_tui.messages import ThresholdsChanged
 
 if TYPE_CHECKING:
@@ -251,11 +250,8 @@ accept/reject decisions; uncertain ones are left out.
     }
     """
 
-    def __init__(self, *, reviews_path: Path | None = None, name: str | None = None, id: str | None = None,
-                 classes: str | None = None) -> None:
-        """``reviews_path``: the reviews database for the agreement panel (default: the data dir's)."""
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self.reviews_path = reviews_path
         self.predictions: Predictions | None = None
         self.points: OperatingPoints | None = None
         self.thresholds: dict[str, float] = {}
@@ -622,13 +618,10 @@ accept/reject decisions; uncertain ones are left out.
             return
         reviewed = ReviewedStudies.empty(len(preds.labels))
         if root is not None:
-            path = self.reviews_path or default_reviews_path()
-            if path.is_file():
-                try:
-                    with ReviewStore(path, retry_seconds=5) as store:
-                        reviewed = ReviewedStudies.build(preds, store.reviews(root))
-                except CxrError as err:
-                    self.app.call_from_thread(self.notify, str(err), title="Reviews", severity="warning")
+            try:  # the app's own store: one connection to the reviews database per process
+                reviewed = ReviewedStudies.build(preds, self.app.reviews.reviews(root))  # type: ignore[attr-defined]
+            except CxrError as err:
+                self.app.call_from_thread(self.notify, str(err), title="Reviews", severity="warning")
         self.app.call_from_thread(self._reviews_loaded, preds, reviewed)
 
     def _reviews_loaded(self, preds: Predictions, reviewed: ReviewedStudies) -> None:

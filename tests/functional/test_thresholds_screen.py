@@ -47,11 +47,14 @@ class ThresholdsApp(App[None]):
     def __init__(self, workspace: Workspace, reviews_path: Path | None = None) -> None:
         super().__init__()
         self.workspace = workspace
-        self.reviews_path = reviews_path
+        self.reviews = ReviewStore(reviews_path)  # as CxrApp: the app's one store, handed to its screens
         self.changes: list[ThresholdsChanged] = []
 
     def on_mount(self) -> None:
-        self.push_screen(ThresholdsScreen(reviews_path=self.reviews_path))
+        self.push_screen(ThresholdsScreen())
+
+    def on_unmount(self) -> None:
+        self.reviews.close()
 
     @on(ThresholdsChanged)
     def record(self, message: ThresholdsChanged) -> None:
