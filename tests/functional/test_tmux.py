@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,76 @@ def test_worklist_study_and_back_in_tmux(phantom_set, tmp_path, cxr_home):
 
     with ReviewStore(Path(cxr_home) / "reviews.sqlite") as store:
         assert store.count() == 1
+
+
+def _study_title(pane: str) -> str | None:
+    """The study id on the study screen's title line (``ph00012_001  patient ...``)."""
+    for line in pane.splitlines():
+        if "  patient " in line:
+            return line.split("  patient ")[0].split()[-1]
+    return None
+
+
+def test_demo_decisions_survive_sighup_in_tmux(tmp_path, cxr_home):
+    """The issue's acceptance as a person would do it: the demo in tmux, the thresholds screen visited, 20
+    decisions while `reviews list` runs in a loop in another process, then the TUI gets SIGHUP (an SSH drop)."""
+    from cxr_core.store.reviews import ReviewStore
+
+    with ReviewStore(Path(cxr_home) / "reviews.sqlite") as store:  # a reviewer who has used cxr before
+        store.record("/earlier/data", "old-study", "Effusion", "reject")
+    session = f"cxr-hup-{os.getpid()}"
+    env = {**os.environ, "CXR_HOME": str(cxr_home), "NO_COLOR": "1"}
+    command = (f"exec env CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui demo "
+               f"--image-protocol halfcell")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "140", "-y", "45", command], check=True)
+    stop = False
+    listed = 0
+
+    def list_in_a_loop() -> None:
+        nonlocal listed
+        while not stop:
+            subprocess.run([sys.executable, "-m", "cxr_tui", "reviews", "list"], env=env, capture_output=True,
+                           timeout=60)
+            listed += 1
+
+    import threading
+
+    reader = threading.Thread(target=list_in_a_loop, daemon=True)
+    try:
+        _wait_for(session, "computed", 180)  # predictions are in
+        reader.start()
+        subprocess.run(["tmux", "send-keys", "-t", session, "t"], check=True)
+        _wait_for(session, "Thresholds ·", 30)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
+        _wait_for(session, "sorted by max probability", 30)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+        _wait_for(session, "Accept", 30)
+        reviewed = []
+        for _ in range(20):
+            study = _study_title(_wait_for(session, "  patient ", 30))
+            subprocess.run(["tmux", "send-keys", "-t", session, "a"], check=True)
+            _wait_for(session, "✓ accept", 30)  # on screen = committed (the screen shows it after the commit)
+            reviewed.append(study)
+            subprocess.run(["tmux", "send-keys", "-t", session, "n"], check=True)
+            deadline = time.monotonic() + 30
+            while _study_title(_pane(session)) == study and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert len(set(reviewed)) == 20
+        pid = int(subprocess.run(["tmux", "display-message", "-p", "-t", session, "#{pane_pid}"],
+                                 capture_output=True, text=True, check=True).stdout)
+        os.kill(pid, signal.SIGHUP)
+    finally:
+        stop = True
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    reader.join(60)
+    assert listed >= 1
+    out = tmp_path / "reviews.csv"
+    done = subprocess.run([sys.executable, "-m", "cxr_tui", "reviews", "export", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    import csv
+
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["study"] for r in rows if r["root"] != "/earlier/data") == sorted(reviewed)
+    assert {r["decision"] for r in rows if r["root"] != "/earlier/data"} == {"accept"}
