@@ -138,7 +138,7 @@ class CxrApp(App):
         path = resolve_checkpoint(workspace.model)
         if self.predictor is None or self.predictor.loaded.path != path:
             self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, processes=False)
-        self._load_thresholds(path)
+        self._load_thresholds(path, self.predictor.fingerprint)
         with self.model_lock:
             result = predict_root(self.predictor, workspace.root, cancel=cancel, use_cache=self.use_cache, studies=studies,
                                   progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
@@ -147,13 +147,13 @@ class CxrApp(App):
         self.post_message(PredictionsReady(result.predictions, result.errors, result.cached, result.computed,
                                            result.seconds))
 
-    def _load_thresholds(self, checkpoint: Path) -> None:
-        from cxr_core.eval.thresholds_file import load_thresholds
+    def _load_thresholds(self, checkpoint: Path, fingerprint: str) -> None:
+        from cxr_core.eval.thresholds_file import load_thresholds, thresholds_path_for
 
         workspace = self.workspace
         if workspace.thresholds_path is None:
-            candidate = checkpoint.parent.parent / "thresholds.json" if checkpoint.parent.name == "checkpoints" else None
-            if candidate is not None and candidate.is_file():
+            candidate = thresholds_path_for(checkpoint, fingerprint)  # where the thresholds screen saves them
+            if candidate.is_file():
                 workspace.thresholds_path = candidate
         if workspace.thresholds_path is not None and workspace.thresholds_path.is_file():
             workspace.thresholds = dict(load_thresholds(workspace.thresholds_path).thresholds)

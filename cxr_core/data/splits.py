@@ -14,6 +14,11 @@ import numpy as np
 from cxr_core.errors import DataError
 
 DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+TRAIN_SPLITS = ("train", "train_val")
+VAL_SPLITS = ("val", "valid", "validate", "validation")
+TEST_SPLITS = ("test",)
+"""Split names as sources write them (compared case-blind): what training learns from, what it validates and
+tunes on, and what only evaluation may see."""
 
 
 def _check_fractions(fractions: Mapping[str, float]) -> None:

@@ -115,8 +115,10 @@ def evaluate(preds: Predictions, thresholds: Mapping[str, float | None] | None =
         ap=ap, ap_macro=_mean(ap[label] for label in included),
         ap_micro=average_precision(cells_truth, cells_scores) if micro_ok else None,
     )
+    flagged = probs >= np.array([used_thresholds[label] for label in labels], dtype=np.float32)
     out.update(bootstrap(positive, probs, known, codes, labels,
-                         [k for k, label in enumerate(labels) if label not in excluded], n_boot=n_boot, seed=seed))
+                         [k for k, label in enumerate(labels) if label not in excluded], n_boot=n_boot, seed=seed,
+                         flagged=flagged))
 
     micro_counts = {key: sum(per_class[label][key] for label in labels) for key in ("tp", "fp", "tn", "fn")}
     out.update(
@@ -308,22 +310,30 @@ def patient_resamples(codes: np.ndarray, n_boot: int, rng: np.random.Generator) 
 
 def bootstrap(positive: np.ndarray, probs: np.ndarray, known: np.ndarray, codes: np.ndarray,
               labels: Sequence[str], included: Sequence[int], *, n_boot: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
-    """Percentile-bootstrap CIs by patient for AUC and AP of the ``included`` classes and their macro means.
+              seed: int = 0, flagged: np.ndarray | None = None) -> dict[str, Any]:
+    """Percentile-bootstrap CIs by patient for AUC and AP of the ``included`` classes and their macro means,
+    and, given ``flagged`` (N, K: the rows each class's threshold flags), for the sensitivity and specificity of
+    every class at that operating point — from the same resamples.
 
-    Returns ``ci`` / ``ci_ap`` ({label: [lo, hi] | None}), ``ci_auc_macro``, ``ci_ap_macro``, ``n_boot``,
-    ``n_boot_used`` ({label: n}), ``n_boot_used_macro``, ``seed``, ``ci_level``.
+    Returns ``ci`` / ``ci_ap`` ({label: [lo, hi] | None}), ``ci_auc_macro``, ``ci_ap_macro``,
+    ``ci_sensitivity`` / ``ci_specificity`` ({label: [lo, hi] | None}), ``n_boot``, ``n_boot_used`` ({label: n}),
+    ``n_boot_used_macro``, ``seed``, ``ci_level``.
     """
     out: dict[str, Any] = {"ci": {label: None for label in labels}, "ci_ap": {label: None for label in labels},
                            "ci_auc_macro": None, "ci_ap_macro": None, "ci_level": CI_LEVEL, "n_boot": int(n_boot),
+                           "ci_sensitivity": {label: None for label in labels},
+                           "ci_specificity": {label: None for label in labels},
                            "n_boot_used": {label: 0 for label in labels}, "n_boot_used_macro": 0, "seed": seed}
-    if n_boot <= 0 or not included:
+    if n_boot <= 0 or codes.size == 0 or (not included and flagged is None):
         return out
     n_pat = int(codes.max()) + 1
     ranked = [RankedClass(positive[known[:, k], k], probs[known[:, k], k], codes[known[:, k]], n_pat)
               for k in included]
+    confusion = None if flagged is None else _confusion_by_patient(positive, flagged, known, codes, n_pat)
     aucs = np.full((n_boot, len(included)), np.nan)
     aps = np.full_like(aucs, np.nan)
+    sens = np.full((n_boot, len(labels)), np.nan)
+    spec = np.full_like(sens, np.nan)
     rng = np.random.default_rng(seed)
     block = max(1, min(n_boot, _BLOCK_CELLS // n_pat))
     for first in range(0, n_boot, block):
@@ -331,6 +341,17 @@ def bootstrap(positive: np.ndarray, probs: np.ndarray, known: np.ndarray, codes:
         for j, r in enumerate(ranked):
             auc, ap = r.auc_ap(counts)
             aucs[first:first + len(auc), j], aps[first:first + len(ap), j] = auc, ap
+        if confusion is not None:
+            tp, fn, tn, fp = (np.einsum("pk,pb->bk", c, counts) for c in confusion)  # (B, K) weighted counts
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sens[first:first + counts.shape[1]] = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+                spec[first:first + counts.shape[1]] = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
+    if confusion is not None:
+        for k, label in enumerate(labels):
+            out["ci_sensitivity"][label] = _percentile_interval(sens[:, k])
+            out["ci_specificity"][label] = _percentile_interval(spec[:, k])
+    if not included:
+        return out
     for j, k in enumerate(included):
         label = labels[k]
         out["n_boot_used"][label] = int(np.count_nonzero(~np.isnan(aucs[:, j])))
@@ -341,6 +362,21 @@ def bootstrap(positive: np.ndarray, probs: np.ndarray, known: np.ndarray, codes:
     out["ci_auc_macro"] = _percentile_interval(aucs[complete].mean(axis=1))
     out["ci_ap_macro"] = _percentile_interval(aps[complete].mean(axis=1))
     return out
+
+
+def _confusion_by_patient(positive: np.ndarray, flagged: np.ndarray, known: np.ndarray, codes: np.ndarray,
+                          n_pat: int) -> tuple[np.ndarray, ...]:
+    """Per patient and class, how many of its labelled images are TP, FN, TN, FP: four (patients, K) arrays.
+
+    A resample's weighted confusion counts are then one product with its draw counts.
+    """
+    cells = {"tp": positive & flagged, "fn": positive & ~flagged, "tn": ~positive & ~flagged, "fp": ~positive & flagged}
+    out = []
+    for name in ("tp", "fn", "tn", "fp"):
+        table = np.zeros((n_pat, positive.shape[1]))
+        np.add.at(table, codes, (cells[name] & known).astype(np.float64))
+        out.append(table)
+    return tuple(out)
 
 
 def _percentile_interval(values: np.ndarray) -> list[float] | None:

@@ -3,9 +3,10 @@
 CSV (what people open in a spreadsheet) or JSON (what scripts read), chosen by the suffix. One row per
 image::
 
-    study, image, patient, <label 1>, ..., <label K>, truth:<label 1>, ..., truth:<label K>, flagged
+    study, image, patient[, split], <label 1>, ..., <label K>, truth:<label 1>, ..., truth:<label K>, flagged
 
-``<label>`` columns are probabilities; ``truth:`` columns are 1 / 0 / blank (blank = unknown or excluded
+``split`` (the study's data set split: train / val / test / ...) is there when the rows know it, so whoever
+tunes thresholds on the file knows what they were tuned on. ``<label>`` columns are probabilities; ``truth:`` columns are 1 / 0 / blank (blank = unknown or excluded
 by the uncertainty policy) and appear only when the predictions were made on labelled data; ``flagged``
 lists the labels over their thresholds, ``|``-separated, when thresholds were given. Anyone can recompute
 every metric from this file.
@@ -18,7 +19,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from cxr_core.errors import DataError
 
 TRUTH_PREFIX = "truth:"
 ID_COLUMNS = ("study", "image", "patient")
+SPLIT_COLUMN = "split"
 
 
 @dataclass
@@ -41,12 +43,17 @@ class Predictions:
     patient: list[str] = field(default_factory=list)
     truth: np.ndarray | None = None  # (N, K) float32: 1, 0 or NaN (unknown)
     meta: dict[str, Any] = field(default_factory=dict)  # model fingerprint, checkpoint, data root, split
+    split: list[str] = field(default_factory=list)  # each row's data set split ("" where unknown)
 
     def __post_init__(self) -> None:
         self.labels = list(self.labels)
         self.probs = np.asarray(self.probs, dtype=np.float32).reshape(len(self.study), len(self.labels))
         if not self.patient:
             self.patient = [""] * len(self.study)
+        if not self.split:
+            self.split = [""] * len(self.study)
+        if len(self.split) != len(self.study):
+            raise ValueError("predictions: split must have one entry per row")
         if self.truth is not None:
             self.truth = np.asarray(self.truth, dtype=np.float32).reshape(self.probs.shape)
         if not (len(self.study) == len(self.image) == len(self.patient) == self.probs.shape[0]):
@@ -58,6 +65,23 @@ class Predictions:
     @property
     def has_truth(self) -> bool:
         return self.truth is not None
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Rows per known split, in name order (empty when the rows do not say)."""
+        counts: dict[str, int] = {}
+        for name in self.split:
+            if name:
+                counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def subset(self, rows: np.ndarray) -> Predictions:
+        """The rows selected by a boolean mask or an index array (same labels and meta)."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        pick = idx.tolist()
+        return Predictions(self.labels, self.probs[idx], [self.study[i] for i in pick], [self.image[i] for i in pick],
+                           [self.patient[i] for i in pick], None if self.truth is None else self.truth[idx],
+                           dict(self.meta), [self.split[i] for i in pick])
 
     def mask(self) -> np.ndarray:
         """Where the truth is known (1 or 0)."""
@@ -88,7 +112,8 @@ class Predictions:
     def to_csv(self, thresholds: Mapping[str, float] | None = None) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        header = [*ID_COLUMNS, *self.labels]
+        with_split = any(self.split)
+        header = [*ID_COLUMNS, *([SPLIT_COLUMN] if with_split else []), *self.labels]
         if self.truth is not None:
             header += [TRUTH_PREFIX + name for name in self.labels]
         if thresholds is not None:
@@ -97,6 +122,8 @@ class Predictions:
         flags = self.flagged(thresholds) if thresholds is not None else None
         for i in range(len(self)):
             row: list[Any] = [self.study[i], self.image[i], self.patient[i]]
+            if with_split:
+                row.append(self.split[i])
             row += [_fmt(p) for p in self.probs[i]]
             if self.truth is not None:
                 row += ["" if math.isnan(t) else int(t) for t in self.truth[i]]
@@ -111,6 +138,8 @@ class Predictions:
         for i in range(len(self)):
             row: dict[str, Any] = {"study": self.study[i], "image": self.image[i], "patient": self.patient[i],
                                    "probs": {name: float(self.probs[i, k]) for k, name in enumerate(self.labels)}}
+            if self.split[i]:
+                row["split"] = self.split[i]
             if self.truth is not None:
                 row["truth"] = {name: (None if math.isnan(t) else int(t))
                                 for name, t in zip(self.labels, self.truth[i], strict=True)}
@@ -143,13 +172,15 @@ class Predictions:
             raise DataError(f"{path}: not a cxr predictions CSV (expected columns study, image, ...)")
         has_patient = len(header) > 2 and header[2] == "patient"
         first = 3 if has_patient else 2
+        split_col = first if len(header) > first and header[first] == SPLIT_COLUMN else -1
+        first += split_col >= 0
         labels = [h for h in header[first:] if not h.startswith(TRUTH_PREFIX) and h != "flagged"]
         truth_cols = [header.index(TRUTH_PREFIX + name) if TRUTH_PREFIX + name in header else -1 for name in labels]
         prob_cols = [header.index(name) for name in labels]
         if not labels:
             raise DataError(f"{path}: no probability columns")
         has_truth = any(c >= 0 for c in truth_cols)
-        study, image, patient, probs, truth = [], [], [], [], []
+        study, image, patient, probs, truth, split = [], [], [], [], [], []
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -162,9 +193,10 @@ class Predictions:
             study.append(row[0])
             image.append(row[1])
             patient.append(row[2] if has_patient else "")
+            split.append(row[split_col] if split_col >= 0 else "")
         return cls(labels, np.array(probs, dtype=np.float32).reshape(len(study), len(labels)), study, image, patient,
                    np.array(truth, dtype=np.float32).reshape(len(study), len(labels)) if has_truth else None,
-                   meta={"source": str(path)})
+                   meta={"source": str(path)}, split=split)
 
     @classmethod
     def _from_json(cls, path: Path, text: str) -> Predictions:
@@ -180,24 +212,10 @@ class Predictions:
                        [str(r["study"]) for r in rows], [str(r["image"]) for r in rows],
                        [str(r.get("patient", "")) for r in rows],
                        None if truth is None else np.array(truth, dtype=np.float32).reshape(len(rows), len(labels)),
-                       meta=dict(data.get("meta") or {}))
+                       meta={**dict(data.get("meta") or {}), "source": str(path)},
+                       split=[str(r.get("split") or "") for r in rows])
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{path}: not a cxr predictions JSON ({type(err).__name__}: {err})") from None
-
-
-def concat(parts: Sequence[Predictions]) -> Predictions:
-    """Rows of several prediction sets over the same labels (e.g. the shards of a distributed run)."""
-    if not parts:
-        raise ValueError("nothing to concatenate")
-    labels = parts[0].labels
-    if any(p.labels != labels for p in parts):
-        raise ValueError("predictions over different labels cannot be concatenated")
-    truth = None
-    if all(p.truth is not None for p in parts):
-        truth = np.concatenate([p.truth for p in parts]) if parts else None
-    return Predictions(labels, np.concatenate([p.probs for p in parts]),
-                       [s for p in parts for s in p.study], [s for p in parts for s in p.image],
-                       [s for p in parts for s in p.patient], truth, meta=dict(parts[0].meta))
 
 
 def _fmt(value: float) -> str:

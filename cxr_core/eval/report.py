@@ -24,14 +24,17 @@ from cxr_core.eval.predictions import Predictions
 
 FILE_MODE = 0o644
 CSV_COLUMNS = ("label", "n", "support", "auc", "auc_lo", "auc_hi", "ap", "ap_lo", "ap_hi", "threshold", "tp", "fp",
-               "tn", "fn", "sensitivity", "specificity", "ppv", "npv", "f1", "ece", "excluded")
+               "tn", "fn", "sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity", "specificity_lo",
+               "specificity_hi", "ppv", "npv", "f1", "ece", "excluded")
 
 
 def write_report(result: Mapping[str, Any], preds: Predictions, out_dir: str | os.PathLike[str], *, title: str,
-                 localisation: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
+                 localisation: Mapping[str, Mapping[str, Any]] | None = None,
+                 caveats: Sequence[str] = ()) -> list[Path]:
     """Write ``report.md``, ``per_class.csv`` and the plots into ``out_dir``; return the paths written.
 
-    ``localisation`` (optional): ``{label: {"pointing_game": x, "iou": y, "n": n}}`` adds a table.
+    ``localisation`` (optional): ``{label: {"pointing_game": x, "iou": y, "n": n}}`` adds a table. ``caveats``:
+    lines a reader must see before the numbers (e.g. thresholds tuned on the split evaluated).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,7 @@ def write_report(result: Mapping[str, Any], preds: Predictions, out_dir: str | o
     figures = write_plots(result, preds, out)
     md_path = out / "report.md"
     atomic_write_text(md_path, render_markdown(result, preds, title=title, localisation=localisation,
-                                               figures=[p.name for p in figures]), mode=FILE_MODE)
+                                               figures=[p.name for p in figures], caveats=caveats), mode=FILE_MODE)
     return [md_path, csv_path, *figures]
 
 
@@ -54,12 +57,16 @@ def per_class_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         tm = result["threshold_metrics"][label]
         auc_ci = result["ci"].get(label) or [None, None]
         ap_ci = result["ci_ap"].get(label) or [None, None]
+        sens_ci = result.get("ci_sensitivity", {}).get(label) or [None, None]
+        spec_ci = result.get("ci_specificity", {}).get(label) or [None, None]
         rows.append({
             "label": label, "n": result["n_labelled"][label], "support": result["support"][label],
             "auc": result["auc"][label], "auc_lo": auc_ci[0], "auc_hi": auc_ci[1],
             "ap": result["ap"][label], "ap_lo": ap_ci[0], "ap_hi": ap_ci[1],
             **{key: tm[key] for key in ("threshold", "tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv",
                                         "npv", "f1")},
+            "sensitivity_lo": sens_ci[0], "sensitivity_hi": sens_ci[1],
+            "specificity_lo": spec_ci[0], "specificity_hi": spec_ci[1],
             "ece": result["calibration"][label]["ece"], "excluded": result["excluded"].get(label),
         })
     return rows
@@ -77,12 +84,15 @@ def per_class_csv(result: Mapping[str, Any]) -> str:
 
 def render_markdown(result: Mapping[str, Any], preds: Predictions, *, title: str,
                     localisation: Mapping[str, Mapping[str, Any]] | None = None,
-                    figures: Sequence[str] = ()) -> str:
+                    figures: Sequence[str] = (), caveats: Sequence[str] = ()) -> str:
     """The Markdown text of ``report.md``."""
     labels = result["labels"]
     excluded = result["excluded"]
     n_given = sum(1 for s in result["threshold_source"].values() if s == "given")
-    lines = [f"# {title}", "", "## What was evaluated", ""]
+    lines = [f"# {title}", ""]
+    for caveat in caveats:
+        lines += [f"> **Caveat:** {caveat}.", ""]
+    lines += ["## What was evaluated", ""]
     lines.append(f"- **{result['n_images']:,} images** of **{result['n_patients']:,} patients**, "
                  f"{len(labels)} classes ({len(labels) - len(excluded)} scored, {len(excluded)} excluded).")
     for key, value in preds.meta.items():
@@ -115,13 +125,17 @@ def render_markdown(result: Mapping[str, Any], preds: Predictions, *, title: str
                      "every scored class had positives and negatives.")
 
     lines += ["", "## Per class", "",
-              "| Class | Images | Positives | AUC [95% CI] | AP [95% CI] | Threshold | Sens | Spec | PPV | NPV | F1 | ECE |",
+              "| Class | Images | Positives | AUC [95% CI] | AP [95% CI] | Threshold | Sens [95% CI] | Spec [95% CI] "
+              "| PPV | NPV | F1 | ECE |",
               "|---|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for row in per_class_rows(result):
         auc = "excluded" if row["excluded"] else _ci(row["auc"], _pair(row["auc_lo"], row["auc_hi"]))
         ap = "excluded" if row["excluded"] else _ci(row["ap"], _pair(row["ap_lo"], row["ap_hi"]))
+        sens = _ci(row["sensitivity"], _pair(row["sensitivity_lo"], row["sensitivity_hi"]))
+        spec = _ci(row["specificity"], _pair(row["specificity_lo"], row["specificity_hi"]))
         lines.append(f"| {_cell(row['label'])} | {row['n']:,} | {row['support']:,} | {auc} | {ap} | "
-                     f"{row['threshold']:.3g} | " + _ratios(row) + f" | {_f(row['ece'])} |")
+                     f"{row['threshold']:.3g} | {sens} | {spec} | {_f(row['ppv'])} | {_f(row['npv'])} | "
+                     f"{_f(row['f1'])} | {_f(row['ece'])} |")
     short = [label for label in labels if label not in excluded
              and 0 < result["n_boot_used"][label] < result["n_boot"]]
     if short:

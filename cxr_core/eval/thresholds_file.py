@@ -8,12 +8,21 @@
                                         "support", "negatives", "labelled", "tp", "fp", "tn", "fn"}}},
      "predictions": "<file or description of the predictions they were tuned on>",
      "n": <rows in those predictions>,
+     "tuned_on": {"split": "val" | "test" | "all" | "train+train_val" | "unknown", "splits": {"val": 60},
+                  "root": "<data set root>" | null, "model": "<fingerprint>" | null, "studies": 58,
+                  "images": 60, "test_asked": false},
      "created": "<ISO time>",
      "history": [{"who": "<login>", "when": "<ISO time>", "action": "tune" | "review",
                   "changes": {"<label>": {"from": <old threshold>, "to": <new>, "mode": "..."}}}]}
 
 Written atomically (temp file + rename): a reader sees the old file or the new one. Every save that
 changes a threshold appends a history row keeping the previous value.
+
+**Research hygiene.** Thresholds are tuned on a split, and evaluating on that same split makes the
+thresholded metrics optimistic. :func:`tuning_rows` picks the rows to tune on — the validation split when
+the predictions have one, the other non-test splits otherwise, and the test split only when asked — and
+:class:`TunedOn` records the choice in the file, so ``eval`` can say when it scores the split the thresholds
+were chosen on.
 """
 
 from __future__ import annotations
@@ -27,9 +36,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxr_core.atomic import atomic_write_text, locked
-from cxr_core.errors import DataError
+from cxr_core.data.splits import TEST_SPLITS, VAL_SPLITS
+from cxr_core.errors import CxrError, DataError
+from cxr_core.eval.evaluate import DEFAULT_THRESHOLD
+from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import Choice, OperatingPoints, ThresholdStats, json_number
+from cxr_core.paths import data_dir
 from cxr_core.store.reviews import current_user  # one definition of who is acting
 
 FORMAT_VERSION = 1
@@ -43,6 +58,128 @@ class LabelThreshold:
     reason: str | None = None
 
 
+ALL_SPLITS = "all"
+UNKNOWN_SPLIT = "unknown"
+
+
+@dataclass
+class TunedOn:
+    """What a set of thresholds was chosen on: which rows (split), of which data, predicted by which model."""
+
+    split: str = UNKNOWN_SPLIT
+    """The selection: a split name, several joined by ``+``, ``all``, or ``unknown`` (rows without splits)."""
+    splits: dict[str, int] = field(default_factory=dict)
+    """Images per split among the rows used (empty when the predictions did not say)."""
+    root: str | None = None
+    model: str | None = None
+    """The model's fingerprint (hash of its checkpoint file) when known."""
+    studies: int = 0
+    images: int = 0
+    test_asked: bool = False
+    """True when the user asked for the test split (it is never chosen by default)."""
+
+    @property
+    def includes_test(self) -> bool:
+        return any(name.casefold() in TEST_SPLITS for name in self.splits)
+
+    def overlap(self, evaluated: Mapping[str, int]) -> list[str]:
+        """Split names both tuned and evaluated on. An unknown tuning split overlaps nothing: callers say
+        separately that it is unknown."""
+        return sorted(set(self.splits) & {name for name, n in evaluated.items() if n})
+
+    def describe(self) -> str:
+        what = self.split if self.split != UNKNOWN_SPLIT else "rows of an unknown split"
+        return f"{what} ({self.studies:,} studies, {self.images:,} images)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "splits": dict(self.splits), "root": self.root, "model": self.model,
+                "studies": self.studies, "images": self.images, "test_asked": self.test_asked}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TunedOn | None:
+        """Lenient: a value of the wrong type is dropped, never an error (older files have no record at all)."""
+        if not isinstance(data, dict):
+            return None
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) and value else None
+
+        def whole(key: str) -> int:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+        splits = data.get("splits")
+        splits = {str(k): v for k, v in splits.items() if isinstance(v, int)} if isinstance(splits, dict) else {}
+        return cls(text("split") or UNKNOWN_SPLIT, splits, text("root"), text("model"), whole("studies"),
+                   whole("images"), data.get("test_asked") is True)
+
+    @classmethod
+    def of(cls, preds: Predictions, split: str, *, test_asked: bool = False) -> TunedOn:
+        """The record for tuning on all rows of ``preds`` (already the selected rows) under the name ``split``."""
+        return cls(split, preds.splits, preds.meta.get("root") or None, preds.meta.get("fingerprint") or None,
+                   len(set(preds.study)), len(preds), test_asked)
+
+
+def tuning_choices(preds: Predictions) -> list[str]:
+    """The selections a user can tune on, the default first: validation, the other non-test splits, all, test."""
+    splits = list(preds.splits)
+    if not splits:
+        return [UNKNOWN_SPLIT]
+    val = [s for s in splits if s.casefold() in VAL_SPLITS]
+    test = [s for s in splits if s.casefold() in TEST_SPLITS]
+    other = [s for s in splits if s not in val and s not in test]
+    default = val[:1] or (["+".join(other)] if other else [])
+    rest = [s for s in val[1:] + other if s not in default]
+    return default + rest + [ALL_SPLITS] + test
+
+
+def tuning_rows(preds: Predictions, split: str | None = None) -> tuple[Predictions, TunedOn]:
+    """The rows to tune thresholds on, and the record of that choice.
+
+    ``split=None`` takes the default of :func:`tuning_choices` (validation; else every non-test split); the test
+    split only when asked by name (``"test"``) or with ``"all"``. Predictions whose rows carry no split are
+    used whole (``split`` must then be None or ``all``). A CxrError names what is available otherwise.
+    """
+    source = preds.meta.get("source") or "predictions"
+    available = preds.splits
+    if not available:
+        if split not in (None, ALL_SPLITS):
+            raise CxrError(f"{source}: the rows do not say which split they are in, so split {split!r} cannot be "
+                           "chosen (`cxr-tui predict` on an indexed data set writes a split column)")
+        return preds, TunedOn.of(preds, UNKNOWN_SPLIT)
+    if split is None:
+        default = tuning_choices(preds)[0]
+        if default == ALL_SPLITS:  # only test rows
+            raise CxrError(f"{source}: every row is in the test split; thresholds tuned on the test set make its "
+                           "evaluation optimistic. Tune on validation predictions, or ask for it with --split test")
+        split = default
+    if split == ALL_SPLITS:
+        return preds, TunedOn.of(preds, ALL_SPLITS, test_asked=True)
+    wanted = set(split.split("+"))
+    missing = sorted(wanted - set(available))
+    if missing:
+        raise CxrError(f"{source}: no rows in split {', '.join(missing)} "
+                       f"(splits here: {', '.join(f'{k} {v:,}' for k, v in available.items())})")
+    rows = np.array([name in wanted for name in preds.split], dtype=bool)
+    chosen = preds.subset(rows)
+    return chosen, TunedOn.of(chosen, split, test_asked=any(s.casefold() in TEST_SPLITS for s in wanted))
+
+
+def split_check(tuned_on: TunedOn | None, evaluated: Mapping[str, int], *, allowed: bool = False) -> str | None:
+    """One line when an evaluation scores rows of the split its thresholds were tuned on (None otherwise).
+
+    ``allowed``: the user said so (``eval --allow-same-split``); the line then records that instead of warning.
+    """
+    overlap = tuned_on.overlap(evaluated) if tuned_on is not None else []
+    if not overlap:
+        return None
+    which = " and ".join(overlap)
+    what = (f"the thresholds were tuned on the {which} split this evaluation scores, so its sensitivity, "
+            "specificity, PPV, NPV and F1 are optimistic")
+    return f"{what} (allowed with --allow-same-split)" if allowed else what
+
+
 @dataclass
 class ThresholdsFile:
     """The thresholds of one model's classes, how each was chosen, its metrics there, and who changed what."""
@@ -53,6 +190,8 @@ class ThresholdsFile:
     created: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    tuned_on: TunedOn | None = None
+    """What the current thresholds were tuned on (None in files written before cxr recorded it)."""
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -60,7 +199,7 @@ class ThresholdsFile:
         return {name: entry.threshold for name, entry in self.labels.items() if entry.threshold is not None}
 
     def update(self, entries: Mapping[str, LabelThreshold], *, action: str, who: str | None = None,
-               when: str | None = None) -> dict[str, dict[str, Any]]:
+               when: str | None = None, split: str | None = None) -> dict[str, dict[str, Any]]:
         """Set ``entries``; append one history row with each changed label's previous and new value.
 
         Returns the changes (empty, and no history row, when nothing changed).
@@ -73,8 +212,10 @@ class ThresholdsFile:
                                  "mode": new.mode}
             self.labels[name] = new
         if changes:
-            self.history.append({"who": who or current_user(), "when": when or now_iso(), "action": action,
-                                 "changes": changes})
+            row = {"who": who or current_user(), "when": when or now_iso(), "action": action, "changes": changes}
+            if split is not None:
+                row["split"] = split
+            self.history.append(row)
         return changes
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +226,7 @@ class ThresholdsFile:
                        for name, e in self.labels.items()},
             "predictions": self.predictions,
             "n": self.n,
+            "tuned_on": None if self.tuned_on is None else self.tuned_on.to_json(),
             "created": self.created,
             "history": self.history,
         }
@@ -142,7 +284,7 @@ class ThresholdsFile:
         if not isinstance(n, int) or isinstance(n, bool):
             raise bad(f"n {n!r} is not a whole number")
         return cls(labels, str(data.get("predictions") or ""), n, str(data.get("created") or ""), list(history),
-                   Path(path) if path is not None else None)
+                   Path(path) if path is not None else None, TunedOn.from_json(data.get("tuned_on")))
 
 
 def load_thresholds(path: str | os.PathLike[str]) -> ThresholdsFile:
@@ -165,20 +307,41 @@ def load_thresholds(path: str | os.PathLike[str]) -> ThresholdsFile:
     return ThresholdsFile.from_json(data, path)
 
 
+def thresholds_path_for(checkpoint: str | os.PathLike[str], fingerprint: str | None = None) -> Path:
+    """Where a model's thresholds live, for every reader and writer (TUI, ``eval``).
+
+    Beside the run for a run's checkpoint (``<run>/checkpoints/x.safetensors`` -> ``<run>/thresholds.json``);
+    otherwise in the data dir, named by the model's fingerprint (the checkpoint's stem without one), so a
+    model file outside a run (the demo model, a downloaded checkpoint) keeps its thresholds too.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "thresholds.json"
+    return data_dir() / "thresholds" / f"{fingerprint or checkpoint.stem}.json"
+
+
+def threshold_values(file: ThresholdsFile | None, labels: Sequence[str]) -> dict[str, float]:
+    """label -> the threshold in force: the file's where it has one, 0.5 otherwise (and without a file)."""
+    values = file.thresholds if file is not None else {}
+    return {label: values.get(label, DEFAULT_THRESHOLD) for label in labels}
+
+
 def thresholds_from_choices(choices: Sequence[Choice], predictions: str = "", n: int = 0,
-                            previous: ThresholdsFile | None = None, who: str | None = None) -> ThresholdsFile:
+                            previous: ThresholdsFile | None = None, who: str | None = None,
+                            tuned_on: TunedOn | None = None) -> ThresholdsFile:
     """A thresholds file holding ``choices`` (from :func:`tune`); on top of ``previous`` when given, so the
     history of an existing file is kept and the tuning is recorded as one more history row."""
     out = previous if previous is not None else ThresholdsFile(created=now_iso())
     out.predictions, out.n = predictions or out.predictions, n or out.n
+    out.tuned_on = tuned_on or out.tuned_on
     out.update({c.label: LabelThreshold(c.threshold, c.mode, dict(c.metrics), c.reason) for c in choices},
-               action="tune", who=who)
+               action="tune", who=who, split=None if tuned_on is None else tuned_on.split)
     return out
 
 
 def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | None],
                 points: OperatingPoints | None = None, *, mode: str = "manual", who: str | None = None,
-                predictions: str = "") -> ThresholdsFile:
+                predictions: str = "", tuned_on: TunedOn | None = None) -> ThresholdsFile:
     """Record a reviewer's save: set ``thresholds`` (label -> value) in the file at ``path`` and write it.
 
     Labels not given keep their entries. A changed label gets ``mode`` and its metrics at the new value
@@ -194,11 +357,11 @@ def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | N
     stats = points.at(thresholds) if points is not None else None
     with locked(path):  # read, change and write under one lock: two reviewers saving at once both keep their row
         return _save_locked(path, thresholds, stats, mode=mode, who=who, predictions=predictions,
-                            n=points.n if points is not None else 0)
+                            n=points.n if points is not None else 0, tuned_on=tuned_on)
 
 
 def _save_locked(path: Path, thresholds: Mapping[str, float | None], stats: ThresholdStats | None, *, mode: str,
-                 who: str | None, predictions: str, n: int) -> ThresholdsFile:
+                 who: str | None, predictions: str, n: int, tuned_on: TunedOn | None) -> ThresholdsFile:
     if path.exists():
         current = load_thresholds(path)
     else:
@@ -211,7 +374,10 @@ def _save_locked(path: Path, thresholds: Mapping[str, float | None], stats: Thre
             continue
         metrics = stats.row(name) if stats is not None and name in stats.labels and value is not None else {}
         entries[name] = LabelThreshold(value, mode, metrics, None if value is not None else "cleared by reviewer")
-    if current.update(entries, action="review", who=who):
+    if current.update(entries, action="review", who=who, split=None if tuned_on is None else tuned_on.split):
+        if tuned_on is not None:
+            current.tuned_on = tuned_on
+            current.predictions, current.n = predictions or current.predictions, n or current.n
         current.write(path)
     return current
 

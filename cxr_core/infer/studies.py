@@ -93,6 +93,7 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str], *, fmt: str
                               [s.patient_id for s, _ in kept], truth,
                               meta={"model": str(predictor.loaded.path), "fingerprint": predictor.fingerprint,
                                     "root": str(resolved), "format": scan.report.format, "split": split,
-                                    "variant": predictor.variant})
+                                    "variant": predictor.variant},
+                              split=[s.split or "" for s, _ in kept])
     return RootPredictions(predictions, errors, result.cached, result.computed, result.seconds, result.cancelled,
                            result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None])

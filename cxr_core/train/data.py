@@ -17,14 +17,12 @@ import numpy as np
 from cxr_core.atomic import atomic_write_text
 from cxr_core.data.dataset import Item, items_from_studies
 from cxr_core.data.sources import SourceOptions
-from cxr_core.data.splits import kfold_by_patient, patient_split, stratified_subset
+from cxr_core.data.splits import TRAIN_SPLITS, VAL_SPLITS, kfold_by_patient, patient_split, stratified_subset
 from cxr_core.data.study import Study
 from cxr_core.labels import LabelSpace, UncertaintyPolicy
 from cxr_core.store.index import StudyIndex, image_base
 from cxr_core.train.config import ConfigError, TrainConfig
 
-TRAIN_SPLITS = ("train", "train_val")
-VAL_SPLITS = ("val", "valid", "validate", "validation")
 
 
 @dataclass

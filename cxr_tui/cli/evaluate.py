@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cxr_core.data.sources import SourceOptions
 from cxr_core.errors import CxrError
+from cxr_core.eval.thresholds_file import load_thresholds, split_check, threshold_values, thresholds_path_for
 from cxr_core.imaging import read_xray
 from cxr_core.store.index import StudyIndex, image_base
 
@@ -19,20 +20,17 @@ if TYPE_CHECKING:
     from cxr_core.infer.engine import Predictor
 from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
 from cxr_tui.cli.output import print_json, progress_bar, stderr, stdout
-from cxr_tui.cli.predict import (
-    BatchOpt,
-    DeviceOpt,
-    NoCacheOpt,
-    ThresholdsOpt,
-    TtaOpt,
-    WorkersOpt,
-    load_threshold_values,
-    make_predictor,
-)
+from cxr_tui.cli.predict import BatchOpt, DeviceOpt, NoCacheOpt, TtaOpt, WorkersOpt, make_predictor
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f} ({ci[0]:.2f}–{ci[1]:.2f})" if ci else f"{value:.2f}"
 
 
 def default_out(checkpoint: Path, split: str | None) -> Path:
@@ -43,22 +41,20 @@ def default_out(checkpoint: Path, split: str | None) -> Path:
     return Path("cxr-eval") / name
 
 
-def run_thresholds(checkpoint: Path) -> Path | None:
-    """A run's own ``thresholds.json``, used by default when evaluating that run."""
-    if checkpoint.parent.name == "checkpoints":
-        candidate = checkpoint.parent.parent / "thresholds.json"
-        return candidate if candidate.is_file() else None
-    return None
-
-
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Run directory, run id or checkpoint file.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Labelled data set root.", show_default=False)],
     fmt: FormatOpt = None,
     labels_csv: LabelsOpt = None,
-    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (test, val, ...); all when omitted.")] = "test",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: the run's eval/<split>/).")] = None,
-    thresholds: ThresholdsOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate: test, val, train, ... or all (every split).")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: the run's eval/<split>/, "
+                                             "or ./cxr-eval/<split>/ for a checkpoint outside a run).")] = None,
+    thresholds: Annotated[Path | None, typer.Option(
+        "--thresholds", help="Thresholds JSON (default: the model's own — its run's thresholds.json, or the file "
+                             "the TUI saved for it — else 0.5 for every label).", show_default=False)] = None,
+    allow_same_split: Annotated[bool, typer.Option(
+        "--allow-same-split", help="Evaluating on the split the thresholds were tuned on is intended (the report "
+                                   "records it; without this flag it is a warning).")] = False,
     boxes: Annotated[Path | None, typer.Option("--boxes", help="NIH BBox_List-format boxes: adds a Grad-CAM localisation table.")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples (by patient) for the 95% CIs; 0 turns them off.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
@@ -80,7 +76,7 @@ def eval_cmd(
     predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache)
     checkpoint = predictor.loaded.path
     with StudyIndex(db) as index, progress_bar(not json_out) as progress:
-        result = predict_root(predictor, data, fmt=fmt, split=None if split in (None, "all") else split,
+        result = predict_root(predictor, data, fmt=fmt, split=None if split == "all" else split,
                               options=SourceOptions(labels_csv=labels_csv), index=index,
                               progress=(lambda d, t: progress("predicting", d, t)) if progress else None)
     preds = result.predictions
@@ -88,8 +84,12 @@ def eval_cmd(
         return
     if not preds.has_truth:
         raise CxrError(f"{data}: the data set labels none of the model's findings ({', '.join(preds.labels)})")
-    thresholds = thresholds or run_thresholds(checkpoint)
-    values = load_threshold_values(thresholds, preds.labels)
+    if thresholds is None:  # the model's own: its run's thresholds.json, or what the TUI saved for it
+        candidate = thresholds_path_for(checkpoint, predictor.fingerprint)
+        thresholds = candidate if candidate.is_file() else None
+    tuned = load_thresholds(thresholds) if thresholds is not None else None
+    values = threshold_values(tuned, preds.labels)
+    same_split = split_check(tuned.tuned_on if tuned else None, preds.splits, allowed=allow_same_split)
     metrics = evaluate(preds, values, n_boot=n_boot, seed=seed)
     localisation = None
     if boxes is not None:
@@ -99,28 +99,38 @@ def eval_cmd(
     target = out or default_out(checkpoint, split)
     target.mkdir(parents=True, exist_ok=True)
     preds.meta.update({"thresholds": str(thresholds) if thresholds else "0.5 for every label"})
+    if tuned is not None:
+        preds.meta["thresholds_tuned_on"] = tuned.tuned_on.describe() if tuned.tuned_on else "not recorded"
+    warnings = list(result.warnings)
+    if same_split and not allow_same_split:
+        warnings.insert(0, same_split)
     files = [preds.write(target / "predictions.csv", values)]
-    files += write_report(metrics, preds, target, title=f"{checkpoint.parent.parent.name if checkpoint.parent.name == 'checkpoints' else checkpoint.name} on {Path(preds.meta['root']).name} ({split or 'all'})",
-                          localisation=localisation)
+    files += write_report(metrics, preds, target, title=f"{checkpoint.parent.parent.name if checkpoint.parent.name == 'checkpoints' else checkpoint.name} on {Path(preds.meta['root']).name} ({split})",
+                          localisation=localisation, caveats=[same_split] if same_split else [])
     if json_out:
         print_json({**metrics, "localisation": localisation, "pointing_game_overall": overall_pointing(localisation), "unreadable": result.errors,
-                    "unlabelled_findings": result.unmatched_labels, "warnings": result.warnings,
-                    "files": [str(f) for f in files], "out": str(target), "model": str(checkpoint)})
+                    "unlabelled_findings": result.unmatched_labels, "warnings": warnings,
+                    "thresholds_tuned_on": tuned.tuned_on.to_json() if tuned and tuned.tuned_on else None,
+                    "same_split": same_split, "files": [str(f) for f in files], "out": str(target),
+                    "model": str(checkpoint)})
         return
+    if same_split:
+        stdout.print(("note: " if allow_same_split else "warning: ") + same_split, markup=False)
     _print(metrics, localisation, result.errors, result.unmatched_labels, result.warnings)
     stdout.print(f"\nreport: {target / 'report.md'}  (predictions.csv, per_class.csv and plots beside it)", markup=False)
 
 
 def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: list[str], warnings: list[str]) -> None:
     table = Table(title=f"{metrics['n_images']:,} images, {metrics['n_patients']:,} patients", title_justify="left")
-    for column in ("finding", "AUC", "95% CI", "AP", "sens", "spec", "PPV", "F1", "pos"):
+    for column in ("finding", "AUC", "95% CI", "AP", "sens (95% CI)", "spec (95% CI)", "PPV", "F1", "pos"):
         table.add_column(column, justify="left" if column == "finding" else "right")
     for label, auc in metrics["auc"].items():
         ci = metrics["ci"].get(label)
         at = metrics["threshold_metrics"].get(label, {})
         table.add_row(label, _fmt(auc), f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—", _fmt(metrics["ap"].get(label)),
-                      _fmt(at.get("sensitivity")), _fmt(at.get("specificity")), _fmt(at.get("ppv")),
-                      _fmt(at.get("f1")), str(metrics["support"].get(label, 0)))
+                      _with_ci(at.get("sensitivity"), metrics.get("ci_sensitivity", {}).get(label)),
+                      _with_ci(at.get("specificity"), metrics.get("ci_specificity", {}).get(label)),
+                      _fmt(at.get("ppv")), _fmt(at.get("f1")), str(metrics["support"].get(label, 0)))
     stdout.print(table)
     ci = metrics.get("ci_auc_macro")
     stdout.print(f"macro AUC {_fmt(metrics['auc_macro'])}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")

@@ -42,15 +42,6 @@ def make_predictor(model: str, device: str, batch_size: int | None, workers: int
                                      compile=compile, cache=not no_cache)
 
 
-def load_threshold_values(path: Path | None, labels: list[str]) -> dict[str, float]:
-    if path is None:
-        return dict.fromkeys(labels, 0.5)
-    from cxr_core.eval.thresholds_file import load_thresholds
-
-    values = load_thresholds(path).thresholds
-    return {label: values.get(label, 0.5) for label in labels}
-
-
 def predict(
     root: Annotated[Path, typer.Argument(help="Data set root (any layout `data index` reads) or an image file.", show_default=False)],
     model: ModelOpt,
@@ -91,7 +82,9 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
         return
     with progress_bar(not json_out) as progress:
         result = _predict(predictor, root, fmt, labels_csv, split, db, (lambda d, t: progress("predicting", d, t)) if progress else None)
-    values = load_threshold_values(thresholds, predictor.labels)
+    from cxr_core.eval.thresholds_file import load_thresholds, threshold_values
+
+    values = threshold_values(load_thresholds(thresholds) if thresholds is not None else None, predictor.labels)
     preds = result.predictions
     if out is not None:
         preds.write(out, values)

@@ -14,8 +14,8 @@ from cxr_core.atomic import locked
 from cxr_core.errors import DataError
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, parse_mode, tune
-from cxr_core.eval.thresholds_file import ThresholdsFile, load_thresholds, thresholds_from_choices
-from cxr_tui.cli.output import print_json, stdout
+from cxr_core.eval.thresholds_file import ThresholdsFile, load_thresholds, thresholds_from_choices, tuning_rows
+from cxr_tui.cli.output import print_json, stderr, stdout
 
 app = typer.Typer(help="Per-class thresholds: tune them on labelled predictions, show a thresholds file.",
                   no_args_is_help=True)
@@ -31,11 +31,16 @@ def tune_cmd(
                                       "sensitivity >= X) | spec=X (lowest with specificity >= X) | fixed=X.")] = "f1",
     out: Annotated[Path | None, typer.Option("--out", help="Thresholds file to write (its history is kept if it "
                                              "exists). Without it nothing is written.")] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="Rows to tune on: a split name (val, train, test, ...), several joined by +, or all. "
+                        "Default: the validation split when the predictions have one, else every split but test; "
+                        "test only when asked (its evaluation is then optimistic, and eval says so).",
+        show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Choose each class's threshold by MODE, exactly, and print its metrics there."""
     chosen_mode = parse_mode(mode)  # a bad mode fails before the predictions are read
-    predictions = Predictions.read(preds)
+    predictions, tuned_on = tuning_rows(Predictions.read(preds), split)
     points = OperatingPoints.from_predictions(predictions)
     choices = tune(points, chosen_mode)
     with locked(out) if out is not None else contextlib.nullcontext():  # a reviewer may be saving it right now
@@ -46,13 +51,17 @@ def tune_cmd(
             except DataError as err:
                 raise DataError(f"{err}; not overwriting it (choose another --out)") from None
         result = thresholds_from_choices(choices, predictions=str(preds.resolve()), n=len(predictions),
-                                         previous=previous)
+                                         previous=previous, tuned_on=tuned_on)
         if out is not None:
             result.write(out)
     if json_out:
         print_json({**result.to_json(), "path": None if out is None else str(out)})
         return
     stdout.print(_table(result, f"Thresholds ({chosen_mode}) on {preds.name}: {len(predictions):,} rows"))
+    stdout.print(f"tuned on: {tuned_on.describe()}", markup=False)
+    if tuned_on.includes_test:
+        stderr.print("warning: these thresholds were tuned on the test split; an evaluation on it will be optimistic "
+                     "(and `eval` will say so)", markup=False)
     stdout.print(f"wrote {out}" if out is not None else "not written (add --out FILE to save)", markup=False)
 
 
@@ -67,8 +76,11 @@ def show_cmd(
         print_json({**data.to_json(), "path": str(file)})
         return
     stdout.print(_table(data, f"Thresholds in {file}"))
+    if data.tuned_on is not None:
+        stdout.print(f"tuned on: {data.tuned_on.describe()}" + (f" of {data.tuned_on.root}" if data.tuned_on.root else "")
+                     + (f", model {data.tuned_on.model}" if data.tuned_on.model else ""), markup=False)
     if data.predictions:
-        stdout.print(f"tuned on: {data.predictions} ({data.n:,} rows)", markup=False)
+        stdout.print(f"predictions: {data.predictions} ({data.n:,} rows)", markup=False)
     for row in data.history[-5:]:
         changes = row.get("changes") or {}
         stdout.print(f"{row.get('when', '?')}  {row.get('who', '?')}  {row.get('action', 'change')}: "

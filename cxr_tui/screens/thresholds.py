@@ -38,7 +38,7 @@ from cxr_core.errors import CxrError
 from cxr_core.eval.agreement import Agreement, ReviewedStudies
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, tune
-from cxr_core.eval.thresholds_file import load_thresholds, save_review
+from cxr_core.eval.thresholds_file import load_thresholds, save_review, thresholds_path_for
 from cxr_core.paths import data_dir, ensure_private_dir
 from cxr_tui.messages import ThresholdsChanged
 
@@ -106,18 +106,11 @@ def format_threshold(value: float, unsaved: bool = False) -> str:
 
 
 def default_thresholds_path(workspace: Workspace) -> Path:
-    """Where thresholds are saved when the workspace names no file.
-
-    Beside the run when the model is a run's checkpoint (``<run>/checkpoints/x.safetensors`` ->
-    ``<run>/thresholds.json``, where ``cxr-tui eval`` looks for it); otherwise in the data dir, named by the
-    model's fingerprint (from the predictions' metadata), else the checkpoint's stem.
-    """
-    model = workspace.model
-    if model is not None and model.parent.name == "checkpoints":
-        return model.parent.parent / "thresholds.json"
+    """Where thresholds are saved when the workspace names no file: :func:`thresholds_path_for` the model (where
+    the app finds them on the next start and ``eval`` takes them by default)."""
     preds = workspace.predictions
-    key = (preds.meta.get("fingerprint") if preds is not None else None) or (model.stem if model else "unnamed")
-    return data_dir() / "thresholds" / f"{key}.json"
+    fingerprint = preds.meta.get("fingerprint") if preds is not None else None
+    return thresholds_path_for(workspace.model or Path("unnamed"), fingerprint)
 
 
 class ThresholdCommands(Provider):

@@ -86,6 +86,30 @@ async def test_reopen_comes_from_the_cache(phantom_set, checkpoint):
         assert again.last_load.computed == 0 and again.last_load.cached == len(again.workspace.predictions)
 
 
+async def test_thresholds_saved_for_a_model_outside_a_run_come_back_next_time(phantom_set, checkpoint):
+    """A checkpoint file that is not in a run (the demo model is one): saved thresholds load on the next start."""
+    from cxr_tui.screens.thresholds import ThresholdsScreen
+
+    first = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with first.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: first.last_load is not None)
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(first.screen, ThresholdsScreen))
+        await pilot.press("right", "right", "s")
+        saved = first.screen.save_path
+        value = first.screen.thresholds[first.screen.selected]
+        label = first.screen.selected
+        assert saved.is_file() and value == pytest.approx(0.52)
+    again = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with again.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: again.last_load is not None)
+        assert again.workspace.thresholds_path == saved
+        assert again.workspace.threshold(label) == pytest.approx(value)
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(again.screen, ThresholdsScreen))
+        assert "unsaved" not in str(again.screen.query_one("#thresholds-status").render())
+
+
 async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")

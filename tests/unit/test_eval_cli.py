@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from cxr_core.checkpoint import save_checkpoint
 from cxr_core.eval.predictions import Predictions
+from cxr_core.eval.thresholds_file import load_thresholds, threshold_values
 from cxr_core.models import create_model
 from cxr_core.phantoms import FINDINGS
 
@@ -68,8 +69,9 @@ def test_thresholds_tune_then_predict_flags_follow(checkpoint, phantom_set, tmp_
     done = _cli("thresholds", "tune", "--preds", str(preds), "--mode", "sens=0.8", "--out", str(thresholds), "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     tuned = json.loads(thresholds.read_text())
-    values = {k: v["threshold"] for k, v in tuned["labels"].items() if v["threshold"] is not None}
-    assert values
+    assert tuned["tuned_on"]["split"] == "val" and set(tuned["tuned_on"]["splits"]) == {"val"}  # the default
+    assert any(v["threshold"] is not None for v in tuned["labels"].values())
+    values = threshold_values(load_thresholds(thresholds), list(tuned["labels"]))  # 0.5 where tuning found none
     flagged = tmp_path / "flagged.csv"
     assert _cli("predict", str(phantom_set), "--model", str(checkpoint), "--thresholds", str(thresholds),
                 "--out", str(flagged)).returncode == 0
@@ -89,3 +91,35 @@ def test_cam_writes_an_overlay_of_the_image_size(checkpoint, phantom_set, tmp_pa
         assert png.size == src.size and png.mode == "RGB"
     bad = _cli("cam", str(image), "--model", str(checkpoint), "--finding", "Fracture", "--out", str(out))
     assert bad.returncode == 1 and "Fracture" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_eval_says_when_it_scores_the_split_its_thresholds_were_tuned_on(checkpoint, phantom_set, tmp_path):
+    run = checkpoint.parent.parent
+    thresholds = run / "thresholds.json"  # the run's own file: what eval takes by default
+    test_preds = tmp_path / "test.csv"
+    assert _cli("predict", str(phantom_set), "--model", str(checkpoint), "--split", "test",
+                "--out", str(test_preds)).returncode == 0
+    done = _cli("thresholds", "tune", "--preds", str(test_preds), "--split", "test", "--out", str(thresholds))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "on-test"
+    done = _cli("eval", str(run), "--data", str(phantom_set), "--split", "test", "--n-boot", "50", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    warning = [line for line in done.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "tuned on the test split" in warning[0]
+    report = (out / "report.md").read_text()
+    assert "**Caveat:** the thresholds were tuned on the test split" in report and "allowed" not in report
+
+    allowed = tmp_path / "allowed"
+    done = _cli("eval", str(run), "--data", str(phantom_set), "--split", "test", "--n-boot", "50",
+                "--allow-same-split", "--out", str(allowed))
+    assert done.returncode == 0 and "note: the thresholds were tuned on the test split" in done.stdout
+    assert "allowed with --allow-same-split" in (allowed / "report.md").read_text()
+
+    all_preds = tmp_path / "all.csv"
+    assert _cli("predict", str(phantom_set), "--model", str(checkpoint), "--out", str(all_preds)).returncode == 0
+    assert _cli("thresholds", "tune", "--preds", str(all_preds), "--out", str(thresholds)).returncode == 0  # val
+    clean = tmp_path / "on-val"
+    done = _cli("eval", str(run), "--data", str(phantom_set), "--split", "test", "--n-boot", "50", "--out", str(clean))
+    assert done.returncode == 0 and "warning:" not in done.stdout and "tuned on" not in done.stdout
+    report = (clean / "report.md").read_text()
+    assert "Caveat" not in report and "Thresholds tuned on: `val" in report

@@ -216,6 +216,30 @@ def test_bootstrap_equals_a_naive_loop_over_patient_resamples():
         assert result["ci_ap"][label] == pytest.approx(np.percentile(aps, [2.5, 97.5]), abs=TOL)
 
 
+def test_sensitivity_and_specificity_cis_equal_a_naive_loop_over_the_same_resamples():
+    preds = _random_preds(5, n=200, k=3, n_patients=50)
+    thresholds = {"c0": 0.5, "c1": 0.3, "c2": 0.8}
+    n_boot, seed = 80, 3
+    result = evaluate(preds, thresholds, n_boot=n_boot, seed=seed)
+    codes = patient_codes(preds.patient)
+    counts = patient_resamples(codes, n_boot, np.random.default_rng(seed))
+    for k, label in enumerate(preds.labels):
+        rows = ~np.isnan(preds.truth[:, k])
+        sens, spec = [], []
+        for b in range(n_boot):
+            repeat = counts[codes[rows], b].astype(int)
+            y = np.repeat(preds.truth[rows, k], repeat) > 0.5
+            flag = np.repeat(preds.probs[rows, k], repeat) >= np.float32(thresholds[label])
+            if y.any():
+                sens.append((flag & y).sum() / y.sum())
+            if (~y).any():
+                spec.append((~flag & ~y).sum() / (~y).sum())
+        assert result["ci_sensitivity"][label] == pytest.approx(np.percentile(sens, [2.5, 97.5]), abs=TOL)
+        assert result["ci_specificity"][label] == pytest.approx(np.percentile(spec, [2.5, 97.5]), abs=TOL)
+        lo, hi = result["ci_sensitivity"][label]
+        assert lo <= result["threshold_metrics"][label]["sensitivity"] <= hi
+
+
 def test_bootstrap_resamples_patients_not_images():
     """One patient with 200 identical, badly ranked positive images beside 200 one-image patients ranked well:
     drawn 0, 1, 2... times, that patient moves the AUC in big steps; resampled image by image, it hardly moves."""

@@ -430,3 +430,85 @@ def test_cli_user_mistakes_raise_cxr_errors(tmp_path):
     assert isinstance(result.exception, CxrError)
     result = runner.invoke(app, ["show", str(foreign)])
     assert isinstance(result.exception, CxrError) and "foreign.json" in str(result.exception)
+
+
+# -- what thresholds were tuned on ---------------------------------------------------------------------------
+
+
+def split_predictions(splits: list[str], n_per: int = 40) -> Predictions:
+    rows = [s for s in splits for _ in range(n_per)]
+    probs, truth = random_set(3, len(rows), 2, 50, 0.0, np.float32)
+    ids = [f"s{i}" for i in range(len(rows))]
+    return Predictions(["Effusion", "Nodule"], probs, ids, [f"{i}.png" for i in ids], truth=truth,
+                       meta={"root": "/data/x", "fingerprint": "abc", "source": "preds.csv"}, split=rows)
+
+
+def test_predictions_keep_their_split_through_csv_and_json(tmp_path):
+    preds = split_predictions(["train", "val", "test"], 5)
+    for name in ("p.csv", "p.json"):
+        back = Predictions.read(preds.write(tmp_path / name))
+        assert back.split == preds.split and back.splits == {"test": 5, "train": 5, "val": 5}
+        assert back.labels == preds.labels and np.array_equal(back.probs, preds.probs)
+    no_split = Predictions(preds.labels, preds.probs, preds.study, preds.image)
+    back = Predictions.read(no_split.write(tmp_path / "old.csv"))
+    assert "split" not in (tmp_path / "old.csv").read_text().splitlines()[0] and back.splits == {}
+
+
+@pytest.mark.parametrize(("splits", "asked", "chosen", "rows", "test_asked"), [
+    (["train", "val", "test"], None, "val", {"val"}, False),           # validation by default
+    (["train_val", "test"], None, "train_val", {"train_val"}, False),  # NIH: no val split, never test
+    (["train", "val", "test"], "test", "test", {"test"}, True),        # test only when asked
+    (["train", "val", "test"], "all", "all", {"train", "val", "test"}, True),
+    (["train", "val", "test"], "train+val", "train+val", {"train", "val"}, False),
+])
+def test_tuning_rows_choose_validation_and_test_only_when_asked(splits, asked, chosen, rows, test_asked):
+    from cxr_core.eval.thresholds_file import tuning_rows
+
+    selected, tuned_on = tuning_rows(split_predictions(splits), asked)
+    assert tuned_on.split == chosen and set(selected.split) == rows and set(tuned_on.splits) == rows
+    assert tuned_on.test_asked is test_asked and tuned_on.includes_test is ("test" in rows)
+    assert (tuned_on.root, tuned_on.model, tuned_on.images) == ("/data/x", "abc", 40 * len(rows))
+
+
+def test_tuning_on_test_rows_alone_must_be_asked_for():
+    from cxr_core.eval.thresholds_file import tuning_rows
+
+    with pytest.raises(CxrError, match="--split test"):
+        tuning_rows(split_predictions(["test"]))
+    with pytest.raises(CxrError, match="no rows in split val"):
+        tuning_rows(split_predictions(["train", "test"]), "val")
+    unknown = Predictions(["a"], np.zeros((3, 1)), ["1", "2", "3"], ["1", "2", "3"])
+    assert tuning_rows(unknown)[1].split == "unknown"
+    with pytest.raises(CxrError, match="do not say which split"):
+        tuning_rows(unknown, "val")
+
+
+def test_split_check_says_when_evaluation_scores_the_tuning_split(tmp_path):
+    from cxr_core.eval.thresholds_file import TunedOn, split_check, tuning_rows
+
+    _, on_test = tuning_rows(split_predictions(["train", "val", "test"]), "test")
+    _, on_val = tuning_rows(split_predictions(["train", "val", "test"]))
+    assert "tuned on the test split" in split_check(on_test, {"test": 10})
+    assert "allowed with --allow-same-split" in split_check(on_test, {"test": 10}, allowed=True)
+    assert split_check(on_val, {"test": 10}) is None
+    assert split_check(TunedOn(), {"test": 10}) is None  # unknown: said elsewhere, never guessed
+    assert split_check(None, {"test": 10}) is None
+    path = tmp_path / "t.json"
+    choices = tune(OperatingPoints.from_predictions(split_predictions(["test"])), "f1")
+    thresholds_from_choices(choices, tuned_on=on_test).write(path)
+    back = load_thresholds(path)
+    assert back.tuned_on == on_test and back.history[-1]["split"] == "test"
+
+
+def test_cli_tune_records_the_split_and_refuses_test_unless_asked(tmp_path):
+    runner = CliRunner()
+    preds = tmp_path / "test-only.csv"
+    split_predictions(["test"]).write(preds)
+    out = tmp_path / "t.json"
+    result = runner.invoke(app, ["tune", "--preds", str(preds), "--out", str(out)])
+    assert isinstance(result.exception, CxrError) and not out.exists()
+    result = runner.invoke(app, ["tune", "--preds", str(preds), "--out", str(out), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert "tuned on: test" in result.stdout and "tuned on the test split" in result.stderr
+    tuned_on = load_thresholds(out).tuned_on
+    assert tuned_on.split == "test" and tuned_on.test_asked and tuned_on.studies == 40
