@@ -38,7 +38,15 @@ from cxr_core.errors import CxrError
 from cxr_core.eval.agreement import Agreement, ReviewedStudies
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, tune
-from cxr_core.eval.thresholds_file import load_thresholds, save_review, thresholds_path_for
+from cxr_core.eval.thresholds_file import (
+    UNKNOWN_SPLIT,
+    TunedOn,
+    load_thresholds,
+    save_review,
+    thresholds_path_for,
+    tuning_choices,
+    tuning_rows,
+)
 from cxr_core.paths import data_dir, ensure_private_dir
 from cxr_tui.messages import ThresholdsChanged
 
@@ -158,7 +166,9 @@ A study is flagged for a disease when its probability is **at or above** the thr
 - **[ / ]** or **shift+←/→**: down / up by 0.05
 - **1** max F1, **2** sensitivity ≥ 0.80 (the highest such threshold), **3** Youden's J
 - **a** then **1/2/3**: the same for every disease (**a** or **esc** again cancels)
-- **s** save (the file keeps who changed what, and when); **r** revert to the saved values
+- **v** the split to tune on: validation by default, then the other splits, all, and test (marked in red,
+  and recorded in the file: an evaluation on that split will say its thresholds were tuned there)
+- **s** save (the file keeps who changed what, when, and on which split); **r** revert to the saved values
 
 The chart is the ROC curve of the selected disease (x: 1 - specificity, y: sensitivity) with the current
 threshold's point marked; without labels it shows the distribution of the scores and the threshold.
@@ -180,6 +190,7 @@ accept/reject decisions; uncertain ones are left out.
         Binding("2", "auto('sens')", "Sens .8", id="thresholds.sens"),
         Binding("3", "auto('youden')", "Youden", id="thresholds.youden"),
         Binding("a", "arm_all", "Apply 1/2/3 to all diseases", show=False, id="thresholds.all"),
+        Binding("v", "next_split", "Split", id="thresholds.split"),
         Binding("s", "save", "Save", id="thresholds.save"),
         Binding("r", "revert", "Revert", id="thresholds.revert"),
         Binding("escape", "back", "Back", id="thresholds.back"),
@@ -246,6 +257,10 @@ accept/reject decisions; uncertain ones are left out.
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.predictions: Predictions | None = None
+        """The rows tuned on (the chosen split of the workspace's predictions)."""
+        self.split: str | None = None
+        """The chosen split (None: the default of :func:`tuning_choices`); ``v`` moves through them."""
+        self.tuned_on: TunedOn | None = None
         self.points: OperatingPoints | None = None
         self.thresholds: dict[str, float] = {}
         """The working thresholds, label -> value (what the table shows and ThresholdsChanged carries)."""
@@ -263,6 +278,7 @@ accept/reject decisions; uncertain ones are left out.
         self._curves: dict[str, tuple[Any, float | None]] = {}
         self._histograms: dict[str, tuple[list[float], list[int]]] = {}
         self._source: tuple[int, Path | None] | None = None
+        self._widths: dict[str, int] = {}
 
     @property
     def workspace(self) -> Workspace:
@@ -326,7 +342,14 @@ accept/reject decisions; uncertain ones are left out.
         """Build everything from the workspace: operating points, working and saved thresholds, the table."""
         ws = self.workspace
         self._source = self._workspace_source()
-        self.predictions = preds = ws.predictions
+        preds = ws.predictions
+        if preds is not None:
+            if self.split not in tuning_choices(preds):
+                self.split = None
+            choice = self.split or tuning_choices(preds)[0]
+            preds, self.tuned_on = tuning_rows(preds, None if choice == UNKNOWN_SPLIT else choice)
+            self.split = self.tuned_on.split
+        self.predictions = preds
         self._curves.clear()
         self._histograms.clear()
         self.reviewed = None
@@ -350,9 +373,12 @@ accept/reject decisions; uncertain ones are left out.
         self._stats = self.points.at(self.thresholds)
         self._set_notice(None if self.has_truth else NO_TRUTH)
         width = min(LABEL_WIDTH, max(len(label) for label in preds.labels)) if preds.labels else LABEL_WIDTH
+        # Fixed widths (a column first filled with "—" must still fit "0.160"), numbers padded to the right edge.
+        self._widths = {key: width if key == "label" else self._column_width(key, header, len(preds))
+                        for key, header in self.columns}
         for key, header in self.columns:
-            table.add_column(Text(header, justify="left" if key == "label" else "right"), key=key,
-                             width=width if key == "label" else None)
+            table.add_column(Text(header if key == "label" else header.rjust(self._widths[key])), key=key,
+                             width=self._widths[key])
         for k, label in enumerate(preds.labels):
             table.add_row(*self._row_cells(k), key=label)
         self.selected = preds.labels[0] if preds.labels else None
@@ -380,6 +406,14 @@ accept/reject decisions; uncertain ones are left out.
                         modes[label] = entry.mode or MANUAL
         return saved, modes
 
+    @staticmethod
+    def _column_width(key: str, header: str, n: int) -> int:
+        """Cell width for any value the column can take: rates ``0.000``, thresholds ``0.000*``, counts up to n."""
+        widest = {"threshold": len(format_threshold(0.0, True)), "share": len("100.0%")}.get(key)
+        if widest is None:
+            widest = len(str(n)) if key in ("flagged", "support") else len(format_rate(0.0))
+        return max(len(header), widest)
+
     @property
     def columns(self) -> tuple[tuple[str, str], ...]:
         return COLUMNS if self.has_truth else UNLABELLED_COLUMNS
@@ -390,15 +424,20 @@ accept/reject decisions; uncertain ones are left out.
         unsaved = self.thresholds[label] != self.saved[label]
         scored = int(self.points.n - self.points.missing[k])
         values = {
-            "label": Text(label, overflow="ellipsis", no_wrap=True),
-            "threshold": Text(format_threshold(self.thresholds[label], unsaved), style="bold" if unsaved else "",
-                              justify="right"),
-            "flagged": Text(str(int(stats.flagged[k])), justify="right"),
-            "support": Text(str(int(stats.support[k])), justify="right"),
-            "share": Text(f"{100 * int(stats.flagged[k]) / scored:.1f}%" if scored else UNDEFINED, justify="right"),
+            "threshold": format_threshold(self.thresholds[label], unsaved),
+            "flagged": str(int(stats.flagged[k])),
+            "support": str(int(stats.support[k])),
+            "share": f"{100 * int(stats.flagged[k]) / scored:.1f}%" if scored else UNDEFINED,
         }
-        values.update({key: Text(format_rate(float(getattr(stats, key)[k])), justify="right") for key in RATE_KEYS})
-        return [values[key] for key, _ in self.columns]
+        values.update({key: format_rate(float(getattr(stats, key)[k])) for key in RATE_KEYS})
+        cells = []
+        for key, _ in self.columns:
+            if key == "label":
+                cells.append(Text(label, overflow="ellipsis", no_wrap=True))
+            else:
+                cells.append(Text(values[key].rjust(self._widths[key]),
+                                  style="bold" if key == "threshold" and unsaved else ""))
+        return cells
 
     # -- changing thresholds -------------------------------------------------------------------------------
 
@@ -487,7 +526,8 @@ accept/reject decisions; uncertain ones are left out.
             source = str(self.predictions.meta.get("source") or ws.root or "")
             result = None
             for mode, values in by_mode.items():
-                result = save_review(path, values, self.points, mode=mode, who=ws.reviewer, predictions=source)
+                result = save_review(path, values, self.points, mode=mode, who=ws.reviewer, predictions=source,
+                                     tuned_on=self.tuned_on)
         except (CxrError, OSError) as err:
             self.notify(str(err), title="Thresholds not saved", severity="error", timeout=10)
             return
@@ -498,6 +538,27 @@ accept/reject decisions; uncertain ones are left out.
             self.notify(f"Saved to {path}", title="Thresholds")
         else:
             self.notify(f"Unchanged: {path} already holds these thresholds", title="Thresholds")
+
+    def action_next_split(self) -> None:
+        """Tune on the next split (validation, the others, all, test), keeping the working thresholds."""
+        preds = self.workspace.predictions
+        if preds is None:
+            return
+        choices = tuning_choices(preds)
+        if len(choices) < 2:
+            self.notify("These predictions do not say which split each image is in", title="Thresholds")
+            return
+        working, modes, selected = dict(self.thresholds), dict(self.modes), self.selected
+        self.split = choices[(choices.index(self.split) + 1) % len(choices)] if self.split in choices else choices[0]
+        self.reload()
+        self.thresholds.update({k: v for k, v in working.items() if k in self.thresholds})
+        self.modes.update({k: v for k, v in modes.items() if k in self.modes})
+        self._refresh_rows(list(self.thresholds))
+        if selected in self.thresholds:
+            self.query_one("#thresholds-table", DataTable).move_cursor(row=self.points.index(selected))
+        if self.tuned_on is not None and self.tuned_on.includes_test:
+            self.notify("Tuning on the test split: an evaluation on it will be optimistic, and the saved file says so",
+                        title="Thresholds", severity="warning")
 
     def action_cursor(self, delta: int) -> None:
         table = self.query_one("#thresholds-table", DataTable)
@@ -513,7 +574,7 @@ accept/reject decisions; uncertain ones are left out.
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "back":  # let escape reach the app when there is nothing to cancel or pop
             return self.apply_to_all or (self.is_attached and len(self.app.screen_stack) > 1)
-        if action in ("step", "auto", "arm_all", "save", "revert"):
+        if action in ("step", "auto", "arm_all", "save", "revert", "next_split"):
             return self.points is not None
         return True
 
@@ -606,7 +667,7 @@ accept/reject decisions; uncertain ones are left out.
     @work(thread=True, exclusive=True, group="thresholds-reviews", exit_on_error=False)
     def load_reviews(self) -> None:
         """Read the reviewer's current decisions for the workspace root and pair them with study flags."""
-        preds, root = self.predictions, self.workspace.root
+        preds, root = self.workspace.predictions, self.workspace.root  # reviewed studies of every split
         if preds is None:
             return
         reviewed = ReviewedStudies.empty(len(preds.labels))
@@ -618,7 +679,7 @@ accept/reject decisions; uncertain ones are left out.
         self.app.call_from_thread(self._reviews_loaded, preds, reviewed)
 
     def _reviews_loaded(self, preds: Predictions, reviewed: ReviewedStudies) -> None:
-        if preds is self.predictions:
+        if preds is self.workspace.predictions:
             self.reviewed = reviewed
             self._update_agreement()
 
@@ -646,7 +707,16 @@ accept/reject decisions; uncertain ones are left out.
         what = (f"{len(preds)} images, {len(preds.labels)} diseases ({labelled} with labels)" if self.has_truth
                 else f"{len(preds)} images, {len(preds.labels)} diseases, no labels")
         unsaved = sum(self.thresholds[label] != self.saved[label] for label in self.thresholds)
-        text = Text.assemble(("Thresholds", "bold"), f" · {what} · ")
+        text = Text.assemble(("Thresholds", "bold"), " · ")
+        tuned_on = self.tuned_on
+        if tuned_on is not None and tuned_on.split != UNKNOWN_SPLIT:
+            if tuned_on.includes_test:
+                text.append(f" TUNING ON {tuned_on.split.upper()} ", style="bold white on red")
+                text.append(" · ")
+            else:
+                text.append(f"on {tuned_on.split}", style="bold")
+                text.append(" · ")
+        text.append(f"{what} · ")
         if unsaved:
             text.append(f"{unsaved} unsaved", style="bold")
             text.append(" · ")

@@ -336,3 +336,49 @@ def test_snapshot_100x30(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001 
 
     app = ThresholdsApp(ws, reviews_path=tmp_path / "none.sqlite")
     assert snap_compare(app, press=["j", "j", "right"], terminal_size=(100, 30), run_before=settle)
+
+
+async def test_tunes_on_validation_by_default_and_marks_test(tmp_path: Path) -> None:
+    """The split to tune on: validation first; `v` moves to the others; test is marked and recorded when saved."""
+    preds = make_predictions()
+    thirds = len(preds) // 3
+    preds.split = ["train"] * thirds + ["val"] * thirds + ["test"] * (len(preds) - 2 * thirds)
+    ws = workspace(tmp_path, preds)
+    app = ThresholdsApp(ws, reviews_path=tmp_path / "reviews.sqlite")
+    async with app.run_test(size=(110, 30)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        status = lambda: str(screen.query_one("#thresholds-status", Static).render())  # noqa: E731
+        assert screen.split == "val" and set(screen.predictions.split) == {"val"}
+        assert screen.points.n == thirds and "on val" in status() and "TEST" not in status()
+        seen = []
+        for _ in range(3):
+            await pilot.press("v")
+            seen.append(screen.split)
+        assert seen == ["train", "all", "test"] and "TUNING ON TEST" in status()
+        assert screen.points.n == len(preds) - 2 * thirds
+        await pilot.press("right", "s")
+        await pilot.pause()
+    tuned_on = load_thresholds(default_thresholds_path(ws)).tuned_on
+    assert tuned_on.split == "test" and tuned_on.test_asked and tuned_on.images == len(preds) - 2 * thirds
+
+
+async def test_rate_columns_fit_their_numbers_after_starting_undefined(tmp_path: Path) -> None:
+    """A PPV column first filled with "—" (nothing flagged at 0.5) still shows 0.160 whole after a change."""
+    preds = make_predictions()
+    preds.probs = np.minimum(preds.probs, 0.49)  # no disease reaches 0.5 at first: every PPV undefined
+    app = ThresholdsApp(workspace(tmp_path, preds), reviews_path=tmp_path / "reviews.sqlite")
+    async with app.run_test(size=(110, 30)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        table = screen.query_one("#thresholds-table", DataTable)
+        assert {cell(table, label, "ppv").strip() for label in LABELS} == {"—"}
+        for _ in range(10):
+            await pilot.press("left")
+        await pilot.pause()
+        ppv = format_rate(float(screen._stats.ppv[0]))
+        assert len(ppv) == 5 and ppv != "—"
+        row = table.render_line(1).text  # the first data row as drawn (line 0 is the header)
+        assert ppv in row, row
