@@ -68,7 +68,7 @@ def workspace(tmp_path: Path, preds: Predictions | None = None, thresholds: dict
 
 
 def cell(table: DataTable, label: str, key: str) -> str:
-    return str(table.get_cell(label, key))
+    return str(table.get_cell(label, key)).strip()  # cells are padded to the column width
 
 
 def assert_table_matches(screen: ThresholdsScreen, points: OperatingPoints) -> None:
