@@ -18,15 +18,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dist = init_distributed()
     run = RunDir(args.run_dir)
+    # A detached job's stderr *is* log.txt, where rank 0 already logs: echoing there wrote every line twice.
+    # Echo only to a person's terminal.
+    echo = sys.stderr.isatty()
     try:
         if run.read_config().cv and not args.resume:
             from cxr_core.train.crossval import run_crossval
 
-            run_crossval(run, dist=dist, echo=True)
+            run_crossval(run, dist=dist, echo=echo)
         else:
-            run_training(run, resume=args.resume, dist=dist, echo=True)
+            run_training(run, resume=args.resume, dist=dist, echo=echo)
     except CxrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if echo or not dist.is_main:  # rank 0 logged the failure into log.txt already
+            print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         shutdown_distributed()

@@ -53,6 +53,9 @@ def test_killed_job_is_interrupted_and_resumes_to_the_end(tmp_path, phantom_set)
     assert load_checkpoint(run.last_checkpoint).epoch == 3 >= done_before
     logs = cxr("jobs", "logs", run.id, "--runs-dir", runs)
     assert "resumed from" in logs.stdout and "epoch 3/3" in logs.stdout
+    lines = run.log_path.read_text().splitlines()
+    assert not [a for a, b in zip(lines, lines[1:], strict=False) if a == b], "log lines written twice"
+    assert sum("epoch 3/3" in line for line in lines) == 1
 
 
 def test_stop_gives_a_checkpoint_and_stopped_within_30s(tmp_path, phantom_set):
