@@ -43,6 +43,8 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
             for name in CHECKPOINT_NAMES:
                 if (folder / name).is_file():
                     return folder / name
+        if (path / "config.toml").is_file():  # a run that has not written its first checkpoint
+            raise CxrError(f"{path}: {_no_checkpoint_yet(path)}")
         raise CxrError(f"{path}: no checkpoint in this directory (looked for checkpoints/best.safetensors, last.safetensors)")
     if not path.exists():
         if os.sep in str(ref) or path.suffix:
@@ -50,10 +52,20 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
         from cxr_core.train.rundir import RunDir  # a run id typed on its own
 
         try:
-            return resolve_checkpoint(RunDir.open(str(ref)).path)
+            run = RunDir.open(str(ref))
         except CxrError:
             raise CxrError(f"{ref}: no such checkpoint file or run") from None
+        return resolve_checkpoint(run.path)
     return path
+
+
+def _no_checkpoint_yet(run_path: Path) -> str:
+    from cxr_core.train.rundir import RunDir
+
+    state = RunDir(run_path).read_status().state
+    if state in ("queued", "running"):
+        return f"run {run_path.name} is {state} and has no checkpoint yet; it writes one after its first epoch"
+    return f"run {run_path.name} ({state}) never wrote a checkpoint; `cxr-tui jobs resume {run_path.name}` starts it again"
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:

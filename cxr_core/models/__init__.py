@@ -9,7 +9,7 @@ Nothing here downloads unless ``pretrained=True`` is asked for and the hub answe
 from __future__ import annotations
 
 from cxr_core.models.config import ModelConfig
-from cxr_core.models.factory import build_model, create_model, model_config
+from cxr_core.models.factory import build_model, check_available, create_model, model_config
 from cxr_core.models.registry import ModelSpec, UnknownModel, get_spec, list_models
 from cxr_core.models.weights import LoadReport, WeightsUnavailable, apply_state_dict, load_weights, read_state_dict
 
@@ -21,6 +21,7 @@ __all__ = [
     "WeightsUnavailable",
     "apply_state_dict",
     "build_model",
+    "check_available",
     "create_model",
     "get_spec",
     "list_models",

@@ -35,6 +35,18 @@ def model_config(name: str, labels: Sequence[str], *, image_size: int | None = N
     return _FAMILIES[spec.family].make_config(spec, labels, image_size, unfreeze_layers)
 
 
+def check_available(name: str, *, pretrained: bool = False, weights: str | Path | None = None,
+                    image_size: int | None = None, unfreeze_layers: int | None = None) -> None:
+    """Raise the CxrError ``create_model`` would (unknown name, missing weights file, published weights not
+    on this machine and no network) without building anything: what a run checks before it exists."""
+    config = model_config(name, ("probe",), image_size=image_size, unfreeze_layers=unfreeze_layers)
+    if weights is not None:
+        if not Path(weights).expanduser().is_file():
+            raise CxrError(f"{weights}: no such weights file")
+    elif pretrained:
+        _FAMILIES[config.family].pretrained_file(config)
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """The architecture a config describes, randomly initialised (checkpoints put weights in)."""
     model = _FAMILIES[config.family].build(config)

@@ -24,7 +24,6 @@ from cxr_core.store.index import StudyIndex, image_base
 from cxr_core.train.config import ConfigError, TrainConfig
 
 
-
 @dataclass
 class TrainData:
     root: Path

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from cxr_core.errors import CxrError
+from cxr_core.train.config import TrainConfig
 from cxr_core.train.rundir import ACTIVE, RunDir, RunStatus, pid_alive, process_start_time
 
 STOP_TIMEOUT_S = 30.0
@@ -27,6 +28,22 @@ class JobError(CxrError):
 
 def gpu_list(gpus: str | None) -> list[str]:
     return [g.strip() for g in (gpus or "").split(",") if g.strip()]
+
+
+def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
+    """Check what can fail before training starts (settings, model name, weights, data root), then create the run
+    directory and save the config. A mistake is one CxrError and leaves no run behind: a run that never
+    started needs no directory (nor a ``failed`` row in ``jobs list``)."""
+    from cxr_core.models import check_available
+
+    config.validate()
+    check_available(config.model, pretrained=config.pretrained, weights=config.weights,
+                    image_size=config.image_size, unfreeze_layers=config.unfreeze_layers)
+    if config.data and not Path(config.data).expanduser().exists():
+        raise CxrError(f"{config.data}: no such data set root")
+    run = RunDir.create(runs_dir, config.name)
+    run.write_config(config)
+    return run
 
 
 def job_command(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> list[str]:
@@ -78,12 +95,15 @@ def stop(run: RunDir, timeout: float = STOP_TIMEOUT_S, wait: bool = True) -> Run
 
 
 def resume(run: RunDir, gpus: str | None = None) -> int:
-    """Continue a stopped, interrupted or failed run from its last checkpoint, detached."""
+    """Continue a stopped, interrupted or failed run from its last checkpoint, detached; a run that never wrote
+    one (killed during its first epoch) starts again from the beginning with the same config."""
     status = run.read_status()
     if status.state in ACTIVE:
         raise JobError(f"run {run.id} is {status.state}; stop it before resuming")
     if status.state == "finished":
         raise JobError(f"run {run.id} already finished")
-    if not run.last_checkpoint.is_file():
-        raise JobError(f"run {run.id} has no checkpoint yet; start it again instead")
-    return launch(run, resume=True, gpus=gpus if gpus is not None else status["gpus"])
+    run.read_config()  # a directory without a config is not a run to start
+    resumable = run.last_checkpoint.is_file()
+    if not resumable:  # the aborted first epoch's step lines describe training no checkpoint kept
+        run.metrics_path.unlink(missing_ok=True)
+    return launch(run, resume=resumable, gpus=gpus if gpus is not None else status["gpus"])

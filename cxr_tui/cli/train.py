@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cxr_core.train.config import LOSSES, SAMPLERS, SCHEDULERS, TrainConfig, load_config
-from cxr_core.train.rundir import RunDir, default_runs_dir
+from cxr_core.train.rundir import RunDir
 from cxr_tui.cli.output import print_json, stdout
 
 
@@ -107,7 +107,7 @@ def train(
     dist = init_distributed()
     try:
         if run is None:
-            run = RunDir(Path(dist.broadcast(str(_new_run(config, runs_dir).path) if dist.is_main else None)))
+            run = RunDir(Path(dist.broadcast(str(jobs.create_run(config, runs_dir).path) if dist.is_main else None)))
         if detach and not dist.enabled:
             pid = jobs.launch(run, gpus=config.gpus)
             _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
@@ -125,12 +125,6 @@ def train(
         status = run.read_status()
         _report({"run": run.id, "path": str(run.path), "state": status.state, "epoch": status["epoch"],
                  "best_metric": status["best_metric"], "best_epoch": status["best_epoch"], **result}, json_out)
-
-
-def _new_run(config: TrainConfig, runs_dir: Path | None) -> RunDir:
-    run = RunDir.create(runs_dir or default_runs_dir(), config.name)
-    run.write_config(config)
-    return run
 
 
 def _report(data: dict, json_out: bool) -> None:

@@ -336,8 +336,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
     def launch_run(self, config: TrainConfig) -> JobDone:
         """What ``cxr-tui train --detach`` does: create the run, save its config, start it detached."""
-        run = RunDir.create(self.runs_dir, config.name)
-        run.write_config(config)
+        run = jobs.create_run(config, self.runs_dir)
         pid = jobs.launch(run, gpus=config.gpus)
         return JobDone(f"Started {run.id} (pid {pid}).", run.id)
 

@@ -104,3 +104,34 @@ def test_malicious_pickle_checkpoint_is_refused_and_nothing_runs(tmp_path, paylo
     with pytest.raises(CheckpointError, match="never unpickles"):
         load_checkpoint(bad)
     assert not marker.exists()
+
+
+def test_a_mistake_before_training_is_one_line_and_leaves_no_run(tmp_path, phantom_set):
+    runs = tmp_path / "runs"
+    typo = cxr("train", "--data", phantom_set, *TRAIN, "--model", "resnet10", "--runs-dir", runs)
+    assert typo.returncode == 1 and typo.stderr.count("unknown model 'resnet10'") == 1, typo.stderr
+    offline = cxr("train", "--data", phantom_set, *TRAIN, "--model", "resnet18", "--pretrained", "--runs-dir", runs,
+                  "--detach", env={"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 1 and offline.stderr.count("error:") == 1 and "HF_HUB_OFFLINE" in offline.stderr
+    assert not runs.exists() or not any(runs.iterdir())
+    assert cxr_json("jobs", "list", "--runs-dir", runs) == []
+
+
+def test_a_run_killed_before_its_first_checkpoint(tmp_path, phantom_set):
+    """`--model RUN` says the run has no checkpoint yet; `jobs resume` starts it again from the beginning."""
+    from cxr_core.train import jobs
+    from cxr_core.train.config import TrainConfig
+
+    runs = tmp_path / "runs"
+    config = TrainConfig(data=str(phantom_set), model="tiny_resnet", image_size=48, epochs=1, batch_size=16, workers=0)
+    run = jobs.create_run(config.resolve(), runs)
+    run.update_status(state="running", pid=999_999_999, pid_start=1, phase="training")  # a process long gone
+    run.append_metrics({"type": "step", "step": 1, "loss": 0.7})  # the aborted first epoch's step line
+    out = cxr("predict", phantom_set, "--model", run.path)
+    assert out.returncode == 1 and "has no checkpoint yet" not in out.stderr and "never wrote a checkpoint" in out.stderr
+    assert "jobs resume" in out.stderr
+    resumed = cxr("jobs", "resume", run.id, "--runs-dir", runs)
+    assert resumed.returncode == 0, resumed.stderr
+    _wait(lambda: run.read_status().state == "finished", 300, "the restarted run to finish", run)
+    assert _epochs(run) == [1] and run.best_checkpoint.is_file()
+    assert not [r for r in run.read_metrics() if r.get("type") == "step" and r.get("loss") == 0.7]
