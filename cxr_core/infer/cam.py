@@ -278,8 +278,15 @@ def cam_for_image(model: nn.Module, config: ModelConfig | None, image: np.ndarra
     return _normalise(torch.from_numpy(mapped)).numpy()
 
 
+def cam_is_empty(cam: np.ndarray) -> bool:
+    """True for a map with nothing on it (all zero after normalisation: the class score does not rise with any
+    activation of the layer here, or the map had no spread). Such a map is reported, never drawn as a tint."""
+    return not bool(np.any(np.nan_to_num(np.asarray(cam, dtype=np.float32)) > 0.0))
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
-    """The grayscale image with ``cam`` (values in [0, 1]) blended over it as a colour map: (H, W, 3) uint8.
+    """The grayscale image with ``cam`` (values in [0, 1]) blended over it as a colour map: (H, W, 3) uint8; an
+    empty map (:func:`cam_is_empty`) leaves the image untinted.
 
     ``cam`` is resized (bilinear) to the image when their shapes differ. ``alpha`` is the colour map's weight.
     Colour maps are matplotlib's (``matplotlib.colormaps``; pyplot is never imported).
@@ -301,6 +308,8 @@ def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap:
                                 mode="bilinear", align_corners=False)
         heat = resized[0, 0].numpy()
     heat = np.clip(np.nan_to_num(heat), 0.0, 1.0)
+    if cam_is_empty(heat):  # an empty map would paint the whole film in the colour map's lowest colour
+        return np.repeat(gray[..., None], 3, axis=2)
     colour = cmap(heat)[..., :3].astype(np.float32)  # (H, W, 3) in [0, 1]
     base = (gray.astype(np.float32) / 255.0)[..., None]
     blended = (1.0 - alpha) * base + alpha * colour

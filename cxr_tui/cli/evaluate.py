@@ -195,7 +195,7 @@ def cam_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Grad-CAM of one finding over one image, written as a PNG overlay."""
-    from cxr_core.infer.cam import cam_for_image, class_index, save_overlay
+    from cxr_core.infer.cam import cam_for_image, cam_is_empty, class_index, save_overlay
 
     predictor = make_predictor(model, device, 1, 0, None, False, True)
     pixels = read_xray(image).as_uint8()
@@ -207,11 +207,14 @@ def cam_cmd(
     heat = cam_for_image(predictor.model, predictor.config, pixels, label)
     target = out or Path(f"{image.stem}-cam-{label.replace(' ', '_')}.png")
     save_overlay(target, pixels, heat, alpha=alpha, colormap=colormap)
-    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    empty = cam_is_empty(heat)
+    peak = None if empty else np.unravel_index(int(np.argmax(heat)), heat.shape)
     summary = {"image": str(image), "finding": label, "probability": float(row[predictor.labels.index(label)]),
-               "out": str(target), "peak": {"x": int(peak[1]), "y": int(peak[0])}, "size": list(heat.shape[::-1])}
+               "out": str(target), "empty": empty, "peak": None if peak is None else {"x": int(peak[1]), "y": int(peak[0])},
+               "size": list(heat.shape[::-1])}
     if json_out:
         print_json(summary)
         return
-    stdout.print(f"{label}: p = {summary['probability']:.3f}; Grad-CAM peak at x={peak[1]}, y={peak[0]}; wrote {target}",
-                 markup=False)
+    where = ("the Grad-CAM map is empty (nothing in the CAM layer raises this score here; the film is written "
+             "without an overlay)" if peak is None else f"Grad-CAM peak at x={peak[1]}, y={peak[0]}")
+    stdout.print(f"{label}: p = {summary['probability']:.3f}; {where}; wrote {target}", markup=False)

@@ -17,8 +17,12 @@ def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, im
            show_phi: bool = False, runs_dir: Path | None = None) -> None:
     if image_protocol not in PROTOCOLS:
         raise CxrError(f"--image-protocol {image_protocol!r}: choose from {', '.join(PROTOCOLS)}")
-    if root is not None and not root.exists():
-        raise CxrError(f"{root}: no such file or folder")
+    if root is not None:
+        from cxr_core.data.sources import detect_format
+
+        if not root.exists():
+            raise CxrError(f"{root}: no such file or folder")
+        detect_format(root)  # a folder with nothing cxr can read: the same one line as `data index`, exit 1
     if model is not None:
         from cxr_core.infer.loading import resolve_checkpoint
 

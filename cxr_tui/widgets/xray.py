@@ -155,7 +155,13 @@ class XRayView(Container):
         if self.state.zoom > 1:
             parts.append(f"zoom {self.state.zoom:g}×")
         if self.state.cam:
-            parts.append(f"CAM {self._cam_label}" if self._cam is not None else "CAM computing…")
+            if self._cam is None:
+                parts.append("CAM computing…")
+            else:
+                from cxr_core.infer.cam import cam_is_empty
+
+                parts.append(f"CAM {self._cam_label}" + (" empty (nothing raises this score)"
+                                                         if cam_is_empty(self._cam) else ""))
         if self.caption_extra:
             parts.append(self.caption_extra)
         self.query_one("#xray-caption", Static).update(" · ".join(parts))

@@ -393,3 +393,28 @@ def test_score_image_and_table():
     assert list(table) == ["Mass", "Nodule"]
     assert table["Mass"] == {"pointing_game": 0.5, "iou": 0.75, "n": 2}
     assert table["Nodule"] == {"pointing_game": 0.0, "iou": 0.0, "n": 1}
+
+
+def test_an_empty_map_is_said_not_drawn_as_a_flat_tint(tmp_path: Path):
+    """A class whose score no activation raises (its head row is zero) has an all-zero Grad-CAM: `cam` says so,
+    reports no peak, and writes the film without a colour wash."""
+    from cxr_core.checkpoint import save_checkpoint
+    from cxr_core.infer.cam import cam_is_empty
+    from tests.cli import cxr_json
+
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", labels=["Effusion", "Nodule"], image_size=48)
+    with torch.no_grad():
+        model.get_classifier().weight[1].zero_()
+    film = (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)
+    assert cam_is_empty(cam_for_image(model, None, film, "Nodule"))
+    assert not cam_is_empty(np.eye(8, dtype=np.float32))
+    assert np.array_equal(overlay(film, np.zeros((8, 8))), np.repeat(film[..., None], 3, axis=2))
+    checkpoint, image, out = tmp_path / "m.safetensors", tmp_path / "film.png", tmp_path / "cam.png"
+    save_checkpoint(checkpoint, model.state_dict(), model.cxr_config.to_dict())
+    Image.fromarray(film).save(image)
+    result = cxr_json("cam", image, "--model", checkpoint, "--finding", "Nodule", "--out", out)
+    assert result["empty"] is True and result["peak"] is None
+    with Image.open(out) as written:
+        rgb = np.asarray(written.convert("RGB"))
+    assert np.array_equal(rgb, np.repeat(film[..., None], 3, axis=2))

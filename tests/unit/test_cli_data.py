@@ -29,6 +29,8 @@ def test_user_mistakes_are_one_line_without_traceback(tmp_path):
     assert out.returncode == 1 and "unknown data set format 'bogus'" in out.stderr
     out = cxr("data", "index", tmp_path / "empty")
     assert out.returncode == 1 and "Looked for:" in out.stderr and "nih:" in out.stderr
+    app = cxr(tmp_path / "empty", timeout=60)  # the app on the same folder: the same line, before any screen
+    assert (app.returncode, app.stderr) == (1, out.stderr) and app.stdout == ""
 
 
 def test_synth_then_index_json_keys(tmp_path):
