@@ -110,6 +110,33 @@ async def test_thresholds_saved_for_a_model_outside_a_run_come_back_next_time(ph
         assert "unsaved" not in str(again.screen.query_one("#thresholds-status").render())
 
 
+async def test_thresholds_tuned_on_test_in_the_screen_make_eval_warn(phantom_set, checkpoint, tmp_path):
+    """Tune on the test split in the screen and save; `eval` of that run on test then says so."""
+    import shutil
+
+    from cxr_tui.screens.thresholds import ThresholdsScreen
+    from tests.cli import cxr
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model = shutil.copy(checkpoint, run / "checkpoints" / "best.safetensors")
+    app = CxrApp(phantom_set, Path(model), image_protocol="halfcell")
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.last_load is not None)
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, ThresholdsScreen))
+        screen = app.screen
+        while screen.split != "test":
+            await pilot.press("v")
+        await pilot.press("s")
+        await pilot.pause()
+    assert (run / "thresholds.json").is_file()
+    done = cxr("eval", run, "--data", phantom_set, "--split", "test", "--n-boot", "20", "--out", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the thresholds were tuned on the test split" in done.stdout
+    assert "Caveat" in (tmp_path / "eval" / "report.md").read_text()
+
+
 async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
