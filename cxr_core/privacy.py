@@ -35,7 +35,7 @@ def pseudonym(value: str, *, kind: str = "patient") -> str:
 
     Surrounding whitespace is ignored (DICOM pads values), so " PHI-1 " and "PHI-1" are one patient.
     """
-    digest = hmac.new(_key(), value.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.new(_key(), value.strip().encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
     return f"{_PREFIXES.get(kind, kind)}-{digest[:PSEUDONYM_HEX_CHARS]}"
 
 

@@ -89,7 +89,7 @@ def load_letterboxed(path: str | os.PathLike[str], size: int) -> np.ndarray:
 
 
 def cache_key(base: Path) -> str:
-    return hashlib.sha256(f"{os.path.abspath(base)}\0{RESIZE_METHOD}".encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{os.path.abspath(base)}\0{RESIZE_METHOD}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 class ImageCache:

@@ -28,7 +28,7 @@ def _check_fractions(fractions: Mapping[str, float]) -> None:
 
 def patient_unit(patient_id: str, seed: int) -> float:
     """A uniform number in [0, 1) fixed by (seed, patient): a patient's place never depends on others."""
-    digest = hashlib.blake2b(f"{seed}\x1f{patient_id}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}\x1f{patient_id}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

@@ -9,7 +9,8 @@ image::
 tunes thresholds on the file knows what they were tuned on. ``<label>`` columns are probabilities; ``truth:`` columns are 1 / 0 / blank (blank = unknown or excluded
 by the uncertainty policy) and appear only when the predictions were made on labelled data; ``flagged``
 lists the labels over their thresholds, ``|``-separated, when thresholds were given. Anyone can recompute
-every metric from this file.
+every metric from this file. Text cells (ids, file names) are shown as :func:`cxr_core.text.visible` text and
+a cell a spreadsheet would run as a formula gets a leading ``'`` (stripped again on reading).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import DataError
+from cxr_core.text import spreadsheet_safe, spreadsheet_text, visible
 
 TRUTH_PREFIX = "truth:"
 ID_COLUMNS = ("study", "image", "patient")
@@ -121,9 +123,9 @@ class Predictions:
         writer.writerow(header)
         flags = self.flagged(thresholds) if thresholds is not None else None
         for i in range(len(self)):
-            row: list[Any] = [self.study[i], self.image[i], self.patient[i]]
+            row: list[Any] = [_text_cell(self.study[i]), _text_cell(self.image[i]), _text_cell(self.patient[i])]
             if with_split:
-                row.append(self.split[i])
+                row.append(_text_cell(self.split[i]))
             row += [_fmt(p) for p in self.probs[i]]
             if self.truth is not None:
                 row += ["" if math.isnan(t) else int(t) for t in self.truth[i]]
@@ -190,10 +192,10 @@ class Predictions:
                     truth.append([_truth(row[c]) if c >= 0 else math.nan for c in truth_cols])
             except (ValueError, IndexError):
                 raise DataError(f"{path}: line {line_no}: expected numbers in the probability and truth columns") from None
-            study.append(row[0])
-            image.append(row[1])
-            patient.append(row[2] if has_patient else "")
-            split.append(row[split_col] if split_col >= 0 else "")
+            study.append(spreadsheet_text(row[0]))
+            image.append(spreadsheet_text(row[1]))
+            patient.append(spreadsheet_text(row[2]) if has_patient else "")
+            split.append(spreadsheet_text(row[split_col]) if split_col >= 0 else "")
         return cls(labels, np.array(probs, dtype=np.float32).reshape(len(study), len(labels)), study, image, patient,
                    np.array(truth, dtype=np.float32).reshape(len(study), len(labels)) if has_truth else None,
                    meta={"source": str(path)}, split=split)
@@ -216,6 +218,11 @@ class Predictions:
                        split=[str(r.get("split") or "") for r in rows])
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{path}: not a cxr predictions JSON ({type(err).__name__}: {err})") from None
+
+
+def _text_cell(value: str) -> str:
+    """An id or name as a CSV cell: controls and undecodable bytes shown as escapes, formulas neutralised."""
+    return spreadsheet_safe(visible(value))
 
 
 def _fmt(value: float) -> str:

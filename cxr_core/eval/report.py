@@ -21,6 +21,7 @@ import numpy as np
 from cxr_core.atomic import atomic_path, atomic_write_text
 from cxr_core.eval.evaluate import pr_curve, roc_curve
 from cxr_core.eval.predictions import Predictions
+from cxr_core.text import spreadsheet_safe, visible
 
 FILE_MODE = 0o644
 CSV_COLUMNS = ("label", "n", "support", "auc", "auc_lo", "auc_hi", "ap", "ap_lo", "ap_hi", "threshold", "tp", "fp",
@@ -77,7 +78,8 @@ def per_class_csv(result: Mapping[str, Any]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in per_class_rows(result):
-        writer.writerow(["" if row[c] is None else (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c])
+        writer.writerow([spreadsheet_safe(visible(row[c])) if c in ("label", "excluded") and row[c] is not None else
+                         "" if row[c] is None else (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c])
                          for c in CSV_COLUMNS])
     return buf.getvalue()
 
@@ -97,7 +99,7 @@ def render_markdown(result: Mapping[str, Any], preds: Predictions, *, title: str
                  f"{len(labels)} classes ({len(labels) - len(excluded)} scored, {len(excluded)} excluded).")
     for key, value in preds.meta.items():
         if isinstance(value, str | int | float | bool) and value != "":
-            lines.append(f"- {key.replace('_', ' ').capitalize()}: `{value}`")
+            lines.append(f"- {key.replace('_', ' ').capitalize()}: `{visible(value).replace('`', chr(39))}`")
     lines.append("- Truth: each class is scored on the images whose label is known (1 or 0); unknown or "
                  "uncertain labels are left out of that class only.")
     lines.append("- Thresholds: " + ("0.5 for every class (none given)." if n_given == 0 else
@@ -220,7 +222,8 @@ def _auc_bars(figure_cls: Any, result: Mapping[str, Any], scored: list[str]) -> 
     err = np.array([[a - lo, hi - a] for a, (lo, hi) in zip(aucs, cis, strict=True)]).T
     fig = figure_cls(figsize=(7, 1 + 0.3 * len(ranked)), layout="tight")
     ax = fig.add_subplot()
-    ax.barh(ranked, aucs, xerr=err, color="#4c72b0", ecolor="black", capsize=2)
+    ax.barh(range(len(ranked)), aucs, xerr=err, color="#4c72b0", ecolor="black", capsize=2)
+    ax.set_yticks(range(len(ranked)), [_plot_text(label) for label in ranked])
     ax.axvline(0.5, color="grey", linestyle=":")
     if result["auc_macro"] is not None:
         ax.axvline(result["auc_macro"], color="#c44e52", label=f"macro {result['auc_macro']:.3f}")
@@ -250,7 +253,7 @@ def _curves(figure_cls: Any, data: Mapping[str, tuple[np.ndarray, np.ndarray]], 
             x, y = pr_curve(truth, scores)
             ax.axhline(truth.mean(), color="grey", linestyle=":", linewidth=0.8)  # a random ranking's AP
             ax.step(np.r_[0.0, x], np.r_[y[0], y], where="pre", color="#55a868")  # area under it = AP
-        ax.set_title(f"{label}\n{'AUC' if kind == 'roc' else 'AP'} {values[label]:.3f}", fontsize=8)
+        ax.set_title(f"{_plot_text(label)}\n{'AUC' if kind == 'roc' else 'AP'} {values[label]:.3f}", fontsize=8)
     for i in range(len(data), axes.size):
         axes[i].set_visible(False)
         axes[i - cols].tick_params(labelbottom=True)  # the panel above an empty slot shows the x tick labels
@@ -309,5 +312,10 @@ def _ratios(values: Mapping[str, Any]) -> str:
     return " | ".join(_f(values.get(key)) for key in ("sensitivity", "specificity", "ppv", "npv", "f1"))
 
 
+def _plot_text(text: str) -> str:
+    """A label as matplotlib draws it literally ('$' would start mathtext, which can fail on a name)."""
+    return visible(text).replace("$", r"\$")
+
+
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    return visible(text).replace("|", "\\|")

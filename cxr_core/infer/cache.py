@@ -18,6 +18,7 @@ import numpy as np
 
 from cxr_core.paths import data_dir
 from cxr_core.store.db import open_database
+from cxr_core.text import db_value, fs_text
 
 MIGRATIONS = (
     """
@@ -68,8 +69,9 @@ class PredictionCache:
                 part = absolute[start:start + _CHUNK]
                 marks = ",".join("?" * len(part))
                 for path, size, mtime, digest in self._conn.execute(
-                        f"SELECT path, size, mtime_ns, hash FROM files WHERE path IN ({marks})", part):
-                    known[path] = (size, mtime, digest)
+                        f"SELECT path, size, mtime_ns, hash FROM files WHERE path IN ({marks})",
+                        [db_value(p) for p in part]):
+                    known[fs_text(path)] = (size, mtime, digest)
         out: list[str | None] = []
         fresh: list[tuple[str, int, int, str]] = []
         for path in absolute:
@@ -87,7 +89,7 @@ class PredictionCache:
             except OSError:
                 out.append(None)
                 continue
-            fresh.append((path, st.st_size, st.st_mtime_ns, digest))
+            fresh.append((db_value(path), st.st_size, st.st_mtime_ns, digest))
             out.append(digest)
         if fresh:
             with self._db.transaction() as conn:

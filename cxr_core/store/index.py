@@ -27,11 +27,11 @@ from cxr_core.imaging import probe_xray
 from cxr_core.labels import LabelSpace, get_space
 from cxr_core.paths import default_index_path
 from cxr_core.store.db import is_open_database, open_database
+from cxr_core.text import db_value, fs_text, json_compact
 
 Progress = Callable[[str, int, int], None]
 SPLIT_SEED = 0
 _PROBE_THREADS = min(8, 2 * (os.cpu_count() or 1))
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 MIGRATIONS = (
     """
@@ -90,7 +90,12 @@ def image_base(root: Path) -> Path:
 
 def _info_from_row(row: tuple) -> FileInfo:
     relpath, size, mtime_ns, ok, reason, fmt, width, height, meta = row
-    return FileInfo(relpath, size, mtime_ns, bool(ok), reason, fmt, width, height, json.loads(meta))
+    return FileInfo(fs_text(relpath), size, mtime_ns, bool(ok), reason, fmt, width, height, json.loads(meta))
+
+
+def _file_row(dataset_id: int, i: FileInfo) -> tuple:
+    return (dataset_id, db_value(i.relpath), i.size, i.mtime_ns, int(i.ok), db_value(i.reason), i.format, i.width,
+            i.height, json_compact(dict(i.meta)))
 
 
 def _probe(root: Path, relpath: str, size: int, mtime_ns: int, verify: bool) -> FileInfo:
@@ -147,7 +152,7 @@ class StudyIndex:
                                   "iu_mapping": options.iu_mapping})
         with self._lock:
             row = self._conn.execute(
-                "SELECT id, options, inputs, report FROM datasets WHERE root = ?", (str(root),)
+                "SELECT id, options, inputs, report FROM datasets WHERE root = ?", (db_value(str(root)),)
             ).fetchone()
             dataset_id = row[0] if row else None
             known = self._known_files(dataset_id) if dataset_id is not None else {}
@@ -227,11 +232,8 @@ class StudyIndex:
 
     def _write_files(self, dataset_id: int, infos) -> None:
         with self._db.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-                ((dataset_id, i.relpath, i.size, i.mtime_ns, int(i.ok), i.reason, i.format, i.width, i.height,
-                  json.dumps(dict(i.meta))) for i in infos),
-            )
+            conn.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (_file_row(dataset_id, i) for i in infos))
 
     def _save(self, root, dataset_id, space, options_key, inputs, report, studies, present, files, known):
         with self._db.transaction() as conn:
@@ -239,35 +241,32 @@ class StudyIndex:
                       json.dumps(report.to_dict()), time.time())
             fmt = report.format
             if dataset_id is None:  # another process may have indexed the root for the first time meanwhile
-                row = conn.execute("SELECT id FROM datasets WHERE root = ?", (str(root),)).fetchone()
+                row = conn.execute("SELECT id FROM datasets WHERE root = ?", (db_value(str(root)),)).fetchone()
                 if row is not None:
                     dataset_id, known = row[0], self._known_files(row[0])
             if dataset_id is None:
                 dataset_id = conn.execute(
                     "INSERT INTO datasets (root, format, label_space, options, inputs, report, scanned_at)"
-                    " VALUES (?,?,?,?,?,?,?)", (str(root), fmt, *values)).lastrowid
+                    " VALUES (?,?,?,?,?,?,?)", (db_value(str(root)), fmt, *values)).lastrowid
             else:
                 conn.execute("UPDATE datasets SET format=?, label_space=?, options=?, inputs=?, report=?, scanned_at=?"
                              " WHERE id=?", (fmt, *values, dataset_id))
                 for table in ("studies", "images"):
                     conn.execute(f"DELETE FROM {table} WHERE dataset_id = ?", (dataset_id,))
-                gone = [(dataset_id, rel) for rel in known if rel not in files]
+                gone = [(dataset_id, db_value(rel)) for rel in known if rel not in files]
                 conn.executemany("DELETE FROM files WHERE dataset_id = ? AND relpath = ?", gone)
             changed = [i for rel, i in files.items() if known.get(rel) != i]
-            conn.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-                ((dataset_id, i.relpath, i.size, i.mtime_ns, int(i.ok), i.reason, i.format, i.width, i.height,
-                  json.dumps(dict(i.meta))) for i in changed),
-            )
+            conn.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (_file_row(dataset_id, i) for i in changed))
             meta_json = _MetaEncoder()
             conn.executemany(
                 "INSERT INTO studies VALUES (?,?,?,?,?,?,?,?)",
-                ((dataset_id, s.id, s.patient_id, s.view, s.split, s.labels, meta_json(s.meta), n)
-                 for n, s in enumerate(studies)),
+                ((dataset_id, db_value(s.id), db_value(s.patient_id), db_value(s.view), db_value(s.split), s.labels,
+                  meta_json(s.meta), n) for n, s in enumerate(studies)),
             )
             conn.executemany(
                 "INSERT INTO images VALUES (?,?,?,?,?,?)",
-                ((dataset_id, s.id, k, im.path, im.view, int(im.path in present))
+                ((dataset_id, db_value(s.id), k, db_value(im.path), db_value(im.view), int(im.path in present))
                  for s in studies for k, im in enumerate(s.images)),
             )
 
@@ -275,7 +274,8 @@ class StudyIndex:
 
     def _dataset_row(self, root: str | Path) -> tuple:
         key = str(Path(os.path.abspath(Path(root).expanduser())))
-        row = self._conn.execute("SELECT id, format, label_space, report FROM datasets WHERE root = ?", (key,)).fetchone()
+        row = self._conn.execute("SELECT id, format, label_space, report FROM datasets WHERE root = ?",
+                                 (db_value(key),)).fetchone()
         if row is None:
             raise DataError(f"{key}: not indexed yet (run `cxr-tui data index {key}`)")
         return row
@@ -303,22 +303,27 @@ class StudyIndex:
                 where, args = "s.dataset_id = ?", [dataset_id]
                 if split is not None:
                     where += " AND s.split = ?"
-                    args.append(split)
+                    args.append(db_value(split))
                 for study_id, path, view, present in self._conn.execute(image_sql, (dataset_id,)):
                     if present or not present_only:
-                        images.setdefault(study_id, []).append(StudyImage(path, view))
+                        images.setdefault(fs_text(study_id), []).append(StudyImage(fs_text(path), fs_text(view)))
                 rows = self._conn.execute(
                     f"SELECT id, patient_id, view, split, labels, meta FROM studies s WHERE {where} ORDER BY position",
                     args).fetchall()
             finally:
                 self._conn.execute("COMMIT")
-        return [Study(i, p, tuple(images.get(i, ())), labels, v, sp, json.loads(m)) for i, p, v, sp, labels, m in rows]
+        out = []
+        for i, p, v, sp, labels, m in rows:
+            i = fs_text(i)
+            out.append(Study(i, fs_text(p), tuple(images.get(i, ())), labels, fs_text(v), fs_text(sp), json.loads(m)))
+        return out
 
     def roots(self) -> list[tuple[str, str, float]]:
         """(root, format, last scan time) of every indexed data set, most recent first."""
         with self._lock:
-            return self._conn.execute(
+            rows = self._conn.execute(
                 "SELECT root, format, scanned_at FROM datasets ORDER BY scanned_at DESC").fetchall()
+        return [(fs_text(root), fmt, at) for root, fmt, at in rows]
 
 
 class _MetaEncoder:
@@ -332,10 +337,10 @@ class _MetaEncoder:
             key = tuple(meta.items())
             hash(key)
         except TypeError:  # nested values (IU report sections): not worth memoising
-            return _to_json(meta)
+            return json_compact(meta)
         text = self._memo.get(key)
         if text is None:
-            text = self._memo[key] = _to_json(meta)
+            text = self._memo[key] = json_compact(meta)
         return text
 
 

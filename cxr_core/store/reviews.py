@@ -47,6 +47,7 @@ from cxr_core.atomic import atomic_path
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir
 from cxr_core.store.db import Database, open_database
+from cxr_core.text import db_value, fs_text, spreadsheet_safe, visible
 
 ACCEPT, REJECT, UNCERTAIN, CLEAR = "accept", "reject", "uncertain", "clear"
 DECISIONS = (ACCEPT, REJECT, UNCERTAIN, CLEAR)
@@ -62,8 +63,6 @@ EXPORT_COLUMNS = ("study", "finding", "decision", "note", "reviewer", "at", "pro
 
 DEFAULT_RETRY_SECONDS = 300.0
 _DECIDED_BY_STUDY = " AND c.decision != 'clear' GROUP BY c.study"
-# A cell a spreadsheet would evaluate as a formula (OWASP "CSV injection"): =, +, -, @, or a tab/CR before one.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SEP = "\x1f"  # unit separator: joins finding names in one SQL aggregate (never part of a label name)
 
 MIGRATIONS = (
@@ -161,16 +160,6 @@ def current_user() -> str:
         return "unknown"
 
 
-def spreadsheet_safe(text: str) -> str:
-    """``text`` with a leading ``'`` when a spreadsheet would run it as a formula; anything else unchanged.
-
-    Reviewer notes are free text ("+ small effusion", "=> see prior") and study ids come from file names;
-    opened in Excel or LibreOffice, a cell starting with ``=``/``+``/``-``/``@`` is evaluated, which is the
-    classic CSV-injection hole. The apostrophe is the spreadsheet convention for "this is text".
-    """
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 def check_decision(decision: str) -> str:
     """Normalise a decision string (case, spaces) or raise ``CxrError`` naming the allowed ones."""
     value = str(decision).strip().lower() if decision is not None else ""
@@ -210,8 +199,8 @@ def _latest_sql(columns: str, where: str | None) -> str:
 
 def _row(row: tuple) -> Review:
     rid, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability = row
-    return Review(rid, action_id, root, study, finding, kind, decision, note, reviewer, at, model,
-                  None if flagged is None else bool(flagged), probability)
+    return Review(rid, action_id, fs_text(root), fs_text(study), finding, kind, decision, fs_text(note),
+                  fs_text(reviewer), at, model, None if flagged is None else bool(flagged), probability)
 
 
 class ReviewStore:
@@ -357,7 +346,7 @@ class ReviewStore:
                 return review
             previous = conn.execute(
                 f"SELECT {_COLUMNS} FROM actions WHERE root = ? AND study = ? AND finding = ? ORDER BY id DESC LIMIT 1",
-                (key, study, finding)).fetchone()
+                (db_value(key), db_value(study), finding)).fetchone()
             prev = _row(previous) if previous is not None else None
             new_decision = decision if decision is not None else (prev.decision if prev else CLEAR)
             new_note = _note(note) if note is not None else (prev.note if prev else None)
@@ -368,10 +357,12 @@ class ReviewStore:
             cursor = conn.execute(
                 "INSERT INTO actions (action_id, root, study, finding, kind, decision, note, reviewer, at, model,"
                 " flagged, probability) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (action_id, key, study, finding, kind, new_decision, new_note, reviewer, at, *view))
+                (action_id, db_value(key), db_value(study), finding, kind, new_decision, db_value(new_note),
+                 db_value(reviewer), at, *view))
             conn.execute("INSERT INTO latest_action (root, study, finding, last_id, decision) VALUES (?,?,?,?,?)"
                          " ON CONFLICT (root, study, finding) DO UPDATE SET last_id = excluded.last_id,"
-                         " decision = excluded.decision", (key, study, finding, cursor.lastrowid, new_decision))
+                         " decision = excluded.decision",
+                         (db_value(key), db_value(study), finding, cursor.lastrowid, new_decision))
             return _row((cursor.lastrowid, action_id, key, study, finding, kind, new_decision, new_note, reviewer,
                          at, *view))
 
@@ -383,9 +374,10 @@ class ReviewStore:
         """The current state of every (study, finding) of ``root`` (one ``study`` only if given), cleared included."""
         key = root_key(root)
         if study is None:
-            sql, args = _latest_sql(_A_COLUMNS, "c.root = ?") + " ORDER BY a.id", (key,)
+            sql, args = _latest_sql(_A_COLUMNS, "c.root = ?") + " ORDER BY a.id", (db_value(key),)
         else:
-            sql, args = _latest_sql(_A_COLUMNS, "c.root = ? AND c.study = ?") + " ORDER BY a.id", (key, study)
+            sql, args = (_latest_sql(_A_COLUMNS, "c.root = ? AND c.study = ?") + " ORDER BY a.id",
+                         (db_value(key), db_value(study)))
         rows = self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)
         return {(r.study, r.finding): r for r in map(_row, rows)}
 
@@ -394,7 +386,7 @@ class ReviewStore:
         key = root_key(root)
         rows = self._run(lambda conn: conn.execute(
             f"SELECT {_COLUMNS} FROM actions WHERE root = ? AND study = ? AND finding = ? ORDER BY id",
-            (key, study, finding)).fetchall(), write=False)
+            (db_value(key), db_value(study), finding)).fetchall(), write=False)
         return [_row(r) for r in rows]
 
     def reviews(self, root: str | os.PathLike[str] | None = None, *, history: bool = False,
@@ -403,7 +395,7 @@ class ReviewStore:
 
         Cleared decisions are left out of the current ones unless ``include_cleared``.
         """
-        args = () if root is None else (root_key(root),)
+        args = () if root is None else (db_value(root_key(root)),)
         if history:
             sql = f"SELECT {_COLUMNS} FROM actions" + (" WHERE root = ?" if args else "") + " ORDER BY id"
         else:
@@ -418,7 +410,7 @@ class ReviewStore:
             "WITH RECURSIVE r(root) AS (SELECT min(root) FROM latest_action"
             " UNION ALL SELECT (SELECT min(root) FROM latest_action WHERE root > r.root) FROM r WHERE r.root IS NOT NULL)"
             " SELECT root FROM r WHERE root IS NOT NULL").fetchall(), write=False)
-        return [r[0] for r in rows]
+        return [fs_text(r[0]) for r in rows]
 
     def status_by_study(self, root: str | os.PathLike[str],
                         expected: Mapping[str, Collection[str]] | None = None, *,
@@ -433,16 +425,18 @@ class ReviewStore:
         screen needs after one decision, instead of the whole root).
         """
         key = root_key(root)
-        where, args = ("c.root = ? AND c.study = ?", (key, study)) if study is not None else ("c.root = ?", (key,))
+        where, args = (("c.root = ? AND c.study = ?", (db_value(key), db_value(study))) if study is not None
+                       else ("c.root = ?", (db_value(key),)))
         if expected is None:  # no finding names to carry: the cheaper aggregate
             sql = _latest_sql("c.study, max(c.decision = 'uncertain')", where) + _DECIDED_BY_STUDY
             rows = self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)
-            return {study: UNCERTAIN_STUDY if uncertain else REVIEWED for study, uncertain in rows}
+            return {fs_text(study): UNCERTAIN_STUDY if uncertain else REVIEWED for study, uncertain in rows}
         sql = (_latest_sql("c.study, max(c.decision = 'uncertain'), group_concat(c.finding, ?)", where)
                + _DECIDED_BY_STUDY)
         rows = self._run(lambda conn: conn.execute(sql, (_SEP, *args)).fetchall(), write=False)
         result: dict[str, str] = {}
         for study, uncertain, findings in rows:
+            study = fs_text(study)
             wanted = expected.get(study)
             if wanted and not set(wanted).issubset(findings.split(_SEP)):
                 result[study] = PARTIAL
@@ -456,7 +450,7 @@ class ReviewStore:
             return self._run(lambda conn: conn.execute("SELECT count(*) FROM actions").fetchone()[0], write=False)
         key = root_key(root)
         return self._run(lambda conn: conn.execute(
-            "SELECT count(*) FROM actions WHERE root = ?", (key,)).fetchone()[0], write=False)
+            "SELECT count(*) FROM actions WHERE root = ?", (db_value(key),)).fetchone()[0], write=False)
 
     def rebuild_latest(self) -> None:
         """Recompute ``latest_action`` from ``actions`` (the source of truth), in one transaction."""
@@ -477,7 +471,10 @@ class ReviewStore:
         Text cells that a spreadsheet would evaluate get a leading ``'`` (``spreadsheet_safe``) unless
         ``raw_text``; every field is quoted, so no locale's separator splits a note into cells.
         """
-        text = (lambda value: value) if raw_text else spreadsheet_safe
+        def text(value: str, lines: bool = False) -> str:  # no raw control byte in the file, whatever raw_text says
+            shown = visible(value, lines=lines)
+            return shown if raw_text else spreadsheet_safe(shown)
+
         rows = self.reviews(root, history=history)
         target = Path(path).expanduser()
         if not target.parent.is_dir():
@@ -489,7 +486,7 @@ class ReviewStore:
                     writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
                     writer.writerow(EXPORT_COLUMNS)
                     for r in rows:
-                        writer.writerow([text(r.study), text(r.finding), r.decision, text(r.note or ""),
+                        writer.writerow([text(r.study), text(r.finding), r.decision, text(r.note or "", lines=True),
                                          text(r.reviewer), r.when,
                                          "" if r.probability is None else repr(r.probability),
                                          "" if r.flagged is None else int(r.flagged), text(r.model or ""),

@@ -12,7 +12,7 @@ from cxr_core.data.sources import SOURCES, SourceOptions
 from cxr_core.data.stats import DatasetReport
 from cxr_core.labels import UncertaintyPolicy
 from cxr_core.store.index import ScanResult, StudyIndex
-from cxr_tui.cli.output import print_json, progress_bar, stdout
+from cxr_tui.cli.output import print_json, progress_bar, say, stdout
 
 app = typer.Typer(help="Index data sets, show their statistics, generate phantoms.", no_args_is_help=True)
 
@@ -45,16 +45,16 @@ def summary_json(result: ScanResult) -> dict:
 
 def print_problems(report: DatasetReport) -> None:
     if report.unreadable_files:
-        stdout.print(f"\n[bold]Unreadable files[/] ({len(report.unreadable_files)}):")
+        say("\n", ("Unreadable files", "bold"), f" ({len(report.unreadable_files)}):")
         for item in report.unreadable_files:
-            stdout.print(f"  {item['path']}: {item['reason']}", markup=False)
+            stdout.print(f"  {item['path']}: {item['reason']}")
     for severity, title in (("error", "Skipped"), ("warning", "Warnings")):
         items = [p for p in report.problems if p["severity"] == severity]
         if not items:
             continue
-        stdout.print(f"\n[bold]{title}[/] ({len(items)}):")
+        say("\n", (title, "bold"), f" ({len(items)}):")
         for p in items[:LIST_LIMIT]:
-            stdout.print(f"  {p['path']}: {p['reason']}", markup=False)
+            stdout.print(f"  {p['path']}: {p['reason']}")
         if len(items) > LIST_LIMIT:
             stdout.print(f"  … and {len(items) - LIST_LIMIT} more (--json lists all)")
 
@@ -62,15 +62,15 @@ def print_problems(report: DatasetReport) -> None:
 def print_summary(result: ScanResult) -> None:
     r = result.report
     how = f" ({result.detected_because})" if result.detected_because else ""
-    stdout.print(f"[bold]{r.format}[/]  {r.root}{how}", highlight=False)
+    say((r.format, "bold"), f"  {r.root}{how}")
     stdout.print(
         f"studies {r.studies:,} · images {r.images:,} · missing {r.images_missing:,} · "
         f"unreadable {r.unreadable:,} · patients {r.patients:,}"
     )
     splits = " · ".join(f"{k} {v:,}" for k, v in r.splits.items()) or "none"
-    stdout.print(f"splits (images present): {splits}  [dim]{r.split_source or ''}[/]")
+    say(f"splits (images present): {splits}  ", (r.split_source or "", "dim"))
     state = "re-scanned" if result.changed else "unchanged since the last scan"
-    stdout.print(f"[dim]{state}: {result.files_probed} files probed, {result.files_reused} reused, {result.seconds:.2f} s[/]")
+    say((f"{state}: {result.files_probed} files probed, {result.files_reused} reused, {result.seconds:.2f} s", "dim"))
 
 
 def print_labels(report: DatasetReport) -> None:
@@ -128,7 +128,7 @@ def stats_cmd(root: RootArg, fmt: FormatOpt = None, labels: LabelsOpt = None,
     print_labels(result.report)
     if result.report.missing_examples:
         shown = ", ".join(result.report.missing_examples[:5])
-        stdout.print(f"\nmissing images: {result.report.images_missing:,} (e.g. {shown})", markup=False)
+        stdout.print(f"\nmissing images: {result.report.images_missing:,} (e.g. {shown})")
     print_problems(result.report)
 
 
@@ -148,4 +148,4 @@ def synth_cmd(
     if json_out:
         print_json({"out": str(made.out), "n": made.n, "size": made.size, "seed": made.seed, "counts": made.counts})
         return
-    stdout.print(f"wrote {made.n:,} phantoms ({made.size} px, seed {made.seed}) to {made.out}", markup=False)
+    stdout.print(f"wrote {made.n:,} phantoms ({made.size} px, seed {made.seed}) to {made.out}")

@@ -24,7 +24,7 @@ def demo(
     """Generate the demo phantom set (once), index it, and open the app on it with the bundled model."""
     root = out or demo_root()
     if not read_manifest(root) and not json_out:
-        stdout.print(f"generating {DEMO_N} demo phantoms in {root} …", markup=False)
+        stdout.print(f"generating {DEMO_N} demo phantoms in {root} …")
     with progress_bar(not json_out) as progress:
         ensure_demo_set(root, (lambda d, t: progress("phantoms", d, t)) if progress else None)
     result = data.scan(root, "synthetic", SourceOptions(), False, db, not json_out)
@@ -39,4 +39,4 @@ def demo(
     data.print_summary(result)
     data.print_labels(result.report)
     data.print_problems(result.report)
-    stdout.print(f"model: {demo_model_path()}", markup=False)
+    stdout.print(f"model: {demo_model_path()}")

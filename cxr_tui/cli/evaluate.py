@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cxr_core.eval.predictions import Predictions
     from cxr_core.infer.engine import Predictor
 from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
-from cxr_tui.cli.output import print_json, progress_bar, stderr, stdout
+from cxr_tui.cli.output import print_json, progress_bar, stdout, warn
 from cxr_tui.cli.predict import BatchOpt, DeviceOpt, NoCacheOpt, TtaOpt, WorkersOpt, make_predictor
 
 
@@ -115,9 +115,9 @@ def eval_cmd(
                     "model": str(checkpoint)})
         return
     if same_split:
-        stdout.print(("note: " if allow_same_split else "warning: ") + same_split, markup=False)
+        stdout.print(("note: " if allow_same_split else "warning: ") + same_split)
     _print(metrics, localisation, result.errors, result.unmatched_labels, result.warnings)
-    stdout.print(f"\nreport: {target / 'report.md'}  (predictions.csv, per_class.csv and plots beside it)", markup=False)
+    stdout.print(f"\nreport: {target / 'report.md'}  (predictions.csv, per_class.csv and plots beside it)")
 
 
 def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: list[str], warnings: list[str]) -> None:
@@ -136,17 +136,17 @@ def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: li
     stdout.print(f"macro AUC {_fmt(metrics['auc_macro'])}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
                  + f" · micro AUC {_fmt(metrics['auc_micro'])} · ECE {_fmt(metrics['ece'])}")
     for label, reason in metrics["excluded"].items():
-        stdout.print(f"  {label}: not scored ({reason})", markup=False)
+        stdout.print(f"  {label}: not scored ({reason})")
     if unmatched:
-        stdout.print(f"  not labelled in this data set: {', '.join(unmatched)}", markup=False)
+        stdout.print(f"  not labelled in this data set: {', '.join(unmatched)}")
     if localisation:
         stdout.print(f"pointing game over all boxed findings: {overall_pointing(localisation):.3f}")
         stdout.print("localisation (Grad-CAM vs boxes): " + " · ".join(
             f"{label} PG {v['pointing_game']:.2f} IoU {v['iou']:.2f} (n={v['n']})" for label, v in localisation.items()))
     for warning in warnings:
-        stderr.print(f"[yellow]warning:[/] {warning}")
+        warn(warning)
     if errors:
-        stdout.print(f"unreadable ({len(errors)}): " + "; ".join(f"{p}: {r}" for p, r in list(errors.items())[:10]), markup=False)
+        stdout.print(f"unreadable ({len(errors)}): " + "; ".join(f"{p}: {r}" for p, r in list(errors.items())[:10]))
 
 
 def overall_pointing(table: dict | None) -> float | None:
@@ -217,4 +217,4 @@ def cam_cmd(
         return
     where = ("the Grad-CAM map is empty (nothing in the CAM layer raises this score here; the film is written "
              "without an overlay)" if peak is None else f"Grad-CAM peak at x={peak[1]}, y={peak[0]}")
-    stdout.print(f"{label}: p = {summary['probability']:.3f}; {where}; wrote {target}", markup=False)
+    stdout.print(f"{label}: p = {summary['probability']:.3f}; {where}; wrote {target}")

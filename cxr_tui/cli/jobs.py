@@ -80,7 +80,7 @@ def stop_cmd(run: RunArg, runs_dir: RunsDirOpt = None, json_out: JsonOpt = False
     if json_out:
         print_json(result)
     else:
-        stdout.print(f"{result['run']}: {result['state']} at epoch {result['epoch']}", markup=False)
+        stdout.print(f"{result['run']}: {result['state']} at epoch {result['epoch']}")
 
 
 @app.command("resume")
@@ -92,4 +92,4 @@ def resume_cmd(run: RunArg, gpus: Annotated[str | None, typer.Option("--gpus", h
     if json_out:
         print_json({"run": rundir.id, "pid": pid, "state": "queued"})
     else:
-        stdout.print(f"{rundir.id}: resumed (pid {pid})", markup=False)
+        stdout.print(f"{rundir.id}: resumed (pid {pid})")

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not 
     from cxr_core.infer.studies import RootPredictions
 
 from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
-from cxr_tui.cli.output import print_json, progress_bar, stderr, stdout
+from cxr_tui.cli.output import print_json, progress_bar, say, stdout, warn
 
 TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked there)
 
@@ -103,18 +103,18 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
     stdout.print(f"{len(preds):,} images predicted ({result.cached:,} from the cache, {result.computed:,} computed"
                  f"{f', {rate:.0f} img/s' if rate else ''}) on {predictor.device}")
     for warning in result.warnings:
-        stderr.print(f"[yellow]warning:[/] {warning}")
+        warn(warning)
     if out is not None:
-        stdout.print(f"wrote {out}", markup=False)
+        stdout.print(f"wrote {out}")
     else:
         for study, image, flag in list(zip(preds.study, preds.image, flags, strict=True))[:LIST_LIMIT]:
-            stdout.print(f"  {study}  {image}  {', '.join(flag) or '—'}", markup=False)
+            stdout.print(f"  {study}  {image}  {', '.join(flag) or '—'}")
         if len(preds) > LIST_LIMIT:
             stdout.print(f"  … {len(preds) - LIST_LIMIT} more (use --out)")
     if result.errors:
-        stdout.print(f"\n[bold]Unreadable[/] ({len(result.errors)}):")
+        say("\n", ("Unreadable", "bold"), f" ({len(result.errors)}):")
         for path, reason in list(result.errors.items())[:LIST_LIMIT]:
-            stdout.print(f"  {path}: {reason}", markup=False)
+            stdout.print(f"  {path}: {reason}")
 
 
 def _predict(predictor: Predictor, root: Path, fmt: str | None, labels_csv: Path | None, split: str | None,

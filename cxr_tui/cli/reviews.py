@@ -39,7 +39,7 @@ def export_cmd(
         print_json(result)
     else:
         what = "actions" if history else "decisions"
-        stdout.print(f"wrote {rows} {what} to {out}", markup=False)
+        stdout.print(f"wrote {rows} {what} to {out}")
 
 
 @app.command("list")
@@ -63,7 +63,7 @@ def list_cmd(
         print_json([r.to_dict() for r in reviews])
         return
     if not reviews:
-        stdout.print("no reviews yet" + (f" for {root}" if root else ""), markup=False)
+        stdout.print("no reviews yet" + (f" for {root}" if root else ""))
         return
     roots = {r.root for r in reviews}
     table = Table(title=Text("Reviews" + (f" — {next(iter(roots))}" if len(roots) == 1 else "")), title_justify="left")
@@ -85,4 +85,4 @@ def list_cmd(
         table.add_row(*(Text(c) for c in cells))  # user text: never read as markup
     stdout.print(table)
     if total > len(reviews):
-        stdout.print(f"{total - len(reviews)} more: --limit 0 for all, or `reviews export`", markup=False)
+        stdout.print(f"{total - len(reviews)} more: --limit 0 for all, or `reviews export`")

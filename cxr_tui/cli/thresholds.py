@@ -58,11 +58,11 @@ def tune_cmd(
         print_json({**result.to_json(), "path": None if out is None else str(out)})
         return
     stdout.print(_table(result, f"Thresholds ({chosen_mode}) on {preds.name}: {len(predictions):,} rows"))
-    stdout.print(f"tuned on: {tuned_on.describe()}", markup=False)
+    stdout.print(f"tuned on: {tuned_on.describe()}")
     if tuned_on.includes_test:
         stderr.print("warning: these thresholds were tuned on the test split; an evaluation on it will be optimistic "
-                     "(and `eval` will say so)", markup=False)
-    stdout.print(f"wrote {out}" if out is not None else "not written (add --out FILE to save)", markup=False)
+                     "(and `eval` will say so)")
+    stdout.print(f"wrote {out}" if out is not None else "not written (add --out FILE to save)")
 
 
 @app.command("show")
@@ -78,16 +78,15 @@ def show_cmd(
     stdout.print(_table(data, f"Thresholds in {file}"))
     if data.tuned_on is not None:
         stdout.print(f"tuned on: {data.tuned_on.describe()}" + (f" of {data.tuned_on.root}" if data.tuned_on.root else "")
-                     + (f", model {data.tuned_on.model}" if data.tuned_on.model else ""), markup=False)
+                     + (f", model {data.tuned_on.model}" if data.tuned_on.model else ""))
     if data.predictions:
-        stdout.print(f"predictions: {data.predictions} ({data.n:,} rows)", markup=False)
+        stdout.print(f"predictions: {data.predictions} ({data.n:,} rows)")
     for row in data.history[-5:]:
         changes = row.get("changes") or {}
         stdout.print(f"{row.get('when', '?')}  {row.get('who', '?')}  {row.get('action', 'change')}: "
-                     f"{len(changes)} label{'s' if len(changes) != 1 else ''} ({', '.join(map(str, changes))})",
-                     markup=False)
+                     f"{len(changes)} label{'s' if len(changes) != 1 else ''} ({', '.join(map(str, changes))})")
     if len(data.history) > 5:
-        stdout.print(f"... {len(data.history) - 5} earlier changes (see --json)", markup=False)
+        stdout.print(f"... {len(data.history) - 5} earlier changes (see --json)")
 
 
 def _table(data: ThresholdsFile, title: str) -> Table:

@@ -79,7 +79,7 @@ def train(
         if json_out:
             print_json(names)
         else:
-            stdout.print("\n".join(names), markup=False)
+            stdout.print("\n".join(names))
         return
     if resume:
         run = RunDir.open(resume, runs_dir)
@@ -132,4 +132,4 @@ def _report(data: dict, json_out: bool) -> None:
         print_json(data)
         return
     for key, value in data.items():
-        stdout.print(f"{key}: {value}", markup=False)
+        stdout.print(f"{key}: {value}")

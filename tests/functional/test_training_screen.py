@@ -228,7 +228,7 @@ async def test_eval_shows_the_report_or_offers_the_command(runs_dir: Path) -> No
 async def test_stop_and_resume_report_through_notifications(runs_dir: Path) -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     threading.Thread(target=sleeper.wait, daemon=True).start()  # reap it, so it reads as gone once killed
-    make_run(runs_dir, "20240101-000001-halt", "stopped", epoch=1)
+    make_run(runs_dir, "20240101-000001-halt", "finished", epoch=1)
     make_run(runs_dir, "20240101-000002-live", "running", epoch=1, pid=sleeper.pid,
              pid_start=process_start_time(sleeper.pid))
     screen = TrainingScreen(refresh_interval=0.2)
@@ -241,9 +241,9 @@ async def test_stop_and_resume_report_through_notifications(runs_dir: Path) -> N
             await wait_for(pilot, lambda: any("interrupted at epoch 1" in m for _, m in app.notes))
             assert sleeper.poll() is not None
             await wait_for(pilot, lambda: screen.rows["20240101-000002-live"].state == "interrupted")
-            await pilot.press("down", "r")  # stopped but without a checkpoint: the core says why
+            await pilot.press("down", "r")  # a finished run cannot be resumed: the core says why
             await wait_for(pilot, lambda: app.notes[-1][0] == "error")
-            assert "no checkpoint yet" in app.notes[-1][1]
+            assert "already finished" in app.notes[-1][1]
     finally:
         sleeper.kill()
 
