@@ -25,6 +25,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 import cxr_tui.widgets.xray  # noqa: F401 - asks the terminal about images before the app owns it (see there)
 from cxr_core.data.study import Study
 from cxr_core.errors import CxrError
+from cxr_core.text import visible
 from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged
 from cxr_tui.state import Workspace, save_session
 
@@ -228,6 +229,13 @@ class CxrApp(App):
 
     def _screens_with(self, method: str) -> Iterable:
         return [s for s in self.screen_stack if hasattr(s, method)]
+
+    def notify(self, message: str, *, title: str = "", severity: str = "information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every notification (screens' included: ``Widget.notify`` lands here) is plain text with outside text
+        made visible: an error naming a file called ``[/]`` or ``\x1b]0;...`` shows the name, never acts on it."""
+        super().notify(visible(message, lines=True), title=visible(title), severity=severity, timeout=timeout,
+                       markup=False)
 
     # -- what screens ask of the app ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.text import Text
 
+from cxr_core.text import visible
 from cxr_core.train.config import TrainConfig
 from cxr_core.train.rundir import RunDir
 from cxr_tui.widgets.charts import Series
@@ -42,10 +43,10 @@ class RunRow:
     error: str | None
 
     @property
-    def cells(self) -> tuple[str, Text, str, str, str]:
-        return (self.id, Text(self.state, style=STATE_STYLES.get(self.state, "")),
+    def cells(self) -> tuple[Text, Text, str, str, Text]:
+        return (Text(visible(self.id)), Text(self.state, style=STATE_STYLES.get(self.state, "")),
                 f"{self.epoch}/{self.epochs if self.epochs else '?'}",
-                f"{self.best:.4f}" if self.best is not None else "—", self.model)
+                f"{self.best:.4f}" if self.best is not None else "—", Text(visible(self.model)))
 
 
 def run_row(run: RunDir, config: TrainConfig | None) -> RunRow:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
 import numpy as np
 
+from cxr_core.text import visible
+
 if TYPE_CHECKING:
     from cxr_core.data.study import Study
 
@@ -219,11 +221,11 @@ class WorklistModel:
         i = int(self._view[self._check(pos)])
         prob = self._max_prob[i]
         predicted = not np.isnan(prob)
-        return RowText(
-            study=str(self._ids[i]),
-            patient=str(self._patients[i]),
-            view=self._views[self._view_codes[i]],
-            split=self._splits[self._split_codes[i]],
+        return RowText(  # outside text shown, never acted on (an ESC in a file name is drawn as \x1b)
+            study=visible(str(self._ids[i])),
+            patient=visible(str(self._patients[i])),
+            view=visible(self._views[self._view_codes[i]]),
+            split=visible(self._splits[self._split_codes[i]]),
             n_flagged=str(self._n_flagged[i]) if predicted else NOT_PREDICTED,
             max_prob=f"{prob:.2f}" if predicted else NOT_PREDICTED,
             findings=self._text_of(int(self._pattern[i])),
@@ -398,7 +400,7 @@ class WorklistModel:
         """Findings text of a flag pattern, built the first time a row with it is shown."""
         text = self._pattern_text.get(pattern)
         if text is None:
-            text = ", ".join(self.labels[k] for k in np.flatnonzero(self._pattern_bits[pattern]))
+            text = ", ".join(visible(self.labels[k]) for k in np.flatnonzero(self._pattern_bits[pattern]))
             self._pattern_text[pattern] = text
         return text
 

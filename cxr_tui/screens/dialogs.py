@@ -12,6 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, MarkdownViewer, Static
 
+from cxr_core.text import visible
+
 
 class ReportScreen(ModalScreen[None]):
     """A run's evaluation report (report.md) in a Markdown viewer."""
@@ -29,8 +31,8 @@ class ReportScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(str(self.path), id="report-title", markup=False)
-            yield MarkdownViewer(self.path.read_text(encoding="utf-8", errors="replace"),
+            yield Static(visible(self.path), id="report-title", markup=False)
+            yield MarkdownViewer(visible(self.path.read_text(encoding="utf-8", errors="replace"), lines=True),
                                  show_table_of_contents=False, open_links=False, id="report")
         yield Footer()
 
@@ -59,7 +61,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question, id="question", markup=False)
+            yield Static(visible(self.question, lines=True), id="question", markup=False)
             with Horizontal():
                 yield Button(self.yes, id="yes", variant="primary", compact=True)
                 yield Button("Cancel", id="no", compact=True)

@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from cxr_core.data.sources import SOURCES
 from cxr_core.errors import CxrError
 from cxr_core.models import list_models
+from cxr_core.text import visible
 from cxr_core.train.config import LOSSES, ConfigError, TrainConfig
 
 
@@ -123,7 +124,7 @@ class LaunchForm(ModalScreen[TrainConfig | None]):
             raise ConfigError(f"{label}: {text!r} is not a {'whole ' if kind is int else ''}number") from None
 
     def show_error(self, message: str) -> None:
-        self.query_one("#launch-error", Static).update(f"⚠ {message}")
+        self.query_one("#launch-error", Static).update(visible(f"⚠ {message}"))
 
     def action_submit(self) -> None:
         try:

@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from cxr_core.errors import CxrError
+from cxr_core.text import visible
 from cxr_tui.messages import ReviewRecorded
 from cxr_tui.widgets.xray import XRayView
 
@@ -96,7 +97,7 @@ class StudyScreen(Screen):
     def load_study(self) -> None:
         study = self.study
         if study is None:
-            self.query_one("#study-title", Static).update(f"{self.study_id}: not in this data set")
+            self.query_one("#study-title", Static).update(Text(f"{visible(self.study_id)}: not in this data set"))
             return
         self.image_index = min(self.image_index, max(0, len(study.images) - 1))
         self.dicom_fields = {}
@@ -137,37 +138,47 @@ class StudyScreen(Screen):
             review = self.decisions.get(label)
             decision = getattr(review, "decision", None)
             note = " ✎" if getattr(review, "note", None) else ""
-            table.add_row(label, probability_cell(prob, threshold), "⚑" if flagged else "",
-                          DECISION_GLYPH.get(decision, decision or "") + note, key=label)
+            table.add_row(Text(visible(label)), probability_cell(prob, threshold), "⚑" if flagged else "",
+                          Text(DECISION_GLYPH.get(decision, decision or "") + note), key=label)
         if labels:
             table.move_cursor(row=min(max(keep, 0), len(labels) - 1))
 
     def _fill_info(self) -> None:
         study = self.study
-        title = f"[b]{study.id}[/b]  patient {study.patient_id}  {study.view or ''}  {study.split or ''}"
+        title = Text.assemble((visible(study.id), "bold"),
+                              f"  patient {visible(study.patient_id)}  {visible(study.view or '')}  "
+                              f"{visible(study.split or '')}")
         if len(study.images) > 1:
-            title += f"  image {self.image_index + 1}/{len(study.images)} (m: next)"
+            title.append(f"  image {self.image_index + 1}/{len(study.images)} (m: next)")
         self.query_one("#study-title", Static).update(title)
-        lines: list[str] = []
+        info = Text()
+
+        def line(*parts: str | tuple[str, str]) -> None:
+            if info:
+                info.append("\n")
+            info.append_text(Text.assemble(*parts))
+
         meta = study.meta or {}
         for key in ("age", "sex"):
             if meta.get(key) not in (None, ""):
-                lines.append(f"{key}: {meta[key]}")
+                line(f"{key}: {visible(meta[key])}")
         report = meta.get("report") if isinstance(meta.get("report"), dict) else None
         sections = report or {k: meta[k] for k in ("indication", "comparison", "findings", "impression") if meta.get(k)}
         for name, text in sections.items():
-            if text:
-                lines.append(f"\n[b]{name.upper()}[/b]\n{Text(str(text)).plain}")
+            if text:  # report text keeps its line breaks; anything else in it is shown, never acted on
+                line("\n", (visible(name).upper(), "bold"), "\n", visible(text, lines=True))
         image = study.images[self.image_index] if study.images else None
         if self.dicom_fields:
-            lines.append("\n[b]DICOM[/b]")
-            lines += [f"{k}: {v}" for k, v in self.dicom_fields.items()]
+            line("\n", ("DICOM", "bold"))
+            for k, v in self.dicom_fields.items():
+                line(f"{visible(k)}: {visible(v)}")
         if self.app.workspace.show_phi and image is not None and str(image.path).lower().endswith((".dcm", ".dicom")):
-            lines += self._phi(image.path)
+            for text in self._phi(image.path):
+                line(text)
         error = self.app.workspace.errors.get(image.path) if image is not None else None
         if error:
-            lines.append(f"\n[red]unreadable: {error}[/red]")
-        self.query_one("#study-info", Static).update("\n".join(lines) or "[dim]no report for this study[/dim]")
+            line("\n", (f"unreadable: {visible(error)}", "red"))
+        self.query_one("#study-info", Static).update(info if info else Text("no report for this study", style="dim"))
 
     def _phi(self, relpath: str) -> list[str]:
         from cxr_core.dicom import dicom_identifiers
@@ -177,7 +188,7 @@ class StudyScreen(Screen):
             fields = dicom_identifiers(image_base(self.app.workspace.root) / relpath)
         except CxrError as err:
             return [f"identifiers unreadable: {err}"]
-        return ["\n[b]identifiers (--show-phi)[/b]", *(f"{k}: {v}" for k, v in fields.items())]
+        return ["\nidentifiers (--show-phi)", *(f"{visible(k)}: {visible(v)}" for k, v in fields.items())]
 
     def _load_decisions(self) -> None:
         try:

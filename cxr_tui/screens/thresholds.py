@@ -48,6 +48,7 @@ from cxr_core.eval.thresholds_file import (
     tuning_rows,
 )
 from cxr_core.paths import data_dir, ensure_private_dir
+from cxr_core.text import visible
 from cxr_tui.messages import ThresholdsChanged
 
 if TYPE_CHECKING:
@@ -433,7 +434,7 @@ accept/reject decisions; uncertain ones are left out.
         cells = []
         for key, _ in self.columns:
             if key == "label":
-                cells.append(Text(label, overflow="ellipsis", no_wrap=True))
+                cells.append(Text(visible(label), overflow="ellipsis", no_wrap=True))
             else:
                 cells.append(Text(values[key].rjust(self._widths[key]),
                                   style="bold" if key == "threshold" and unsaved else ""))
@@ -601,7 +602,8 @@ accept/reject decisions; uncertain ones are left out.
         s = self._stats
         scored = int(self.points.n - self.points.missing[k])
         share = f" ({100 * int(s.flagged[k]) / scored:.1f}%)" if scored else ""
-        text = f"{self.selected} ≥ {self.thresholds[self.selected]:.3f}: flags {int(s.flagged[k])} of {scored} images{share}"
+        text = (f"{visible(self.selected)} ≥ {self.thresholds[self.selected]:.3f}: flags {int(s.flagged[k])} of "
+                f"{scored} images{share}")
         if s.labelled[k]:
             text += f" · TP {int(s.tp[k])} FP {int(s.fp[k])} TN {int(s.tn[k])} FN {int(s.fn[k])}"
         detail.update(text)
@@ -623,7 +625,7 @@ accept/reject decisions; uncertain ones are left out.
             plt.scatter([1.0 - spec], [sens], marker="●", color="red")
             plt.xlim(0, 1)
             plt.ylim(0, 1)
-            plt.title(f"ROC {label} · AUC {auc:.3f}")
+            plt.title(f"ROC {visible(label)} · AUC {auc:.3f}")
         else:
             centres, counts = self._histogram(label)
             if counts:
@@ -631,7 +633,7 @@ accept/reject decisions; uncertain ones are left out.
                 plt.vertical_line(threshold, color="red")
                 plt.xlim(0, 1)
             why = "no labels" if not self.has_truth else "needs positives and negatives"
-            plt.title(f"{label} scores ({why})")
+            plt.title(f"{visible(label)} scores ({why})")
         plot.refresh()
 
     def _curve(self, label: str) -> tuple[Any, float | None]:
@@ -720,7 +722,7 @@ accept/reject decisions; uncertain ones are left out.
         if unsaved:
             text.append(f"{unsaved} unsaved", style="bold")
             text.append(" · ")
-        text.append(f"s saves to {self.save_path}")
+        text.append(f"s saves to {visible(self.save_path)}")
         status.update(text)
 
 

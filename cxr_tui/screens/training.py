@@ -30,6 +30,7 @@ from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
 from cxr_core.errors import CxrError
+from cxr_core.text import visible
 from cxr_core.train import jobs
 from cxr_core.train.config import TrainConfig
 from cxr_core.train.rundir import ACTIVE, RunDir, default_runs_dir, list_runs
@@ -156,7 +157,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
         try:
             runs = list_runs(runs_dir)
         except OSError as exc:
-            self.query_one("#run-detail", Static).update(f"{runs_dir}: cannot read ({exc.strerror or exc})")
+            self.query_one("#run-detail", Static).update(visible(f"{runs_dir}: cannot read ({exc.strerror or exc})"))
             return
         rows = [run_row(run, self._config(run)) for run in runs]
         table = self.query_one("#runs", DataTable)
@@ -226,7 +227,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             if restart:
                 log.clear()
             if lines:
-                log.write_lines(lines)
+                log.write_lines([visible(line) for line in lines])  # log text names outside files
 
     def _draw_charts(self) -> None:
         if self.auc_label is not None and self.auc_label not in auc_labels(self.metrics):
@@ -240,7 +241,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
         detail = self.query_one("#run-detail", Static)
         row = self.rows.get(self.run_id) if self.run_id else None
         if row is None:
-            detail.update(f"No runs in {self.runs_dir} yet: press n to start one." if not self.rows else "")
+            detail.update(visible(f"No runs in {self.runs_dir} yet: press n to start one.") if not self.rows else "")
             return
         parts = [row.id, row.state]
         if row.best is not None:
@@ -249,7 +250,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             parts.append(row.phase)
         if row.error and row.state in ("failed", "interrupted"):
             parts.append(row.error)
-        detail.update(" · ".join(parts))
+        detail.update(visible(" · ".join(parts)))
 
     @property
     def selected_run(self) -> RunDir | None:

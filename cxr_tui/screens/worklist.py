@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text, TextType
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DirectoryTree, Footer, Header, Input, ProgressBar, Static
 
+from cxr_core.text import visible
 from cxr_tui.messages import RootChosen
 from cxr_tui.widgets.worklist import WorklistTable
 from cxr_tui.worklist_model import WorklistModel
 
 SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"), ("study", False, "study id"))
+
+
+class FolderTree(DirectoryTree):
+    """A directory tree whose folder names are shown as they are (no markup, controls made visible)."""
+
+    def process_label(self, label: TextType) -> Text:
+        return Text(visible(label.plain if isinstance(label, Text) else label))
 
 
 class FolderPicker(ModalScreen[Path | None]):
@@ -29,7 +38,7 @@ class FolderPicker(ModalScreen[Path | None]):
     def compose(self) -> ComposeResult:
         yield Static("Choose a data set root: move with the arrows, [b]o[/] opens the highlighted folder, escape cancels",
                      id="picker-title")
-        yield DirectoryTree(self.start, id="picker-tree")
+        yield FolderTree(self.start, id="picker-tree")
 
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
@@ -71,7 +80,7 @@ class WorklistScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="worklist-bar"):
-            yield Static("", id="worklist-status")
+            yield Static("", id="worklist-status", markup=False)
             yield ProgressBar(id="worklist-progress", show_eta=False)
         yield WorklistTable(self.model, id="worklist")
         yield Input(placeholder="study id (enter jumps to the first match, escape closes)", id="worklist-search")
@@ -153,7 +162,7 @@ class WorklistScreen(Screen):
             if self.app.workspace.predictions is None and self.app.workspace.model is not None:
                 parts.append("predicting…")
             text = " · ".join(parts)
-        self.query_one("#worklist-status", Static).update(text)
+        self.query_one("#worklist-status", Static).update(visible(text))
 
     def _refresh_reviews(self, study: str | None = None) -> None:
         """Review status of every study, or of ``study`` alone after a decision on it (one row, not the root)."""

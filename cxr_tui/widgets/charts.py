@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
+from cxr_core.text import visible
+
 Series = tuple[list[int], list[float]]
 """One line of a chart: x values (epochs) and y values, the same length."""
 
@@ -45,7 +47,7 @@ class CurveChart(PlotextPlot):
     def _draw(self) -> None:
         plt = self.plt
         plt.clear_figure()
-        plt.title(self.title)
+        plt.title(visible(self.title))  # a class name in it is outside text
         plt.xlabel("epoch")
         if self.y_range is not None:
             plt.ylim(*self.y_range)
@@ -54,4 +56,4 @@ class CurveChart(PlotextPlot):
             step = max(1, len(epochs) // 8)  # integer ticks, at most ~8 of them
             plt.xticks(epochs[::step])
         for name, (xs, ys) in self.series.items():
-            plt.plot(xs, ys, label=name, marker="braille")
+            plt.plot(xs, ys, label=visible(name), marker="braille")

@@ -22,6 +22,8 @@ from textual.widgets import Static
 # presses (a stray "?" opened the help screen in tmux tests).
 from textual_image import widget as tiw
 
+from cxr_core.text import visible
+
 DISPLAY_MAX = 768  # pixels kept for display: more than any terminal cell grid shows in a pane
 
 # Window presets on the 8-bit display scale (center, width): full range, lungs, mediastinum / soft tissue.
@@ -107,8 +109,8 @@ class XRayView(Container):
         self.caption_extra = ""
 
     def compose(self) -> ComposeResult:
-        yield Static("loading image…", id="xray-placeholder")
-        yield Static("", id="xray-caption")
+        yield Static("loading image…", id="xray-placeholder", markup=False)
+        yield Static("", id="xray-caption", markup=False)
 
     def show(self, pixels: np.ndarray | None, message: str = "") -> None:
         self._pixels = None if pixels is None else display_pixels(pixels)
@@ -136,7 +138,7 @@ class XRayView(Container):
             old.remove()
         placeholder = self.query_one("#xray-placeholder", Static)
         placeholder.display = True
-        placeholder.update(text)
+        placeholder.update(visible(text, lines=True))
 
     def _draw(self) -> None:
         if self._pixels is None:
@@ -164,7 +166,7 @@ class XRayView(Container):
                                                          if cam_is_empty(self._cam) else ""))
         if self.caption_extra:
             parts.append(self.caption_extra)
-        self.query_one("#xray-caption", Static).update(" · ".join(parts))
+        self.query_one("#xray-caption", Static).update(visible(" · ".join(parts)))
 
     # -- view actions (the study screen binds keys to these) ------------------------------------------------
 

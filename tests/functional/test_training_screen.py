@@ -113,8 +113,8 @@ async def test_list_shows_every_run_with_its_state(runs_dir: Path) -> None:
         assert states == {"20240101-000006-wait": "queued", "20240101-000005-halt": "stopped",
                           "20240101-000004-bad": "failed", "20240101-000003-dead": "interrupted",
                           "20240101-000002-live": "running", "20240101-000001-done": "finished"}
-        assert table.get_row("20240101-000001-done")[2:] == ["3/3", "0.8123", "resnet18"]
-        assert table.get_row("20240101-000006-wait")[2:] == ["0/3", "—", "resnet18"]
+        assert [str(c) for c in table.get_row("20240101-000001-done")[2:]] == ["3/3", "0.8123", "resnet18"]
+        assert [str(c) for c in table.get_row("20240101-000006-wait")[2:]] == ["0/3", "—", "resnet18"]
         assert screen.run_id == "20240101-000006-wait"  # the newest is selected
         table.move_cursor(row=2)
         await pilot.pause()
