@@ -46,6 +46,48 @@ def atomic_path(target: str | os.PathLike[str], mode: int = 0o600) -> Iterator[P
     remove_stale_tmp(target)
 
 
+def check_writable(target: str | os.PathLike[str], what: str = "output") -> Path:
+    """Raise a one-line CxrError now, before any work, if ``target`` cannot be written: its folder is missing,
+    is not a folder or is not writable, or ``target`` is a directory. Returns ``target`` as a Path."""
+    from cxr_core.text import visible
+
+    target = Path(target).expanduser()
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise CxrError(f"{visible(target)}: is a directory, not a file ({what})")
+    if not parent.exists():
+        raise CxrError(f"{visible(parent)}: no such folder (for the {what} {visible(target.name)})")
+    if not parent.is_dir():
+        raise CxrError(f"{visible(parent)}: not a folder (for the {what} {visible(target.name)})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CxrError(f"{visible(parent)}: not writable ({'read-only file system' if _read_only(parent) else 'permission denied'})")
+    return target  # the file itself is replaced, not written in place: the folder's permission is what counts
+
+
+def check_writable_dir(folder: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Raise a one-line CxrError now if ``folder`` cannot be created or written: the first part of it that
+    exists must be a writable folder. Returns ``folder`` as a Path."""
+    from cxr_core.text import visible
+
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CxrError(f"{visible(existing)}: not a folder (for the {what} {visible(folder)})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only(existing) else "permission denied"
+        raise CxrError(f"{visible(existing)}: not writable, {why} (for the {what} {visible(folder)})")
+    return folder
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 def remove_stale_tmp(target: str | os.PathLike[str], older_than_s: float = STALE_TMP_S) -> int:
     """Remove ``target``'s temporary files left by killed writers (untouched ``older_than_s``); returns how many."""
     target = Path(target)

@@ -118,3 +118,11 @@ def json_compact(data: object) -> str:
     as ``\\udcXX`` so the text can be stored as UTF-8 and ``json.loads`` gives back the same name."""
     text = _COMPACT(data)
     return text if text.isascii() else _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def filename_part(value: object, limit: int = 80) -> str:
+    """Outside text made into part of a file name cxr chooses (``IMAGE-cam-FINDING.png``): letters, digits, ``.``,
+    ``-`` and ``_`` kept, anything else (a ``/`` in ``Nodule [r/o]``, controls, undecodable bytes) as ``_``."""
+    text = "".join(ch if (ch.isalnum() and ch.isprintable()) or ch in "._-" else "_" for ch in as_text(value))
+    text = re.sub("_+", "_", text).strip("._") or "_"
+    return text[:limit]

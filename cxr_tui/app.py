@@ -24,7 +24,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 import cxr_tui.widgets.xray  # noqa: F401 - asks the terminal about images before the app owns it (see there)
 from cxr_core.data.study import Study
-from cxr_core.errors import CxrError
+from cxr_core.errors import error_text
 from cxr_core.text import visible
 from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged
 from cxr_tui.state import Workspace, save_session
@@ -160,10 +160,9 @@ class CxrApp(App):
             workspace.thresholds = dict(load_thresholds(workspace.thresholds_path).thresholds)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The TUI's error boundary: a failed worker is one notification naming the file and the cause."""
         if event.state is WorkerState.ERROR:
-            error = event.worker.error
-            text = str(error) if isinstance(error, CxrError) else f"{type(error).__name__}: {error}"
-            self.notify(text, title="error", severity="error", timeout=10)
+            self.notify(error_text(event.worker.error), title="error", severity="error", timeout=10)
 
     # -- state changes -----------------------------------------------------------------------------------------
 

@@ -115,9 +115,9 @@ class Predictions:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         with_split = any(self.split)
-        header = [*ID_COLUMNS, *([SPLIT_COLUMN] if with_split else []), *self.labels]
+        header = [*ID_COLUMNS, *([SPLIT_COLUMN] if with_split else []), *map(_text_cell, self.labels)]
         if self.truth is not None:
-            header += [TRUTH_PREFIX + name for name in self.labels]
+            header += [_text_cell(TRUTH_PREFIX + name) for name in self.labels]
         if thresholds is not None:
             header.append("flagged")
         writer.writerow(header)
@@ -170,6 +170,7 @@ class Predictions:
     def _from_csv(cls, path: Path, text: str) -> Predictions:
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
+        header = None if header is None else [spreadsheet_text(h) for h in header]
         if not header or header[:2] != ["study", "image"]:
             raise DataError(f"{path}: not a cxr predictions CSV (expected columns study, image, ...)")
         has_patient = len(header) > 2 and header[2] == "patient"

@@ -49,7 +49,7 @@ class PredictionCache:
     def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = Path(path) if path else default_cache_path()
         self._db = open_database(self.path, MIGRATIONS)
-        self._conn, self._lock = self._db.conn, self._db.lock  # one connection per file per process
+        self._conn = self._db.conn  # one connection per file per process; used under self._db.reading()
 
     def close(self) -> None:
         self._db.close()
@@ -64,7 +64,7 @@ class PredictionCache:
         """Content hash per path (None when the file cannot be read); unchanged files are not read again."""
         absolute = [os.path.abspath(p) for p in paths]
         known: dict[str, tuple[int, int, str]] = {}
-        with self._lock:
+        with self._db.reading():
             for start in range(0, len(absolute), _CHUNK):
                 part = absolute[start:start + _CHUNK]
                 marks = ",".join("?" * len(part))
@@ -101,7 +101,7 @@ class PredictionCache:
         wanted = list(dict.fromkeys(h for h in hashes if h))
         key = "|".join(labels)
         found: dict[str, np.ndarray] = {}
-        with self._lock:
+        with self._db.reading():
             for start in range(0, len(wanted), _CHUNK):
                 part = wanted[start:start + _CHUNK]
                 marks = ",".join("?" * len(part))
@@ -123,7 +123,7 @@ class PredictionCache:
                              "VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def count(self, model: str | None = None) -> int:
-        with self._lock:
+        with self._db.reading():
             if model is None:
                 return self._conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
             return self._conn.execute("SELECT count(*) FROM predictions WHERE model = ?", (model,)).fetchone()[0]

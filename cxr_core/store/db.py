@@ -29,8 +29,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, database_error_text, os_error_text
 from cxr_core.paths import ensure_private_dir
+from cxr_core.text import visible
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -63,10 +64,19 @@ class Database:
         self._released = False
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolled back (and re-raised) on any error."""
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; a SQLite failure becomes one CxrError naming the file and the cause."""
         with self.lock:
-            conn = self.conn
+            try:
+                yield self.conn
+            except sqlite3.Error as exc:
+                raise database_error(self.path, exc) from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolled back on any error, which is re-raised (a SQLite
+        one as a CxrError: the real cause, e.g. a full disk, not the "cannot rollback" that may follow it)."""
+        with self.reading() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -115,8 +125,8 @@ def open_database(path: str | os.PathLike[str], migrations: Sequence[str]) -> Da
             with shared.lock:
                 try:
                     _retry_locked(lambda: _migrate(shared.conn, migrations))
-                except sqlite3.DatabaseError as exc:
-                    raise CxrError(f"{path}: cannot open database ({exc})") from None
+                except sqlite3.Error as exc:
+                    raise database_error(path, exc) from None
         shared.users += 1
         return Database(shared)
 
@@ -136,6 +146,10 @@ def connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
     file is safe with SQLite itself, but cxr keeps to one per process.
     """
     return _connect(Path(path).expanduser(), migrations)
+
+
+def database_error(path: str | os.PathLike[str] | None, exc: sqlite3.Error) -> CxrError:
+    return CxrError(database_error_text(path, exc))
 
 
 def _key(path: Path) -> str:
@@ -163,8 +177,10 @@ def _connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
         except BaseException:
             conn.close()
             raise
-    except (OSError, sqlite3.DatabaseError) as exc:
-        raise CxrError(f"{path}: cannot open database ({getattr(exc, 'strerror', None) or exc})") from None
+    except OSError as exc:
+        raise CxrError(f"{os_error_text(exc)} (opening the database {visible(path)})") from None
+    except sqlite3.Error as exc:
+        raise database_error(path, exc) from None
     return conn
 
 

@@ -115,7 +115,7 @@ class StudyIndex:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else default_index_path()
         self._db = open_database(self.path, MIGRATIONS)
-        self._conn, self._lock = self._db.conn, self._db.lock  # one connection per file per process
+        self._conn = self._db.conn  # one connection per file per process; used under self._db.reading()
 
     def close(self) -> None:
         self._db.close()
@@ -150,7 +150,7 @@ class StudyIndex:
                                   "uncertainty": options.uncertainty.value,
                                   "allow_outside_root": options.allow_outside_root,
                                   "iu_mapping": options.iu_mapping})
-        with self._lock:
+        with self._db.reading():
             row = self._conn.execute(
                 "SELECT id, options, inputs, report FROM datasets WHERE root = ?", (db_value(str(root)),)
             ).fetchone()
@@ -189,7 +189,7 @@ class StudyIndex:
             problems.append(Problem(catalog.duplicates[0], f"{len(catalog.duplicates)} files share a name with another file; the first in path order is used", "warning"))
         report = summarise(fmt, str(root), result.space, studies, present, unreadable, problems, split_source, result.notes)
         inputs = {str(p): _stat_key(p) for p in result.inputs}
-        with self._lock:
+        with self._db.reading():
             self._save(root, dataset_id, result.space, options_key, inputs, report, studies, present, files, known)
         return ScanResult(report, True, probed, reused, time.perf_counter() - started, because)
 
@@ -225,7 +225,7 @@ class StudyIndex:
                 if cancel is not None and cancel.is_set():
                     pool.shutdown(cancel_futures=True)
                     if dataset_id is not None:
-                        with self._lock:
+                        with self._db.reading():
                             self._write_files(dataset_id, files.values())
                     raise ScanCancelled(f"{root}: scan cancelled after probing {done} of {len(todo)} files")
         return files, len(todo), reused
@@ -281,12 +281,12 @@ class StudyIndex:
         return row
 
     def report(self, root: str | Path) -> DatasetReport:
-        with self._lock:
+        with self._db.reading():
             row = self._dataset_row(root)
         return DatasetReport.from_dict(json.loads(row[3]))
 
     def label_space(self, root: str | Path) -> LabelSpace:
-        with self._lock:
+        with self._db.reading():
             spec = json.loads(self._dataset_row(root)[2])
         if spec["name"] != "custom":
             return get_space(spec["name"])
@@ -296,7 +296,7 @@ class StudyIndex:
         """Studies of an indexed root in source order (``split`` filters; ``present_only`` drops images not on disk)."""
         images: dict[str, list[StudyImage]] = {}
         image_sql = "SELECT study_id, path, view, present FROM images WHERE dataset_id = ? ORDER BY study_id, position"
-        with self._lock:  # one read transaction: images and studies of the same scan
+        with self._db.reading():  # one read transaction: images and studies of the same scan
             self._conn.execute("BEGIN")
             try:
                 dataset_id = self._dataset_row(root)[0]
@@ -320,7 +320,7 @@ class StudyIndex:
 
     def roots(self) -> list[tuple[str, str, float]]:
         """(root, format, last scan time) of every indexed data set, most recent first."""
-        with self._lock:
+        with self._db.reading():
             rows = self._conn.execute(
                 "SELECT root, format, scanned_at FROM datasets ORDER BY scanned_at DESC").fetchall()
         return [(fs_text(root), fmt, at) for root, fmt, at in rows]

@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from cxr_core.atomic import check_writable_dir
 from cxr_core.errors import CxrError
 from cxr_core.train.config import TrainConfig
-from cxr_core.train.rundir import ACTIVE, RunDir, RunStatus, pid_alive, process_start_time
+from cxr_core.train.rundir import ACTIVE, RunDir, RunStatus, default_runs_dir, pid_alive, process_start_time
 
 STOP_TIMEOUT_S = 30.0
 
@@ -41,6 +42,7 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
                     image_size=config.image_size, unfreeze_layers=config.unfreeze_layers)
     if config.data and not Path(config.data).expanduser().exists():
         raise CxrError(f"{config.data}: no such data set root")
+    check_writable_dir(runs_dir or default_runs_dir(), "runs folder")
     run = RunDir.create(runs_dir, config.name)
     run.write_config(config)
     return run

@@ -14,6 +14,7 @@ import traceback
 from contextlib import contextmanager
 
 from cxr_core.errors import CxrError
+from cxr_core.text import visible
 from cxr_core.train.distributed import Dist
 from cxr_core.train.rundir import RunDir
 from cxr_core.train.trainer import Trainer
@@ -30,7 +31,7 @@ def run_logging(run: RunDir | None, echo: bool):
         handlers.append(logging.FileHandler(run.log_path, encoding="utf-8"))
     if echo:
         handlers.append(logging.StreamHandler(sys.stderr))
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    formatter = _VisibleFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     for handler in handlers:
         handler.setFormatter(formatter)
         log.addHandler(handler)
@@ -43,6 +44,14 @@ def run_logging(run: RunDir | None, echo: bool):
             log.removeHandler(handler)
             handler.close()
         log.setLevel(previous)
+
+
+class _VisibleFormatter(logging.Formatter):
+    """Log lines name outside things (data roots, label names): controls in them are written as escapes, so
+    ``jobs logs`` and the TUI's log pane never replay them to a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), lines=True)
 
 
 def run_training(run: RunDir, *, resume: bool = False, dist: Dist = Dist(), echo: bool = False,

@@ -9,11 +9,13 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from cxr_core.atomic import check_writable, check_writable_dir
 from cxr_core.data.sources import SourceOptions
 from cxr_core.errors import CxrError
 from cxr_core.eval.thresholds_file import load_thresholds, split_check, threshold_values, thresholds_path_for
 from cxr_core.imaging import read_xray
 from cxr_core.store.index import StudyIndex, image_base
+from cxr_core.text import filename_part
 
 if TYPE_CHECKING:
     from cxr_core.eval.predictions import Predictions
@@ -73,6 +75,8 @@ def eval_cmd(
 
     if n_boot < 0:
         raise CxrError(f"--n-boot must be 0 or more, got {n_boot}")
+    if out is not None:  # an unwritable report folder is said now, not after every image was predicted
+        check_writable_dir(out, "report folder")
     predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache)
     checkpoint = predictor.loaded.path
     with StudyIndex(db) as index, progress_bar(not json_out) as progress:
@@ -197,6 +201,7 @@ def cam_cmd(
     """Grad-CAM of one finding over one image, written as a PNG overlay."""
     from cxr_core.infer.cam import cam_for_image, cam_is_empty, class_index, save_overlay
 
+    check_writable(out if out is not None else Path("cam.png"), "overlay")  # before the model is even loaded
     predictor = make_predictor(model, device, 1, 0, None, False, True)
     pixels = read_xray(image).as_uint8()
     probs = predictor.predict([str(image)], use_cache=False)
@@ -205,7 +210,7 @@ def cam_cmd(
     row = probs.probs[0]
     label = predictor.labels[int(np.argmax(row))] if finding is None else predictor.labels[class_index(predictor.config, finding)]
     heat = cam_for_image(predictor.model, predictor.config, pixels, label)
-    target = out or Path(f"{image.stem}-cam-{label.replace(' ', '_')}.png")
+    target = out or Path(f"{filename_part(image.stem)}-cam-{filename_part(label)}.png")
     save_overlay(target, pixels, heat, alpha=alpha, colormap=colormap)
     empty = cam_is_empty(heat)
     peak = None if empty else np.unravel_index(int(np.argmax(heat)), heat.shape)

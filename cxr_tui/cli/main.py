@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from typing import Annotated
 
 import typer
 
 from cxr_core import __version__
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, database_error_text, os_error_text
 from cxr_tui.cli import data, demo, evaluate, jobs, predict, reviews, thresholds, train, tui
 from cxr_tui.cli.output import error_line
 
@@ -56,11 +57,19 @@ def with_default_command(args: list[str]) -> list[str]:
 
 
 def run() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit code 1."""
+    """Console-script entry point, and the CLI's one error boundary: a user mistake or a fault of the world (a
+    full disk, a read-only folder, a database another process holds or that is damaged) becomes one line on
+    stderr naming the file and the cause, and exit code 1; only a bug is a traceback."""
     try:
         app(args=with_default_command(sys.argv[1:]))
     except CxrError as exc:
         error_line(str(exc))
+        sys.exit(1)
+    except OSError as exc:
+        error_line(os_error_text(exc))
+        sys.exit(1)
+    except sqlite3.Error as exc:
+        error_line(database_error_text(None, exc))
         sys.exit(1)
     except KeyboardInterrupt:
         error_line("interrupted")

@@ -35,6 +35,10 @@ class SafeConsole(Console):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(markup=False, emoji=False, highlight=False, soft_wrap=True, **kwargs)
 
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        # Before rich's Text sees it: Text silently drops BEL, backspace, VT, FF and CR, which visible() shows.
+        return super().render_str(visible(text, lines=True), **kwargs)
+
     def _render_buffer(self, buffer: Iterable[Segment]) -> str:
         # The one place where rich turns text into terminal bytes; control segments (cursor moves of a progress
         # bar) are rich's own and pass as they are.
@@ -48,9 +52,15 @@ stdout = SafeConsole()
 stderr = SafeConsole(stderr=True)
 
 
+def plain(text: object) -> Text:
+    """Outside text as a rich ``Text`` (a table cell, a title): shown as :func:`visible` text, never as markup."""
+    return Text(visible(text))
+
+
 def say(*parts: str | tuple[str, str], console: Console | None = None) -> None:
     """Print one line made of plain parts and ``(text, style)`` parts; no part is ever read as markup."""
-    (console or stdout).print(Text.assemble(*parts))
+    (console or stdout).print(Text.assemble(*(visible(p, lines=True) if isinstance(p, str)
+                                              else (visible(p[0], lines=True), p[1]) for p in parts)))
 
 
 def warn(message: str) -> None:

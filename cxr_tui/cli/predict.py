@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cxr_core.atomic import check_writable
 from cxr_core.data.sources import SourceOptions
 from cxr_core.errors import CxrError
 from cxr_core.imaging import probe_xray
@@ -62,6 +63,8 @@ def predict(
     """Predict every readable image; unreadable files are listed with their reason and the rest go on."""
     if not root.exists():
         raise CxrError(f"{root}: no such file or folder")
+    if out is not None:
+        check_writable(out, "predictions file")  # said now, not after every image was predicted
     predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache)
     try:
         _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from cxr_core.store.reviews import EXPORT_COLUMNS, ReviewStore
-from cxr_tui.cli.output import print_json, stdout
+from cxr_tui.cli.output import plain, print_json, stdout
 
 app = typer.Typer(help="Reviewer decisions: export them as CSV, list the latest.", no_args_is_help=True)
 
@@ -66,7 +65,7 @@ def list_cmd(
         stdout.print("no reviews yet" + (f" for {root}" if root else ""))
         return
     roots = {r.root for r in reviews}
-    table = Table(title=Text("Reviews" + (f" — {next(iter(roots))}" if len(roots) == 1 else "")), title_justify="left")
+    table = Table(title=plain("Reviews" + (f" — {next(iter(roots))}" if len(roots) == 1 else "")), title_justify="left")
     columns = ["study", "finding", "decision", "model", "reviewer", "when", "note"]
     if len(roots) > 1:
         columns.append("root")
@@ -82,7 +81,7 @@ def list_cmd(
         cells = [r.study, r.finding, r.decision, model, r.reviewer, r.when, note]
         if len(roots) > 1:
             cells.append(r.root)
-        table.add_row(*(Text(c) for c in cells))  # user text: never read as markup
+        table.add_row(*(plain(c) for c in cells))  # user text: never read as markup
     stdout.print(table)
     if total > len(reviews):
         stdout.print(f"{total - len(reviews)} more: --limit 0 for all, or `reviews export`")

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cxr_core.atomic import locked
+from cxr_core.atomic import check_writable, locked
 from cxr_core.errors import DataError
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import OperatingPoints, parse_mode, tune
@@ -40,6 +40,8 @@ def tune_cmd(
 ) -> None:
     """Choose each class's threshold by MODE, exactly, and print its metrics there."""
     chosen_mode = parse_mode(mode)  # a bad mode fails before the predictions are read
+    if out is not None:
+        check_writable(out, "thresholds file")
     predictions, tuned_on = tuning_rows(Predictions.read(preds), split)
     points = OperatingPoints.from_predictions(predictions)
     choices = tune(points, chosen_mode)

@@ -29,7 +29,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, error_text
 from cxr_core.text import visible
 from cxr_core.train import jobs
 from cxr_core.train.config import TrainConfig
@@ -374,5 +374,5 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
                 self.select_run(worker.result.run_id)
         elif event.state == WorkerState.ERROR:
             error = worker.error
-            message = str(error) if isinstance(error, CxrError | OSError) else f"{type(error).__name__}: {error}"
+            message = error_text(error)
             self.notify(message, severity="error", timeout=10, markup=False)

@@ -20,6 +20,7 @@ from cxr_core.data.sources.base import FileCatalog, Problem, SourceOptions, Sour
 from cxr_core.data.study import Study, StudyImage
 from cxr_core.errors import DataError
 from cxr_core.labels import LabelSpace, custom_space, space_for_names
+from cxr_core.text import is_clean, visible
 
 LABELS_CSV = "labels.csv"
 _OPTIONAL = ("patient_id", "view", "age", "sex", "split")
@@ -53,6 +54,11 @@ def read_labels_csv(path: Path) -> tuple[str, list[dict[str, str]], list[Problem
                 row = {k.strip().casefold(): (v or "").strip() for k, v in raw.items() if k is not None}
                 if not row.get(key):
                     problems.append(Problem(f"{path}:{line_no}", f"row has no {key}"))
+                    continue
+                unprintable = [n for n in _label_names(row.get("labels", "")) if not is_clean(n)]
+                if unprintable:  # a label name is data the model and every screen will carry: never a control code
+                    problems.append(Problem(f"{path}:{line_no}", f"label {visible(unprintable[0])} holds control "
+                                            "characters; row skipped (its image is kept unlabelled)"))
                     continue
                 row["_line"] = str(line_no)
                 rows.append(row)
