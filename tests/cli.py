@@ -11,10 +11,12 @@ from pathlib import Path
 SCRIPT = Path(sys.executable).parent / "cxr-tui"
 
 
-def cxr(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cxr(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
     command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cxr_tui"]
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "160", **(env or {})}
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd)
 
 
 def cxr_json(*args: str, **kwargs) -> dict:

@@ -53,6 +53,9 @@ HOSTILE_LABELS = {
 
 DICOM_VIEW = "PA\x1b[2J"
 DICOM_DESCRIPTION = "[b]CHEST[/b] \x1b]0;DCM\x07"
+DICOM_PATIENT = "Doe^[Jane [/] \x1b[2J"
+CHECKPOINT_LABELS = ["Nodule [r/o]", "[/]", "Eff\x1b]0;CKPT\x07usion", "=Pneumothorax", "Mass"]
+"""A checkpoint from elsewhere may name its classes anything: they are shown, never acted on."""
 
 # What must never appear raw: C0 controls but tab/newline/CR, DEL, and C1 controls (as characters).
 _RAW = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x80-\x9f]")
@@ -103,4 +106,5 @@ def _hostile_dicom(path: Path, size: int) -> None:
     ds = pydicom.dcmread(path)
     ds.StudyDescription = DICOM_DESCRIPTION
     ds.BodyPartExamined = "CHEST [/]"
+    ds.PatientName = DICOM_PATIENT  # shown only with --show-phi (was: a crash with exit status 0)
     ds.save_as(path, enforce_file_format=True)
