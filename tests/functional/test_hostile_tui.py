@@ -55,7 +55,11 @@ async def test_every_screen_shows_hostile_text_as_text(world):
         seen = set()
         for _ in range(len(app.studies)):  # every study, the DICOM one (with --show-phi) included
             study = app.screen
-            await until(pilot, lambda: study.pixels is not None or "unreadable" in str(study.query_one("#study-info").render()))
+
+            def shown(study: StudyScreen = study) -> bool:
+                return study.pixels is not None or "unreadable" in str(study.query_one("#study-info").render())
+
+            await until(pilot, shown)
             assert_clean(app, f"study {study.study_id!r}")
             seen.add(study.study_id)
             await pilot.press("c")  # the Grad-CAM caption names the class
