@@ -261,7 +261,7 @@ def _stats(labels: list[str], t: np.ndarray, tp: np.ndarray, fp: np.ndarray, tn:
 
 # -- tuning ------------------------------------------------------------------------------------------------
 
-_MODE_HELP = "expected f1, youden, sens=X, spec=X (0 <= X <= 1) or fixed=X"
+_MODE_HELP = "expected f1, youden, sens=X, spec=X or fixed=X (0 <= X <= 1)"
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ def parse_mode(text: str | Mode) -> Mode:
         value = float(arg)
     except ValueError:
         raise CxrError(f"bad threshold mode {raw!r}: {arg!r} is not a number") from None
-    if not math.isfinite(value) or (kind != "fixed" and not 0.0 <= value <= 1.0):
+    if not 0.0 <= value <= 1.0:  # a threshold is a probability too (-3 would flag everything); NaN fails
         raise CxrError(f"bad threshold mode {raw!r}: {_MODE_HELP}")
     return Mode(kind, value)  # type: ignore[arg-type]
 

@@ -28,7 +28,6 @@ were chosen on.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -269,17 +268,19 @@ class ThresholdsFile:
             if not isinstance(entry, dict) or "threshold" not in entry:
                 raise bad(f"label {name!r} has no threshold")
             t = entry["threshold"]
-            if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)):
-                raise bad(f"label {name!r}: threshold {t!r} is not a finite number")
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0):
+                raise bad(f"label {name!r}: threshold {t!r} is not a number from 0 to 1")
             metrics = entry.get("metrics") or {}
-            if not isinstance(metrics, dict):
-                raise bad(f"label {name!r}: metrics is not an object")
+            if not isinstance(metrics, dict) or not all(
+                    v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in metrics.values()):
+                raise bad(f"label {name!r}: metrics is not an object of numbers")
             reason = entry.get("reason")
             labels[str(name)] = LabelThreshold(None if t is None else float(t), str(entry.get("mode") or ""),
                                                dict(metrics), None if reason is None else str(reason))
         history = data.get("history") or []
-        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-            raise bad("'history' is not a list of objects")
+        if not isinstance(history, list) or not all(
+                isinstance(h, dict) and isinstance(h.get("changes", {}), dict) for h in history):
+            raise bad("'history' is not a list of objects with 'changes' objects")
         n = data.get("n") or 0
         if not isinstance(n, int) or isinstance(n, bool):
             raise bad(f"n {n!r} is not a whole number")
@@ -352,8 +353,8 @@ def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | N
     """
     path = Path(path)
     for name, value in thresholds.items():
-        if value is not None and not math.isfinite(float(value)):
-            raise DataError(f"threshold for {name!r} is not a finite number: {value!r}")
+        if value is not None and not 0.0 <= float(value) <= 1.0:  # NaN fails this too
+            raise DataError(f"threshold for {name!r} must be a number from 0 to 1, got {value!r}")
     stats = points.at(thresholds) if points is not None else None
     with locked(path):  # read, change and write under one lock: two reviewers saving at once both keep their row
         return _save_locked(path, thresholds, stats, mode=mode, who=who, predictions=predictions,

@@ -7,6 +7,8 @@ and a key of the run's ``config.toml``, so a run can be re-created from its dire
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -79,20 +81,18 @@ class TrainConfig:
     cv_fold: int | None = None  # set by cross-validation on its fold runs: validate on this fold
 
     def validate(self) -> TrainConfig:
+        """Check every setting against :data:`RULES` (its type and its range): the one schema that options,
+        TOML files and the TUI's form all go through. A wrong value is one ConfigError naming the setting, the
+        value and what is allowed."""
+        hints = _hints()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, hints[f.name])
+            rule = RULES.get(f.name)
+            if rule is not None and value is not None and not rule[0](value):
+                raise ConfigError(f"invalid training config: {f.name} = {_shown(value)}: {rule[1]}")
         checks = [
             (bool(self.data), "data: a data set root is required (--data ROOT)"),
-            (self.loss in LOSSES, f"loss: {self.loss!r} is not one of {', '.join(LOSSES)}"),
-            (self.sampler in SAMPLERS, f"sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}"),
-            (self.scheduler in SCHEDULERS, f"scheduler: {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}"),
-            (self.uncertainty in UNCERTAINTY, f"uncertainty: {self.uncertainty!r} is not one of {', '.join(UNCERTAINTY)}"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr is None or self.lr > 0, "lr must be > 0"),
-            (self.grad_accum >= 1, "grad_accum must be >= 1"),
-            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
-            (self.mixup >= 0, "mixup must be >= 0"),
-            (self.image_size is None or 16 <= self.image_size <= 2048, "image_size must be between 16 and 2048"),
-            (self.cv == 0 or self.cv >= 2, "cv must be 0 (off) or >= 2 folds"),
             (self.cv == 0 or bool(self.epochs_grid), "cv needs --epochs-grid, e.g. 30,50,75"),
         ]
         for ok, message in checks:
@@ -113,18 +113,110 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """From a TOML table: unknown keys and values of the wrong type are one ConfigError naming ``source``;
+        a list setting given as one string (``labels = "Effusion"``) is read as a comma-separated list."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        hints = _hints()
+        values = {}
+        for name, value in data.items():
+            if isinstance(value, str) and hints[name].startswith("list["):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+                if hints[name] == "list[int]":
+                    value = [_whole(name, part, source) for part in value]
+            try:
+                _check_type(name, value, hints[name])
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            values[name] = float(value) if hints[name].startswith("float") and isinstance(value, int) else value
+        return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with the non-None ``changes`` applied (command-line options over a TOML file)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _finite(low: float, *, above: bool = False, high: float | None = None, below: bool = False):
+    def ok(value: float) -> bool:
+        if not math.isfinite(value) or value < low or (above and value == low):
+            return False
+        return high is None or value < high or (not below and value == high)
+    return ok
+
+
+RULES: dict[str, tuple[Any, str]] = {
+    "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
+    "sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+    "uncertainty": (lambda v: v in UNCERTAINTY, f"one of {', '.join(UNCERTAINTY)}"),
+    "epochs": (lambda v: v >= 1, "a whole number >= 1"),
+    "batch_size": (lambda v: v >= 1, "a whole number >= 1"),
+    "lr": (_finite(0.0, above=True), "a finite number > 0"),
+    "weight_decay": (_finite(0.0), "a finite number >= 0"),
+    "focal_alpha": (_finite(0.0, high=1.0), "a number from 0 to 1"),
+    "focal_gamma": (_finite(0.0), "a finite number >= 0"),
+    "mixup": (_finite(0.0), "a finite number >= 0 (0 turns mixup off)"),
+    "warmup_epochs": (_finite(0.0), "a finite number of epochs >= 0"),
+    "restart_epochs": (lambda v: v >= 1, "a whole number >= 1"),
+    "grad_clip": (_finite(0.0), "a finite number >= 0 (0 turns clipping off)"),
+    "grad_accum": (lambda v: v >= 1, "a whole number >= 1"),
+    "early_stopping": (lambda v: v >= 0, "a whole number of epochs >= 0 (0 turns it off)"),
+    "max_steps_per_epoch": (lambda v: v >= 1, "a whole number >= 1"),
+    "val_fraction": (_finite(0.0, high=1.0, below=True), "a number from 0 up to (not including) 1"),
+    "subset": (lambda v: v >= 1, "a whole number of images >= 1"),
+    "workers": (lambda v: v >= 0, "a whole number >= 0 (0: load in the training process)"),
+    "image_size": (lambda v: 16 <= v <= 2048, "a whole number of pixels from 16 to 2048"),
+    "unfreeze_layers": (lambda v: v >= 0, "a whole number >= 0"),
+    "seed": (lambda v: v >= 0, "a whole number >= 0"),
+    "split_seed": (lambda v: v >= 0, "a whole number >= 0"),
+    "cv": (lambda v: v == 0 or v >= 2, "0 (off) or a number of folds >= 2"),
+    "epochs_grid": (lambda v: all(e >= 1 for e in v), "whole numbers of epochs >= 1"),
+    "labels": (lambda v: all(name.strip() for name in v), "finding names, none empty"),
+}
+"""The range of every bounded setting (types come from the dataclass annotations): predicate, what is allowed."""
+
+
+@functools.cache
+def _hints() -> dict[str, str]:
+    return {f.name: str(f.type).replace(" ", "") for f in fields(TrainConfig)}
+
+
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _check_type(name: str, value: Any, hint: str) -> None:
+    """``value`` against an annotation like ``int``, ``float|None`` or ``list[str]`` (bool is never a number)."""
+    options = hint.split("|")
+    if value is None:
+        if "None" in options:
+            return
+        raise ConfigError(f"invalid training config: {name} needs a value")
+    for option in options:
+        if option.startswith("list["):
+            inner = _TYPES[option[5:-1]]
+            if isinstance(value, list) and all(isinstance(v, inner) and not isinstance(v, bool) for v in value):
+                return
+        elif option in _TYPES and isinstance(value, _TYPES[option]) and (option == "bool" or not isinstance(value, bool)):
+            return
+    words = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false",
+             "list[str]": "a list of names", "list[int]": "a list of whole numbers", "None": "empty"}
+    allowed = " or ".join(words.get(o, o) for o in options if o != "None")
+    raise ConfigError(f"invalid training config: {name} = {_shown(value)}: expected {allowed}")
+
+
+def _whole(name: str, text: str, source: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{source}: invalid training config: {name}: {text!r} is not a whole number") from None
+
+
+def _shown(value: Any) -> str:
+    from cxr_core.text import visible
+
+    return visible(repr(value))
 
 
 def load_config(path: Path) -> TrainConfig:

@@ -258,10 +258,10 @@ async def test_form_refuses_bad_input(runs_dir: Path, tmp_path: Path) -> None:
         assert isinstance(form, LaunchForm)
         assert form.query_one("#data", Input).value == str(tmp_path)  # the workspace's root
         error = form.query_one("#launch-error", Static)
-        for field, value, message in (("epochs", "0", "epochs must be >= 1"),
+        for field, value, message in (("epochs", "0", "epochs = 0: a whole number >= 1"),
                                       ("epochs", "", "epochs: a value is required"),
-                                      ("image-size", "8", "image_size must be between 16 and 2048"),
-                                      ("lr", "-1", "lr must be > 0"),
+                                      ("image-size", "8", "image_size = 8: a whole number of pixels from 16 to 2048"),
+                                      ("lr", "-1", "lr = -1.0: a finite number > 0"),
                                       ("gpus", "-2", "GPUs must be 0 (CPU) or more"),
                                       ("data", str(tmp_path / "missing"), "does not exist")):
             form.query_one(f"#{field}", Input).value = value

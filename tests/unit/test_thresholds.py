@@ -245,7 +245,7 @@ def test_parse_mode(text, expected):
 
 
 @pytest.mark.parametrize("text", ["", "f2", "sens", "sens=", "sens=abc", "sens=1.5", "spec=-0.1", "f1=0.3",
-                                  "fixed=nan", "fixed=inf", "sens=0.8=1", "auc"])
+                                  "fixed=nan", "fixed=inf", "fixed=-3", "fixed=1.5", "sens=0.8=1", "auc"])
 def test_bad_modes_are_one_line_errors(text):
     with pytest.raises(CxrError) as err:
         parse_mode(text)
@@ -295,7 +295,10 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("content,reason", [
     ("", "invalid JSON"), ('{"version": 1, "labels": {"a": {"thresh', "invalid JSON"),
     ("[1, 2]", "expected a JSON object"), ('{"labels": {}}', "expected a JSON object"),
-    ('{"version": 1, "labels": {"a": {"threshold": "high"}}}', "not a finite number"),
+    ('{"version": 1, "labels": {"a": {"threshold": "high"}}}', "not a number from 0 to 1"),
+    ('{"version": 1, "labels": {"a": {"threshold": -3}}}', "not a number from 0 to 1"),
+    ('{"version": 1, "labels": {"a": {"threshold": 0.5, "metrics": {"f1": "high"}}}}', "object of numbers"),
+    ('{"version": 1, "labels": {}, "history": [{"changes": 5}]}', "'changes' objects"),
     ('{"version": 1, "labels": {"a": {"mode": "f1"}}}', "has no threshold"),
     ('{"version": 1, "labels": []}', "'labels' is not an object"),
     ('{"version": 7, "labels": {}}', "newer than this cxr reads"),
@@ -343,8 +346,9 @@ def test_review_save_creates_a_file_but_never_overwrites_a_damaged_one(tmp_path)
     with pytest.raises(CxrError, match="damaged.json"):
         save_review(damaged, {"x": 0.5})
     assert damaged.read_text() == "{not json"
-    with pytest.raises(CxrError, match="not a finite number"):
-        save_review(new, {"x": float("nan")})
+    for value in (float("nan"), -3.0, 1.5):
+        with pytest.raises(CxrError, match="must be a number from 0 to 1"):
+            save_review(new, {"x": value})
 
 
 def _saver(path: str, label: str, start: object, rounds: int) -> None:

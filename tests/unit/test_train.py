@@ -126,3 +126,39 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_wh
     kept = load_checkpoint(run.last_checkpoint, train_state=True)  # the epoch-1 checkpoint, whole
     assert kept.epoch == 1
     assert not [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    (["--lr", "inf"], "lr = inf: a finite number > 0"),
+    (["--workers", "-3"], "workers = -3: a whole number >= 0"),
+    (["--mixup", "inf"], "mixup = inf: a finite number >= 0"),
+    (["--grad-clip", "nan"], "grad_clip = nan: a finite number >= 0"),
+    (["--subset", "0"], "subset = 0: a whole number of images >= 1"),
+])
+def test_out_of_range_options_are_one_line_naming_the_setting(tmp_path, options, words):
+    from tests.cli import cxr
+
+    out = cxr("train", "--data", tmp_path, "--model", "tiny_resnet", "--runs-dir", tmp_path / "runs", *options)
+    assert out.returncode == 1 and words in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("toml", "words"), [
+    ('epochs = "5"', "epochs = '5': expected a whole number"),
+    ("image_size = 64.5", "image_size = 64.5: expected a whole number"),
+    ('model = ["resnet18"]', "model = ['resnet18']: expected text"),
+    ("batch_size = true", "batch_size = True: expected a whole number"),
+])
+def test_toml_values_of_the_wrong_type_are_one_line(tmp_path, toml, words):
+    path = tmp_path / "run.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match="run.toml") as caught:
+        load_config(path)
+    assert words in str(caught.value)
+
+
+def test_a_list_setting_given_as_one_string_is_not_split_into_letters(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('labels = "Effusion"\nepochs_grid = "30, 50"\nlr = 1\n')
+    config = load_config(path)
+    assert config.labels == ["Effusion"] and config.epochs_grid == [30, 50] and config.lr == 1.0
