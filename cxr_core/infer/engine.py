@@ -34,6 +34,7 @@ from cxr_core.data.dataset import Normalizer, PredictDataset, PredictPixels
 from cxr_core.errors import CxrError
 from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.loading import LoadedModel, load_model
+from cxr_core.text import visible
 from cxr_core.train.distributed import Dist, init_distributed
 
 TTA_CHOICES = ("hflip", "scale")
@@ -214,7 +215,13 @@ class Predictor:
         if progress:
             progress(result.cached, n)
         mine = todo[self.dist.rank::self.dist.world] if self.dist.enabled else todo
-        computed, errors, cancelled = self._run(paths, mine, cancel, progress, result.cached, n, len(todo))
+
+        def keep(rows: dict[int, np.ndarray]) -> None:  # each batch cached as it completes: a kill loses one batch
+            if cache is not None:
+                cache.put(((hashes[i], row) for i, row in rows.items() if hashes[i]), self.fingerprint, self.variant,
+                          self.labels)
+
+        computed, errors, cancelled = self._run(paths, mine, cancel, progress, result.cached, n, len(todo), keep)
         if self.dist.enabled:
             parts = self.dist.gather((computed, errors, cancelled))
             computed = {i: p for part in parts for i, p in part[0].items()}
@@ -225,15 +232,13 @@ class Predictor:
         result.errors = {paths[i]: reason for i, reason in sorted(errors.items())}
         result.computed = len(computed)
         result.cancelled = cancelled
-        if cache is not None and self.dist.is_main:
-            cache.put(((hashes[i], row) for i, row in computed.items() if hashes[i]), self.fingerprint, self.variant,
-                      self.labels)
         result.warnings = flat_warning(np.stack(list(computed.values())) if computed else probs[:0], self.labels)
         result.seconds = time.perf_counter() - started
         return result
 
     def _run(self, paths: list[str], indices: list[int], cancel: threading.Event | None, progress: Progress | None,
-             done: int, total: int, todo: int) -> tuple[dict[int, np.ndarray], dict[int, str], bool]:
+             done: int, total: int, todo: int, keep: Callable[[dict[int, np.ndarray]], None] | None = None,
+             ) -> tuple[dict[int, np.ndarray], dict[int, str], bool]:
         computed: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
         if not indices:
@@ -251,12 +256,13 @@ class Predictor:
                                      pin_memory=self.device.type == "cuda", persistent_workers=False,
                                      prefetch_factor=4 if workers else None)
             done, cancelled = self._consume(batches, dataset.normalizer, indices, computed, errors, cancel, progress,
-                                            done, total, scale)
+                                            done, total, scale, keep, paths)
         return computed, errors, cancelled
 
     def _consume(self, batches: Iterable[dict[str, Any]], normalizer: Normalizer, indices: list[int],
                  computed: dict[int, np.ndarray], errors: dict[int, str], cancel: threading.Event | None,
-                 progress: Progress | None, done: int, total: int, scale: int) -> tuple[int, bool]:
+                 progress: Progress | None, done: int, total: int, scale: int,
+                 keep: Callable[[dict[int, np.ndarray]], None] | None, paths: list[str]) -> tuple[int, bool]:
         for batch in batches:
             if cancel is not None and cancel.is_set():
                 return done, True
@@ -268,8 +274,14 @@ class Predictor:
             if good:
                 pixels = batch["pixels"].to(self.device, non_blocking=True)  # uint8, pinned on CUDA
                 out = self.predict_batch(normalizer.batch(pixels[good] if len(good) < len(rows) else pixels))
-                for m, row in zip(good, out, strict=True):
-                    computed[rows[m]] = row
+                if not np.isfinite(out).all():  # never a silent "0 images predicted"
+                    first = rows[good[int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])]]
+                    raise CxrError(f"{visible(self.loaded.path)}: the model gives NaN or infinite scores (first on "
+                                   f"{visible(paths[first])}); it cannot predict (its weights or training diverged?)")
+                fresh = {rows[m]: row for m, row in zip(good, out, strict=True)}
+                computed.update(fresh)
+                if keep is not None:
+                    keep(fresh)
             done += len(rows) * scale
             if progress:
                 progress(min(done, total), total)

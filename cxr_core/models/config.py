@@ -12,6 +12,7 @@ Models trained on other scalings state them in those terms; torchxrayvision's ``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from cxr_core.errors import CxrError
 
 FAMILIES = ("timm", "biomedclip", "xrv")
+MAX_INPUT_SIZE = 4096
+MAX_LABELS = 10_000
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,22 @@ class ModelConfig:
         duplicates = sorted({label for label in self.labels if self.labels.count(label) > 1})
         if duplicates:
             return f"duplicate labels: {', '.join(duplicates)}"
-        if self.input_size <= 0:
-            return f"input_size must be positive, got {self.input_size}"
+        # Bounds on every shape the metadata declares: a checkpoint from elsewhere must not make cxr allocate
+        # 100000² images or a million-way head before anything is checked.
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or not 8 <= self.input_size <= MAX_INPUT_SIZE:
+            return f"input_size must be a whole number from 8 to {MAX_INPUT_SIZE}, got {self.input_size!r}"
+        if isinstance(self.in_chans, bool) or not isinstance(self.in_chans, int) or not 1 <= self.in_chans <= 4:
+            return f"in_chans must be 1 to 4, got {self.in_chans!r}"
+        if len(self.labels) > MAX_LABELS:
+            return f"{len(self.labels)} labels (at most {MAX_LABELS})"
+        if self.vit_tokens is not None and not all(1 <= t <= MAX_INPUT_SIZE for t in self.vit_tokens):
+            return f"vit_tokens out of range: {self.vit_tokens}"
+        if not 0 <= self.prefix_tokens <= 64:
+            return f"prefix_tokens must be 0 to 64, got {self.prefix_tokens}"
         if not len(self.mean) == len(self.std) == self.in_chans:
             return f"mean/std need {self.in_chans} values (in_chans), got {len(self.mean)}/{len(self.std)}"
-        if any(s <= 0 for s in self.std):
-            return "std values must be positive"
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or any(s <= 0 for s in self.std):
+            return "mean must be finite and std values finite and positive"
         try:
             json.dumps(self.extra)
         except (TypeError, ValueError) as err:

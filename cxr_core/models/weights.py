@@ -216,6 +216,10 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
             misfit.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
         else:
             unexpected.append(key)
+    broken = [k for k, v in take.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a model with NaN/inf weights predicts NaN for every image: say so instead of predicting nothing
+        raise CxrError(f"{source}: the weights hold NaN or infinite values ({_few(broken)}); "
+                       "this checkpoint cannot predict (its training diverged?)")
     untouched = [k for k in own if k not in take]
     head_init = tuple(k for k in untouched if _in_head(k, heads))
     missing = [k for k in untouched if not _in_head(k, heads) and not k.endswith("num_batches_tracked")]

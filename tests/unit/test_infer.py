@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from cxr_core.checkpoint import save_checkpoint
+from cxr_core.errors import CxrError
 from cxr_core.data.cache import load_letterboxed
 from cxr_core.data.dataset import Normalizer
 from cxr_core.eval.predictions import Predictions
@@ -213,3 +214,68 @@ def test_cli_knows_the_engines_augmentations():
 def test_version_does_not_load_torch():
     code = "import sys, cxr_tui.cli.main; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_models_that_cannot_predict_are_one_line_errors(checkpoint, folder, tmp_path):
+    from tests.cli import cxr
+
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", labels=LABELS, image_size=32)
+    state = model.state_dict()
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    nan_path = tmp_path / "diverged.safetensors"
+    save_checkpoint(nan_path, state, model.cxr_config.to_dict())
+    out = cxr("predict", folder, "--model", nan_path, "--out", tmp_path / "p.csv")
+    assert out.returncode == 1 and "diverged.safetensors" in out.stderr and "NaN or infinite" in out.stderr
+    assert not (tmp_path / "p.csv").exists()
+    huge = {**model.cxr_config.to_dict(), "input_size": 100_000}
+    big_path = tmp_path / "huge.safetensors"
+    save_checkpoint(big_path, model.state_dict(), huge)
+    out = cxr("predict", folder, "--model", big_path)
+    assert out.returncode == 1 and "input_size must be a whole number from 8 to 4096" in out.stderr
+    assert "Traceback" not in out.stderr and "MemoryError" not in out.stderr
+
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False)
+    predictor.predict_batch = lambda images: np.full((images.shape[0], len(LABELS)), np.nan, np.float32)
+    with pytest.raises(CxrError, match="gives NaN or infinite scores"):
+        predictor.predict(_images(folder))
+
+
+def test_a_killed_predict_keeps_the_batches_it_finished(folder, tmp_path):
+    """The cache is written as batches complete: after SIGKILL mid-run, the next run computes only the rest."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    from cxr_core.demo import demo_model_path
+    from tests.cli import SCRIPT
+
+    root = tmp_path / "many"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(160):
+        Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8)).save(root / f"i{i:03d}.png")
+    home = tmp_path / "home"
+    env = {**os.environ, "CXR_HOME": str(home)}
+    proc = subprocess.Popen([str(SCRIPT), "predict", str(root), "--model", str(demo_model_path()), "--batch-size", "8"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def cached() -> int:
+        try:
+            with sqlite3.connect(f"file:{home / 'predictions.sqlite'}?mode=ro", uri=True) as conn:
+                return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 120
+    while cached() < 16 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    kept = cached()
+    assert 16 <= kept < 160  # killed mid-run, and what it had finished is kept
+    again = subprocess.run([str(SCRIPT), "predict", str(root), "--model", str(demo_model_path()), "--json"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    result = json.loads(again.stdout)
+    assert result["images"] == 160 and result["cached"] >= kept and result["computed"] == 160 - result["cached"]
