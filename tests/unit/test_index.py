@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cxr_core.data.sources import SourceOptions
-from cxr_core.errors import DataError
+from cxr_core.errors import CxrError, DataError
 from cxr_core.store.index import ScanCancelled, StudyIndex
 
 
@@ -173,3 +173,71 @@ def test_two_first_time_index_commands_on_one_root_both_succeed(tmp_path):
         assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
         with StudyIndex(tmp_path / f"home{trial}" / "index.sqlite") as index:
             assert len(index.studies(root)) == 40
+
+
+def _folder(root, n=30, size=32):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((size, size), i % 256, np.uint8)).save(root / f"i{i}.png")
+    return root
+
+
+def test_another_process_holding_the_index_past_the_busy_timeout_is_one_line(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from cxr_core.store import db
+
+    path = tmp_path / "index.sqlite"
+    StudyIndex(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(30)"), str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)
+        with StudyIndex(tmp_path / "." / "index.sqlite") as index:
+            index._conn.execute("PRAGMA busy_timeout = 300")
+            with pytest.raises(CxrError, match="index.sqlite: another process kept the database locked"):
+                index.scan(_folder(tmp_path / "root"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow
+def test_a_damaged_index_is_one_line_naming_the_file(tmp_path):
+    from tests.cli import cxr
+
+    home = tmp_path / "home"
+    root = _folder(tmp_path / "root", n=200)
+    assert cxr("data", "index", root, env={"CXR_HOME": str(home)}).returncode == 0
+    index = home / "index.sqlite"
+    data = bytearray(index.read_bytes())
+    data[4096 * 2:4096 * 6] = b"\xa5" * (4096 * 4)  # pages in the middle, not the header
+    index.write_bytes(bytes(data))
+    (root / "new.png").write_bytes((root / "i0.png").read_bytes())
+    out = cxr("data", "index", root, env={"CXR_HOME": str(home)})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "index.sqlite: the database file is damaged" in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_said_as_a_full_disk(tmp_path):
+    import subprocess
+
+    from tests.cli import cxr
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        root = _folder(tmp_path / "root", n=2000, size=8)
+        out = cxr("data", "index", root, env={"CXR_HOME": str(mount / "home")})
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "the disk is full" in out.stderr and "cannot rollback" not in out.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
