@@ -60,6 +60,11 @@ class _EpochSampler(Sampler[int]):
         return {"kind": type(self).__name__, "seed": self.seed, "epoch": self.epoch, "n": self.n,
                 "num_samples": self.num_samples}
 
+    def same_data(self, state: dict[str, Any]) -> bool:
+        """Whether ``state`` came from a sampler of this kind over data of this size (its order then continues)."""
+        mine = self.state_dict()
+        return all(state.get(key) == mine[key] for key in ("kind", "n", "num_samples"))
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore seed and epoch; refuse a state from another sampler kind or data set size."""
         mine = self.state_dict()

@@ -225,11 +225,19 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
+        saved = state["sampler"]
+        step = int(state["step_in_epoch"])
+        if not self.sampler.same_data(saved):
+            # The data set changed since the checkpoint (images deleted or added): the interrupted epoch's order
+            # no longer exists. Keep the weights, optimizer and epoch; start that epoch again on the data as it is.
+            log.warning("the training data changed since the checkpoint (%s -> %d images): epoch %d starts again "
+                        "on the data as it is now", saved.get("n"), self.sampler.n, int(state["epoch"]) + 1)
+            saved = {**saved, **{k: v for k, v in self.sampler.state_dict().items() if k in ("n", "num_samples")}}
+            step = 0
+        self.sampler.load_state_dict(saved)
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best, self.best_epoch, self.bad_epochs = state["best"], int(state["best_epoch"]), int(state["bad_epochs"])
-        step = int(state["step_in_epoch"])
         if self.run is not None:
             self.run.truncate_metrics(self.epoch)
         log.info("resumed from %s: epoch %d, step %d", path, self.epoch + 1, step)

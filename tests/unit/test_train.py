@@ -162,3 +162,27 @@ def test_a_list_setting_given_as_one_string_is_not_split_into_letters(tmp_path):
     path.write_text('labels = "Effusion"\nepochs_grid = "30, 50"\nlr = 1\n')
     config = load_config(path)
     assert config.labels == ["Effusion"] and config.epochs_grid == [30, 50] and config.lr == 1.0
+
+
+def test_resume_after_the_data_changed_starts_the_epoch_again(tmp_path, phantom_set):
+    """150 of 400 images deleted under a stopped run used to fail every resume (sampler state n mismatch)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(phantom_set, root)
+    config = _config(root, epochs=2)
+
+    class StopAt:
+        def on_train_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 1 and step == 2:
+                trainer.stop_event.set()
+
+    run = _run(tmp_path, config)
+    assert Trainer(config, run, callbacks=[StopAt()]).fit() == "stopped"
+    images = sorted((root / "images").glob("*.png"))
+    for path in images[: len(images) // 3]:
+        path.unlink()
+    assert run_training(run, resume=True) == "finished"
+    assert run.read_status().state == "finished"
+    assert [r["epoch"] for r in run.read_metrics() if r.get("type") == "epoch"] == [1, 2]
+    assert "the training data changed since the checkpoint" in run.log_path.read_text()
