@@ -9,6 +9,7 @@ The study ids of each part are saved in the run (``split.json``), so a run's spl
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,18 @@ import numpy as np
 from cxr_core.atomic import atomic_write_text
 from cxr_core.data.dataset import Item, items_from_studies
 from cxr_core.data.sources import SourceOptions
-from cxr_core.data.splits import TRAIN_SPLITS, VAL_SPLITS, kfold_by_patient, patient_split, stratified_subset
+from cxr_core.data.splits import (
+    TEST_SPLITS,
+    TRAIN_SPLITS,
+    VAL_SPLITS,
+    kfold_by_patient,
+    patient_split,
+    stratified_subset,
+)
 from cxr_core.data.study import Study
 from cxr_core.labels import LabelSpace, UncertaintyPolicy
 from cxr_core.store.index import StudyIndex, image_base
+from cxr_core.text import visible
 from cxr_core.train.config import ConfigError, TrainConfig
 
 
@@ -99,6 +108,11 @@ def prepare_data(config: TrainConfig, index: StudyIndex | None = None) -> TrainD
     fold = (config.cv_fold, config.cv) if config.cv_fold is not None else None
     train_studies, val_studies, note = split_studies(studies, config.val_fraction, config.split_seed,
                                                      scan.report.split_source or "", fold)
+    known = {*TRAIN_SPLITS, *VAL_SPLITS, *TEST_SPLITS}
+    unused = Counter(visible(s.split or "(none)") for s in studies if (s.split or "").casefold() not in known)
+    if unused and fold is None:  # never silently: a hospital's "validation2" or "holdout" is not trained on
+        note += (f"; {sum(unused.values())} studies not used, their split is not train, val or test: "
+                 + ", ".join(f"{name} ({n})" for name, n in unused.most_common(5)))
     policy = UncertaintyPolicy(config.uncertainty)
     train = items_from_studies(train_studies, space, policy, labels=labels)
     val = items_from_studies(val_studies, space, policy, labels=labels)

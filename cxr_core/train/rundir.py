@@ -14,6 +14,7 @@ The TUI and ``cxr-tui jobs`` never talk to a trainer: they read these files. A r
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -102,7 +103,7 @@ class RunDir:
         base = Path(runs_dir) if runs_dir else default_runs_dir()
         if (base / str(ref)).is_dir():
             return cls(base / str(ref))
-        matches = sorted(p for p in base.glob(f"{ref}*") if p.is_dir()) if base.is_dir() else []
+        matches = sorted(p for p in base.glob(f"{glob.escape(str(ref))}*") if p.is_dir()) if base.is_dir() else []
         if len(matches) == 1:
             return cls(matches[0])
         if len(matches) > 1:

@@ -135,3 +135,9 @@ def test_a_run_killed_before_its_first_checkpoint(tmp_path, phantom_set):
     _wait(lambda: run.read_status().state == "finished", 300, "the restarted run to finish", run)
     assert _epochs(run) == [1] and run.best_checkpoint.is_file()
     assert not [r for r in run.read_metrics() if r.get("type") == "step" and r.get("loss") == 0.7]
+
+
+def test_run_ids_are_names_not_patterns(tmp_path):
+    for ref in ("**", "[x", "*"):
+        out = cxr("jobs", "stop", ref, "--runs-dir", tmp_path)
+        assert out.returncode == 1 and "no such run" in out.stderr and "Traceback" not in out.stderr

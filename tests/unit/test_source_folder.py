@@ -108,3 +108,17 @@ def test_symlinked_directories_are_followed_once(tmp_path, index):
     os.symlink(root, root / "linked" / "back")  # a directory loop through the link
     result = index.scan(root)
     assert result.report.images == 1
+
+
+def test_an_absolute_path_inside_the_root_is_the_same_image(tmp_path, index):
+    """Was: counted missing, and the same file indexed again as an unlabelled study."""
+    root = tmp_path / "root"
+    (root / "imgs").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(gradient()).save(root / "imgs" / name)
+    (root / "labels.csv").write_text(f"image,labels\n{root / 'imgs' / 'a.png'},Effusion\nimgs/b.png,No Finding\n")
+    report = index.scan(root, "folder").report
+    assert (report.studies, report.images, report.images_missing) == (2, 2, 0)
+    assert [p["reason"] for p in report.problems if p["severity"] != "warning"] == []
+    studies = {s.id: s for s in index.studies(root)}
+    assert studies["a"].images[0].path == "imgs/a.png" and studies["a"].labels != studies["b"].labels

@@ -186,3 +186,24 @@ def test_resume_after_the_data_changed_starts_the_epoch_again(tmp_path, phantom_
     assert run.read_status().state == "finished"
     assert [r["epoch"] for r in run.read_metrics() if r.get("type") == "epoch"] == [1, 2]
     assert "the training data changed since the checkpoint" in run.log_path.read_text()
+
+
+def test_studies_in_splits_training_does_not_know_are_named(tmp_path, phantom_set):
+    import csv
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(phantom_set, root)
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["split"] = ("train", "val", "holdout2")[i % 3] if i % 3 != 2 or i < 30 else "holdout2"
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    from cxr_core.train.data import prepare_data
+
+    data = prepare_data(_config(root))
+    n = sum(r["split"] == "holdout2" for r in rows)
+    assert f"{n} studies not used, their split is not train, val or test: holdout2 ({n})" in data.split_note

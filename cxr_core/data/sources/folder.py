@@ -94,6 +94,8 @@ def resolve_csv_image(root: Path, csv_dir: Path, value: str, catalog: FileCatalo
         if target.is_file():
             return os.path.relpath(target, root), ""
     rel = str(pure)
+    if pure.is_absolute():  # an absolute path inside the root names the same file as its relative path
+        rel = PurePosixPath(os.path.relpath(target, root)).as_posix()
     found: str | None = None
     if rel in catalog:
         found = rel
