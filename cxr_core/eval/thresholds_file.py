@@ -271,9 +271,8 @@ class ThresholdsFile:
             if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0):
                 raise bad(f"label {name!r}: threshold {t!r} is not a number from 0 to 1")
             metrics = entry.get("metrics") or {}
-            if not isinstance(metrics, dict) or not all(
-                    v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in metrics.values()):
-                raise bad(f"label {name!r}: metrics is not an object of numbers")
+            if not isinstance(metrics, dict):
+                raise bad(f"label {name!r}: metrics is not an object")
             reason = entry.get("reason")
             labels[str(name)] = LabelThreshold(None if t is None else float(t), str(entry.get("mode") or ""),
                                                dict(metrics), None if reason is None else str(reason))

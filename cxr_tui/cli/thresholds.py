@@ -117,8 +117,11 @@ def _table(data: ThresholdsFile, title: str) -> Table:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    return "—" if value is None else f"{float(value):.{digits}f}"
+    """A metric as the table shows it; a value that is not a number (a file edited by hand) shows as ``?``."""
+    if value is None:
+        return "—"
+    return f"{float(value):.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
 
 
 def _int(value: Any) -> str:
-    return "—" if value is None else str(int(value))
+    return _fmt(value, 0)

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from cxr_core.checkpoint import save_checkpoint
-from cxr_core.errors import CxrError
 from cxr_core.data.cache import load_letterboxed
 from cxr_core.data.dataset import Normalizer
+from cxr_core.errors import CxrError
 from cxr_core.eval.predictions import Predictions
 from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.engine import Predictor, flat_warning

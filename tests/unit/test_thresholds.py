@@ -297,7 +297,7 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     ("[1, 2]", "expected a JSON object"), ('{"labels": {}}', "expected a JSON object"),
     ('{"version": 1, "labels": {"a": {"threshold": "high"}}}', "not a number from 0 to 1"),
     ('{"version": 1, "labels": {"a": {"threshold": -3}}}', "not a number from 0 to 1"),
-    ('{"version": 1, "labels": {"a": {"threshold": 0.5, "metrics": {"f1": "high"}}}}', "object of numbers"),
+    ('{"version": 1, "labels": {"a": {"threshold": 0.5, "metrics": [1]}}}', "metrics is not an object"),
     ('{"version": 1, "labels": {}, "history": [{"changes": 5}]}', "'changes' objects"),
     ('{"version": 1, "labels": {"a": {"mode": "f1"}}}', "has no threshold"),
     ('{"version": 1, "labels": []}', "'labels' is not an object"),
@@ -516,3 +516,12 @@ def test_cli_tune_records_the_split_and_refuses_test_unless_asked(tmp_path):
     assert "tuned on: test" in result.stdout and "tuned on the test split" in result.stderr
     tuned_on = load_thresholds(out).tuned_on
     assert tuned_on.split == "test" and tuned_on.test_asked and tuned_on.studies == 40
+
+
+def test_show_a_hand_edited_file_with_odd_metric_values(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"version": 1, "labels": {"a": {"threshold": 0.5, "metrics": {"f1": "high", "flagged": true,'
+                    ' "support": 3}}}, "history": [{"changes": {}}]}')
+    result = CliRunner().invoke(app, ["show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "?" in result.stdout and "0.5000" in result.stdout
