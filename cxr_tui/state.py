@@ -13,7 +13,7 @@ from pathlib import Path
 from cxr_core.atomic import atomic_write_text
 from cxr_core.eval.predictions import Predictions
 from cxr_core.paths import data_dir
-from cxr_core.store.reviews import current_user
+from cxr_core.users import current_user
 
 SESSION_FILE = "tui-session.json"
 

@@ -44,7 +44,7 @@ from cxr_core.eval.evaluate import DEFAULT_THRESHOLD
 from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds import Choice, OperatingPoints, ThresholdStats, json_number
 from cxr_core.paths import data_dir
-from cxr_core.store.reviews import current_user  # one definition of who is acting
+from cxr_core.users import current_user  # one definition of who is acting
 
 FORMAT_VERSION = 1
 

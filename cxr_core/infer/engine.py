@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cxr_core.data.dataset import Normalizer, PredictDataset, PredictPixels
+from cxr_core.distributed import Dist, init_distributed
 from cxr_core.errors import CxrError
 from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.loading import LoadedModel, load_model
 from cxr_core.text import visible
-from cxr_core.train.distributed import Dist, init_distributed
 
 TTA_CHOICES = ("hflip", "scale")
 RESCALE = 0.9  # the light rescale: the image shrunk to 90 % and re-centred on the letterbox background

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import getpass
 import os
 import random
 import sqlite3
@@ -48,6 +47,7 @@ from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir
 from cxr_core.store.db import Database, open_database
 from cxr_core.text import db_value, fs_text, spreadsheet_safe, visible
+from cxr_core.users import current_user
 
 ACCEPT, REJECT, UNCERTAIN, CLEAR = "accept", "reject", "uncertain", "clear"
 DECISIONS = (ACCEPT, REJECT, UNCERTAIN, CLEAR)
@@ -150,14 +150,6 @@ def root_key(root: str | os.PathLike[str]) -> str:
 def default_reviews_path() -> Path:
     """``<data dir>/reviews.sqlite``."""
     return data_dir() / "reviews.sqlite"
-
-
-def current_user() -> str:
-    """The login name recorded as reviewer (``unknown`` where the system cannot say)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
-        return "unknown"
 
 
 def check_decision(decision: str) -> str:

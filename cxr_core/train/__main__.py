@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cxr_core.distributed import init_distributed, shutdown_distributed
 from cxr_core.errors import CxrError
-from cxr_core.train.distributed import init_distributed, shutdown_distributed
 from cxr_core.train.rundir import RunDir
 from cxr_core.train.runner import run_training
 

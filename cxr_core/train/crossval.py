@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cxr_core.atomic import atomic_write_text
-from cxr_core.train.distributed import Dist
+from cxr_core.distributed import Dist
 from cxr_core.train.rundir import RunDir
 from cxr_core.train.runner import run_training
 

@@ -13,9 +13,9 @@ import sys
 import traceback
 from contextlib import contextmanager
 
+from cxr_core.distributed import Dist
 from cxr_core.errors import CxrError
 from cxr_core.text import visible
-from cxr_core.train.distributed import Dist
 from cxr_core.train.rundir import RunDir
 from cxr_core.train.trainer import Trainer
 

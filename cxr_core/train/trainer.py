@@ -28,12 +28,12 @@ from cxr_core.checkpoint import load_checkpoint, save_checkpoint
 from cxr_core.data.augment import train_transform
 from cxr_core.data.cache import ImageCache
 from cxr_core.data.dataset import XRayDataset
+from cxr_core.distributed import Dist
 from cxr_core.errors import CxrError
 from cxr_core.eval.metrics import ranking_metrics
 from cxr_core.models import create_model
 from cxr_core.train.config import TrainConfig
 from cxr_core.train.data import TrainData, prepare_data
-from cxr_core.train.distributed import Dist
 from cxr_core.train.losses import make_loss, pos_weight
 from cxr_core.train.optim import build_optimizer, build_scheduler
 from cxr_core.train.rundir import RunDir

@@ -70,7 +70,7 @@ def predict(
         _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)
         predictor.dist.barrier()  # torchrun: every rank is done (rank 0 has written) before the group goes
     finally:
-        from cxr_core.train.distributed import shutdown_distributed
+        from cxr_core.distributed import shutdown_distributed
 
         # Torn down explicitly, as PyTorch asks, not left to interpreter exit (where one loaded CI run saw a
         # gloo rank abort with SIGABRT after its results were gathered).

@@ -68,8 +68,8 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
 ) -> None:
     """Train a multi-label classifier; the run directory holds config, status, metrics, log and checkpoints."""
+    from cxr_core.distributed import init_distributed, shutdown_distributed
     from cxr_core.train import jobs
-    from cxr_core.train.distributed import init_distributed, shutdown_distributed
     from cxr_core.train.runner import run_training
 
     if list_models_:
