@@ -49,7 +49,7 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
     if not path.exists():
         if os.sep in str(ref) or path.suffix:
             raise CxrError(f"{ref}: no such checkpoint file or run directory")
-        from cxr_core.train.rundir import RunDir  # a run id typed on its own
+        from cxr_core.runs import RunDir  # a run id typed on its own
 
         try:
             run = RunDir.open(str(ref))
@@ -60,7 +60,7 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
 
 
 def _no_checkpoint_yet(run_path: Path) -> str:
-    from cxr_core.train.rundir import RunDir
+    from cxr_core.runs import RunDir
 
     state = RunDir(run_path).read_status().state
     if state in ("queued", "running"):

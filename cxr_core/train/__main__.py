@@ -7,7 +7,8 @@ import sys
 
 from cxr_core.distributed import init_distributed, shutdown_distributed
 from cxr_core.errors import CxrError
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
+from cxr_core.train.config import read_run_config
 from cxr_core.train.runner import run_training
 
 
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     # Echo only to a person's terminal.
     echo = sys.stderr.isatty()
     try:
-        if run.read_config().cv and not args.resume:
+        if read_run_config(run).cv and not args.resume:
             from cxr_core.train.crossval import run_crossval
 
             run_crossval(run, dist=dist, echo=echo)

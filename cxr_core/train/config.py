@@ -16,7 +16,9 @@ from typing import Any
 
 import tomli_w
 
+from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError
+from cxr_core.runs.rundir import RunDir, RunError
 
 LOSSES = ("bce", "bce-posweight", "focal", "asl")
 SAMPLERS = ("none", "oversample")
@@ -232,3 +234,15 @@ def load_config(path: Path) -> TrainConfig:
 
 def dump_config(config: TrainConfig) -> str:
     return tomli_w.dumps(config.to_dict())
+
+
+def write_run_config(run: RunDir, config: TrainConfig) -> None:
+    """Save the resolved config as the run's config.toml (atomically)."""
+    atomic_write_text(run.config_path, dump_config(config))
+
+
+def read_run_config(run: RunDir) -> TrainConfig:
+    """The run's config.toml as a TrainConfig; a directory without one is not a run."""
+    if not run.config_path.is_file():
+        raise RunError(f"{run.path}: not a run directory (no config.toml)")
+    return load_config(run.config_path)

@@ -17,7 +17,8 @@ import numpy as np
 
 from cxr_core.atomic import atomic_write_text
 from cxr_core.distributed import Dist
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
+from cxr_core.train.config import read_run_config, write_run_config
 from cxr_core.train.runner import run_training
 
 log = logging.getLogger("cxr.train")
@@ -46,7 +47,7 @@ def epoch_table(scores: list[dict[int, float | None]], grid: list[int]) -> list[
 
 
 def run_crossval(run: RunDir, *, dist: Dist = Dist(), echo: bool = False) -> dict[str, Any]:
-    config = run.read_config()
+    config = read_run_config(run)
     grid = sorted(set(config.epochs_grid))
     scores = []
     for k in range(config.cv):
@@ -54,7 +55,7 @@ def run_crossval(run: RunDir, *, dist: Dist = Dist(), echo: bool = False) -> dic
         if dist.is_main:
             fold_run.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             fold_run.checkpoints.mkdir(exist_ok=True, mode=0o700)
-            fold_run.write_config(replace(config, epochs=grid[-1], cv_fold=k, early_stopping=0))
+            write_run_config(fold_run, replace(config, epochs=grid[-1], cv_fold=k, early_stopping=0))
         dist.barrier()
         collector = _Scores()
         run_training(fold_run, dist=dist, echo=echo, callbacks=[collector])
@@ -68,7 +69,7 @@ def run_crossval(run: RunDir, *, dist: Dist = Dist(), echo: bool = False) -> dic
         for row in table:
             log.info("cv %d epochs: macro AUC %s ± %s over %d folds", row["epochs"], row["auc_mean"], row["auc_std"],
                      row["folds"])
-        run.write_config(replace(config, epochs=best, cv=0, cv_fold=None))
+        write_run_config(run, replace(config, epochs=best, cv=0, cv_fold=None))
     dist.barrier()
     state = run_training(run, dist=dist, echo=echo)
     return {"state": state, "cv_table": table, "best_epochs": best}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cxr_core.atomic import check_writable_dir
 from cxr_core.errors import CxrError
-from cxr_core.train.config import TrainConfig
-from cxr_core.train.rundir import ACTIVE, RunDir, RunStatus, default_runs_dir, pid_alive, process_start_time
+from cxr_core.runs import ACTIVE, RunDir, RunStatus, default_runs_dir, pid_alive, process_start_time
+from cxr_core.train.config import TrainConfig, read_run_config, write_run_config
 
 STOP_TIMEOUT_S = 30.0
 
@@ -44,7 +44,7 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
         raise CxrError(f"{config.data}: no such data set root")
     check_writable_dir(runs_dir or default_runs_dir(), "runs folder")
     run = RunDir.create(runs_dir, config.name)
-    run.write_config(config)
+    write_run_config(run, config)
     return run
 
 
@@ -104,7 +104,7 @@ def resume(run: RunDir, gpus: str | None = None) -> int:
         raise JobError(f"run {run.id} is {status.state}; stop it before resuming")
     if status.state == "finished":
         raise JobError(f"run {run.id} already finished")
-    run.read_config()  # a directory without a config is not a run to start
+    read_run_config(run)  # a directory without a config is not a run to start
     resumable = run.last_checkpoint.is_file()
     if not resumable:  # the aborted first epoch's step lines describe training no checkpoint kept
         run.metrics_path.unlink(missing_ok=True)

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 
 from cxr_core.distributed import Dist
 from cxr_core.errors import CxrError
+from cxr_core.runs import RunDir
 from cxr_core.text import visible
-from cxr_core.train.rundir import RunDir
+from cxr_core.train.config import read_run_config
 from cxr_core.train.trainer import Trainer
 
 log = logging.getLogger("cxr.train")
@@ -60,7 +61,7 @@ def run_training(run: RunDir, *, resume: bool = False, dist: Dist = Dist(), echo
 
     A CxrError (or any other failure) marks the run ``failed`` with a one-line reason and is re-raised.
     """
-    config = run.read_config()
+    config = read_run_config(run)
     own = run if dist.is_main else None
     with run_logging(own, echo):
         trainer = Trainer(config, own, dist=dist, callbacks=callbacks)

@@ -32,11 +32,11 @@ from cxr_core.distributed import Dist
 from cxr_core.errors import CxrError
 from cxr_core.eval.metrics import ranking_metrics
 from cxr_core.models import create_model
+from cxr_core.runs import RunDir
 from cxr_core.train.config import TrainConfig
 from cxr_core.train.data import TrainData, prepare_data
 from cxr_core.train.losses import make_loss, pos_weight
 from cxr_core.train.optim import build_optimizer, build_scheduler
-from cxr_core.train.rundir import RunDir
 from cxr_core.train.sampling import RareLabelSampler, ShuffleSampler
 
 log = logging.getLogger("cxr.train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import sys
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cxr_core.runs import ACTIVE, RunDir, list_runs, summarize
+from cxr_core.text import visible
 from cxr_core.train import jobs
-from cxr_core.train.rundir import ACTIVE, RunDir, list_runs
 from cxr_tui.cli.output import print_json, stdout
 
 app = typer.Typer(help="Training jobs: list, logs, stop, resume.", no_args_is_help=True)
@@ -21,32 +23,19 @@ RunsDirOpt = Annotated[Path | None, typer.Option("--runs-dir", help="Where runs 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def run_summary(run: RunDir) -> dict:
-    status = run.read_status()
-    try:
-        config = run.read_config()
-        model, data = config.model, config.data
-    except Exception:  # a damaged config still lists, with what the status says
-        model = data = None
-    return {"run": run.id, "state": status.state, "epoch": status["epoch"], "epochs": status["epochs"],
-            "best_metric": status["best_metric"], "best_epoch": status["best_epoch"], "model": model, "data": data,
-            "pid": status["pid"], "error": status["error"], "path": str(run.path)}
-
-
 @app.command("list")
 def list_cmd(runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
     """Every run, newest first; a run whose process died shows as interrupted."""
-    rows = [run_summary(r) for r in list_runs(runs_dir)]
+    rows = [summarize(r) for r in list_runs(runs_dir)]
     if json_out:
-        print_json(rows)
+        print_json([row.to_dict() for row in rows])
         return
     table = Table(title="Training runs", title_justify="left")
     for column in ("run", "state", "epoch", "best AUC", "model"):
         table.add_column(column)
     for row in rows:
-        best = f"{row['best_metric']:.4f}" if isinstance(row["best_metric"], float) else "—"
-        epoch = f"{row['epoch'] or 0}/{row['epochs'] or '?'}"
-        table.add_row(row["run"], row["state"], epoch, best, row["model"] or "?")
+        best = f"{row.best_metric:.4f}" if row.best_metric is not None else "—"
+        table.add_row(row.run, row.state, f"{row.epoch}/{row.epochs or '?'}", best, row.model or "?")
     stdout.print(table)
 
 
@@ -56,6 +45,7 @@ def logs_cmd(run: RunArg, follow: Annotated[bool, typer.Option("--follow", "-f",
     """Print the run's log (``-f``: follow it while the run is active)."""
     rundir = RunDir.open(run, runs_dir)
     position = 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         try:
             with open(rundir.log_path, "rb") as fh:
@@ -64,8 +54,8 @@ def logs_cmd(run: RunArg, follow: Annotated[bool, typer.Option("--follow", "-f",
                 position = fh.tell()
         except FileNotFoundError:
             chunk = b""
-        if chunk:
-            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+        if chunk:  # the job's stderr lands here too (library warnings quoting outside text): shown, never replayed
+            sys.stdout.write(visible(decoder.decode(chunk), lines=True))
             sys.stdout.flush()
         if not follow or (not chunk and rundir.read_status().state not in ACTIVE):
             return

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cxr_core.train.config import LOSSES, SAMPLERS, SCHEDULERS, TrainConfig, load_config
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
+from cxr_core.train.config import LOSSES, SAMPLERS, SCHEDULERS, TrainConfig, load_config, read_run_config
 from cxr_tui.cli.output import print_json, stdout
 
 
@@ -87,7 +87,7 @@ def train(
             pid = jobs.resume(run, gpus)
             _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
             return
-        config = run.read_config()
+        config = read_run_config(run)
     else:
         base = load_config(config_file) if config_file else TrainConfig()
         config = base.replace(

@@ -1,6 +1,6 @@
 """TrainingScreen: the runs on disk, the curves and log of one of them, and the job actions (new, stop, resume).
 
-Everything shown is read from run directories (:mod:`cxr_core.train.rundir`) on a timer: the screen never
+Everything shown is read from run directories (:mod:`cxr_core.runs`) on a timer: the screen never
 talks to a trainer, so a run started before an SSH drop shows up again, live, when the TUI is reopened.
 The selected run is followed like a log viewer follows a file: ``metrics.jsonl`` is re-read only when its
 size or mtime changed, and ``log.txt`` is read from where the last read stopped.
@@ -30,18 +30,16 @@ from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
 from cxr_core.errors import CxrError, error_text
+from cxr_core.runs import ACTIVE, LogTail, RunDir, RunSummary, default_runs_dir, list_runs, summarize
+from cxr_core.runs.logtail import LOG_LINES
 from cxr_core.text import visible
 from cxr_core.train import jobs
-from cxr_core.train.config import TrainConfig
-from cxr_core.train.rundir import ACTIVE, RunDir, default_runs_dir, list_runs
+from cxr_core.train.config import TrainConfig, read_run_config
 from cxr_tui.messages import ModelChosen
 from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
 from cxr_tui.screens.launch import LaunchForm
 from cxr_tui.state import Workspace
 from cxr_tui.training_model import (
-    LOG_LINES,
-    LogTail,
-    RunRow,
     auc_labels,
     auc_series,
     epoch_rows,
@@ -49,7 +47,7 @@ from cxr_tui.training_model import (
     eval_report,
     file_stamp,
     loss_series,
-    run_row,
+    run_cells,
 )
 from cxr_tui.widgets.charts import CurveChart
 
@@ -117,10 +115,9 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
         self._runs_dir = runs_dir
         self.models = list(models) if models else None
         self.refresh_interval = refresh_interval
-        self.rows: dict[str, RunRow] = {}
+        self.rows: dict[str, RunSummary] = {}
         self.metrics: list[dict[str, Any]] = []
         self._row_order: list[str] = []
-        self._configs: dict[str, TrainConfig | None] = {}
         self._metrics_stamp: tuple[int, int, int] | None = None
         self._log_tail: LogTail | None = None
 
@@ -159,32 +156,24 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
         except OSError as exc:
             self.query_one("#run-detail", Static).update(visible(f"{runs_dir}: cannot read ({exc.strerror or exc})"))
             return
-        rows = [run_row(run, self._config(run)) for run in runs]
+        rows = [summarize(run) for run in runs]
         table = self.query_one("#runs", DataTable)
-        order = [row.id for row in rows]
+        order = [row.run for row in rows]
         if order != self._row_order:
             table.clear()
             for row in rows:
-                table.add_row(*row.cells, key=row.id)
+                table.add_row(*run_cells(row), key=row.run)
             self._row_order = order
-            self.rows = {row.id: row for row in rows}
+            self.rows = {row.run: row for row in rows}
             self.select_run(self.run_id if self.run_id in self.rows else (order[0] if order else None))
         else:
             for row in rows:
-                if row != self.rows.get(row.id):
-                    for column, cell in zip(COLUMNS, row.cells, strict=True):
-                        table.update_cell(row.id, column, cell)
-            self.rows = {row.id: row for row in rows}
+                if row != self.rows.get(row.run):
+                    for column, cell in zip(COLUMNS, run_cells(row), strict=True):
+                        table.update_cell(row.run, column, cell)
+            self.rows = {row.run: row for row in rows}
         self._show_detail()
         self.follow_run()
-
-    def _config(self, run: RunDir) -> TrainConfig | None:
-        if run.id not in self._configs:
-            try:
-                self._configs[run.id] = run.read_config()
-            except CxrError:  # a damaged config still lists, with what its status says
-                self._configs[run.id] = None
-        return self._configs[run.id]
 
     def select_run(self, run_id: str | None) -> None:
         self.run_id = run_id
@@ -243,9 +232,9 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
         if row is None:
             detail.update(visible(f"No runs in {self.runs_dir} yet: press n to start one.") if not self.rows else "")
             return
-        parts = [row.id, row.state]
-        if row.best is not None:
-            parts.append(f"best AUC {row.best:.4f}" + (f" at epoch {row.best_epoch}" if row.best_epoch else ""))
+        parts = [row.run, row.state]
+        if row.best_metric is not None:
+            parts.append(f"best AUC {row.best_metric:.4f}" + (f" at epoch {row.best_epoch}" if row.best_epoch else ""))
         if row.state in ACTIVE and row.phase:
             parts.append(row.phase)
         if row.error and row.state in ("failed", "interrupted"):
@@ -304,7 +293,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             self.notify(f"Run {run.id} has no checkpoint to evaluate yet.", severity="error", markup=False)
             return
         try:
-            args = eval_args(run, run.read_config())
+            args = eval_args(run, read_run_config(run))
         except CxrError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return

@@ -12,14 +12,14 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable, Input, Log, Static
 
-from cxr_core.train.config import TrainConfig
-from cxr_core.train.rundir import RunDir, process_start_time
+from cxr_core.runs import LogTail, RunDir, process_start_time
+from cxr_core.train.config import TrainConfig, read_run_config, write_run_config
 from cxr_tui.messages import ModelChosen
 from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
 from cxr_tui.screens.launch import LaunchForm
 from cxr_tui.screens.training import TrainingScreen
 from cxr_tui.state import Workspace
-from cxr_tui.training_model import MACRO, LogTail, epoch_rows
+from cxr_tui.training_model import MACRO, epoch_rows
 from cxr_tui.widgets.charts import CurveChart
 from tests.pilot import until
 
@@ -59,7 +59,7 @@ def make_run(runs_dir: Path, run_id: str, state: str | None, *, epoch: int = 0, 
     """A run directory as a trainer leaves it, written with the core's own RunDir API."""
     run = RunDir(runs_dir / run_id)
     run.checkpoints.mkdir(parents=True)
-    run.write_config(TrainConfig(data="/data/nih", model="resnet18", epochs=3).resolve())
+    write_run_config(run, TrainConfig(data="/data/nih", model="resnet18", epochs=3).resolve())
     if state is not None:  # no status.json: launched, not started yet (queued)
         run.update_status(state=state, epoch=epoch, epochs=3, best_metric=best, best_epoch=epoch if best else None,
                           pid=pid, pid_start=pid_start, error=error)
@@ -334,7 +334,7 @@ async def test_form_launches_a_detached_run_that_finishes(runs_dir: Path, phanto
         await wait_for(pilot, lambda: screen.rows[run_id].state not in ("queued", "running"), timeout=120)
         assert screen.rows[run_id].state == "finished", screen.rows[run_id].error
         run = RunDir(runs_dir / run_id)
-        config = run.read_config()
+        config = read_run_config(run)
         assert (config.model, config.image_size, config.epochs, config.data) == ("tiny_resnet", 32, 1,
                                                                                  str(phantom_set.resolve()))
         await wait_for(pilot, lambda: screen.query_one("#loss-chart", CurveChart).series.get("train loss"))

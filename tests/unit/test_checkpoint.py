@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import cxr_core.checkpoint as checkpoint
 from cxr_core.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
 
 
 def _save(path, value=1.0, epoch=1):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cxr_core.eval.thresholds_file import LabelThreshold, ThresholdsFile, load_thresholds
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
 
 LABELS = [f"Finding {k}" for k in range(40)]  # big enough that a write takes more than one syscall
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cxr_core.checkpoint import load_checkpoint
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
 from tests.cli import cxr, cxr_json
 
 TRAIN = ["--model", "tiny_resnet", "--image-size", "48", "--batch-size", "16", "--workers", "0", "--lr", "3e-3"]

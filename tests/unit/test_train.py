@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cxr_core.checkpoint import load_checkpoint, read_metadata
-from cxr_core.train.config import ConfigError, TrainConfig, load_config
-from cxr_core.train.rundir import RunDir
+from cxr_core.runs import RunDir
+from cxr_core.train.config import ConfigError, TrainConfig, load_config, write_run_config
 from cxr_core.train.runner import run_training
 from cxr_core.train.trainer import Trainer
 
@@ -24,7 +24,7 @@ def _config(root, **changes) -> TrainConfig:
 
 def _run(tmp_path, config, name="run") -> RunDir:
     run = RunDir.create(tmp_path / "runs", name)
-    run.write_config(config)
+    write_run_config(run, config)
     return run
 
 

@@ -2,7 +2,7 @@
 
 ::
 
-    runs/<id>/config.toml      resolved TrainConfig (re-creates the run)
+    runs/<id>/config.toml      resolved TrainConfig (re-creates the run; cxr_core.train.config reads it)
               status.json      state, pid, epoch, best metric, error   (atomic rewrite)
               metrics.jsonl    one JSON object per epoch (+ optional per-step lines)   (append, fsync)
               log.txt          the trainer's log
@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from typing import Any
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir, ensure_private_dir
-from cxr_core.train.config import TrainConfig, dump_config, load_config
 
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
@@ -142,15 +142,21 @@ class RunDir:
     def best_checkpoint(self) -> Path:
         return self.checkpoints / "best.safetensors"
 
-    # -- config ------------------------------------------------------------------------------------
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | os.PathLike[str]) -> RunDir | None:
+        """The run a checkpoint belongs to (``<run>/checkpoints/<name>.safetensors``), or None for a checkpoint
+        file that lives anywhere else (the demo model, a downloaded one). The one place this rule is written."""
+        path = Path(checkpoint)
+        return cls(path.parent.parent) if path.parent.name == "checkpoints" else None
 
-    def write_config(self, config: TrainConfig) -> None:
-        atomic_write_text(self.config_path, dump_config(config))
+    # -- config: the TOML text (train.config reads it as a TrainConfig) --------------------------------
 
-    def read_config(self) -> TrainConfig:
-        if not self.config_path.is_file():
-            raise RunError(f"{self.path}: not a run directory (no config.toml)")
-        return load_config(self.config_path)
+    def settings(self) -> dict[str, Any]:
+        """config.toml as plain values, for showing a run (model, data); {} when it is missing or damaged."""
+        try:
+            return tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return {}
 
     # -- status ------------------------------------------------------------------------------------
 

@@ -1,0 +1,34 @@
+"""Training runs on disk: the run directory contract, run summaries, and following a run's log.
+
+What a trainer leaves behind (``runs/<id>/``) is read by jobs, the CLI, the TUI, inference (a run id names its
+best checkpoint) and evaluation; none of them imports the trainer.
+"""
+
+from cxr_core.runs.logtail import LogTail
+from cxr_core.runs.rundir import (
+    ACTIVE,
+    STATES,
+    RunDir,
+    RunError,
+    RunStatus,
+    default_runs_dir,
+    list_runs,
+    pid_alive,
+    process_start_time,
+)
+from cxr_core.runs.summary import RunSummary, summarize
+
+__all__ = [
+    "ACTIVE",
+    "STATES",
+    "LogTail",
+    "RunDir",
+    "RunError",
+    "RunStatus",
+    "RunSummary",
+    "default_runs_dir",
+    "list_runs",
+    "pid_alive",
+    "process_start_time",
+    "summarize",
+]
