@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_core.eval.thresholds import OperatingPoints, tune
+from cxr_core.eval.operating_points import OperatingPoints, tune
 
 GOAL_P99_MS = 5.0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from cxr_core.eval.predictions import Predictions
+from cxr_core.predictions import Predictions
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_core.atomic import atomic_write_text
-from cxr_core.eval.predictions import Predictions
 from cxr_core.paths import data_dir
+from cxr_core.predictions import Predictions
 from cxr_core.users import current_user
 
 SESSION_FILE = "tui-session.json"

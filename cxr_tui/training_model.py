@@ -13,7 +13,6 @@ from rich.text import Text
 
 from cxr_core.runs import RunDir, RunSummary
 from cxr_core.text import visible
-from cxr_core.train.config import TrainConfig
 from cxr_tui.widgets.charts import Series
 
 STATE_STYLES = {"running": "bold", "queued": "dim", "failed": "bold red", "interrupted": "yellow"}
@@ -66,16 +65,6 @@ def eval_report(run: RunDir) -> Path | None:
     if not reports:
         return None
     return max(reports, key=lambda p: (p.parent.name == "test", p.stat().st_mtime))
-
-
-def eval_args(run: RunDir, config: TrainConfig, split: str = "test") -> list[str]:
-    """The arguments of ``cxr-tui eval`` that evaluate ``run`` on its own data set's ``split``."""
-    args = ["eval", str(run.path), "--data", config.data, "--split", split]
-    if config.format:
-        args += ["--format", config.format]
-    if config.labels_csv:
-        args += ["--labels", config.labels_csv]
-    return args
 
 
 def file_stamp(path: Path) -> tuple[int, int, int] | None:

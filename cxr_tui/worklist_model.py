@@ -8,7 +8,7 @@ Rich, so it is tested and benchmarked on its own.
 **Columns.** Study id, patient, view and split are fixed when the model is built. Predictions arrive later
 (:meth:`WorklistModel.update_predictions`): the (N, K) probabilities are kept, and the flags (``prob >=
 threshold``, compared in the scores' dtype with NaN thresholds flagging nothing, as in
-:mod:`cxr_core.eval.thresholds`), the number flagged and the maximum probability are derived from them.
+:mod:`cxr_core.eval.operating_points`), the number flagged and the maximum probability are derived from them.
 A row with no prediction (all NaN) has ``max_prob`` NaN and is never flagged. Rows are grouped by their
 distinct flag pattern (``np.unique`` over the packed bits), and the "findings" text of a pattern
 ("Effusion, Mass", in label order) is built when a row with it is first shown, never once per row.

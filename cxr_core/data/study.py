@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FRONTAL_VIEWS = frozenset({"PA", "AP", "AP SUPINE", "AP ERECT", "FRONTAL"})
@@ -32,3 +33,8 @@ class Study:
     view: str = ""
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def image_base(root: Path) -> Path:
+    """Study image paths are relative to this: the root, or the folder of a root that is a file."""
+    return root if root.is_dir() else root.parent

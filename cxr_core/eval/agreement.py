@@ -19,7 +19,7 @@ import numpy as np
 from cxr_core.errors import CxrError
 
 if TYPE_CHECKING:
-    from cxr_core.eval.predictions import Predictions
+    from cxr_core.predictions import Predictions
 
 POSITIVE, NEGATIVE = "accept", "reject"
 EXCLUDED = ("uncertain", "clear")

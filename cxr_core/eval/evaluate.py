@@ -40,7 +40,7 @@ import numpy as np
 
 from cxr_core.errors import DataError
 from cxr_core.eval.metrics import average_precision, roc_auc
-from cxr_core.eval.predictions import Predictions
+from cxr_core.predictions import Predictions
 
 DEFAULT_THRESHOLD = 0.5
 CI_LEVEL = 0.95

@@ -26,12 +26,18 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from cxr_core.data.study import image_base
 from cxr_core.errors import CxrError
+from cxr_core.imaging import read_xray
 from cxr_core.labels import LabelSpace
+
+if TYPE_CHECKING:
+    from cxr_core.infer.engine import Predictor
+    from cxr_core.predictions import Predictions
 
 HEADER = ("Image Index", "Finding Label")
 
@@ -219,3 +225,37 @@ def localisation_table(results: Iterable[LocalisationResult | tuple[str, bool, f
         ious[label].append(float(iou))
     return {label: {"pointing_game": hits[label] / len(ious[label]), "iou": float(np.mean(ious[label])),
                     "n": len(ious[label])} for label in sorted(ious)}
+
+
+def overall_pointing(table: dict | None) -> float | None:
+    """Hits over all boxed findings (each finding weighted by its number of boxed images)."""
+    if not table:
+        return None
+    n = sum(v["n"] for v in table.values())
+    return sum(v["pointing_game"] * v["n"] for v in table.values()) / n if n else None
+
+
+def localise(predictor: Predictor, preds: Predictions, root: Path, boxes_path: Path, progress=None) -> dict:
+    """Grad-CAM of each boxed finding on each predicted image it boxes: pointing game and IoU per finding."""
+    from cxr_core.infer.cam import cam_for_image
+
+    boxes = read_boxes(boxes_path)
+    base = image_base(root)
+    known = {label.casefold(): label for label in preds.labels}
+    jobs = []
+    for image in dict.fromkeys(preds.image):
+        found = [b._replace(label=known[b.label.casefold()]) for b in boxes.get(Path(image).name, [])
+                 if b.label.casefold() in known]
+        if found:
+            jobs.append((image, found))
+    if not jobs:
+        raise CxrError(f"{boxes_path}: no box names an image and a finding of this evaluation")
+    results = []
+    for done, (image, found) in enumerate(jobs, start=1):
+        pixels = read_xray(base / image).as_uint8()
+        cams = {label: cam_for_image(predictor.model, predictor.config, pixels, label)
+                for label in dict.fromkeys(b.label for b in found)}
+        results += score_image(cams, found, image, tolerance=POINTING_TOLERANCE * max(pixels.shape))
+        if progress:
+            progress(done, len(jobs))
+    return localisation_table(results)

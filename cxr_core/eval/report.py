@@ -20,7 +20,7 @@ import numpy as np
 
 from cxr_core.atomic import atomic_path, atomic_write_text
 from cxr_core.eval.evaluate import pr_curve, roc_curve
-from cxr_core.eval.predictions import Predictions
+from cxr_core.predictions import Predictions
 from cxr_core.text import spreadsheet_safe, visible
 
 FILE_MODE = 0o644

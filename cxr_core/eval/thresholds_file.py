@@ -41,9 +41,10 @@ from cxr_core.atomic import atomic_write_text, locked
 from cxr_core.data.splits import TEST_SPLITS, VAL_SPLITS
 from cxr_core.errors import CxrError, DataError
 from cxr_core.eval.evaluate import DEFAULT_THRESHOLD
-from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import Choice, OperatingPoints, ThresholdStats, json_number
+from cxr_core.eval.operating_points import Choice, OperatingPoints, json_number
 from cxr_core.paths import data_dir
+from cxr_core.predictions import Predictions
+from cxr_core.runs import RunDir
 from cxr_core.users import current_user  # one definition of who is acting
 
 FORMAT_VERSION = 1
@@ -314,10 +315,10 @@ def thresholds_path_for(checkpoint: str | os.PathLike[str], fingerprint: str | N
     otherwise in the data dir, named by the model's fingerprint (the checkpoint's stem without one), so a
     model file outside a run (the demo model, a downloaded checkpoint) keeps its thresholds too.
     """
-    checkpoint = Path(checkpoint)
-    if checkpoint.parent.name == "checkpoints":
-        return checkpoint.parent.parent / "thresholds.json"
-    return data_dir() / "thresholds" / f"{fingerprint or checkpoint.stem}.json"
+    run = RunDir.of_checkpoint(checkpoint)
+    if run is not None:
+        return run.thresholds_path
+    return data_dir() / "thresholds" / f"{fingerprint or Path(checkpoint).stem}.json"
 
 
 def threshold_values(file: ThresholdsFile | None, labels: Sequence[str]) -> dict[str, float]:
@@ -339,47 +340,71 @@ def thresholds_from_choices(choices: Sequence[Choice], predictions: str = "", n:
     return out
 
 
-def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | None],
-                points: OperatingPoints | None = None, *, mode: str = "manual", who: str | None = None,
-                predictions: str = "", tuned_on: TunedOn | None = None) -> ThresholdsFile:
-    """Record a reviewer's save: set ``thresholds`` (label -> value) in the file at ``path`` and write it.
+def save_thresholds(path: str | os.PathLike[str], entries: Mapping[str, LabelThreshold], *, action: str,
+                    who: str | None = None, predictions: str = "", n: int = 0,
+                    tuned_on: TunedOn | None = None) -> ThresholdsFile:
+    """The one way a thresholds file is written (``thresholds tune --out``, the TUI's save).
 
-    Labels not given keep their entries. A changed label gets ``mode`` and its metrics at the new value
-    from ``points`` (or no metrics without ``points``, so stale numbers never sit beside a new threshold).
-    One history row (who = the login name, when = now) keeps each previous value. If the file does not
-    exist it is created; a damaged one raises DataError rather than being overwritten. The read and the
-    write happen under an advisory lock, so concurrent savers (two reviewers, two processes) never drop a row.
+    Read, change and write happen under an advisory lock, so two savers at once (two reviewers, a reviewer and a
+    script) both keep their history row. Labels not in ``entries`` keep theirs; an entry equal to the stored one
+    is no change; one history row (who, when, which split) keeps every previous value. A missing file is
+    created; a damaged one raises DataError rather than being overwritten.
     """
     path = Path(path)
+    with locked(path):
+        if path.exists():
+            try:
+                current = load_thresholds(path)
+            except DataError as err:
+                raise DataError(f"{err}; not overwriting it (choose another file)") from None
+        else:
+            current = ThresholdsFile(created=now_iso(), predictions=predictions, n=n, path=path)
+        if current.update(entries, action=action, who=who, split=None if tuned_on is None else tuned_on.split) \
+                or not path.exists():
+            if tuned_on is not None:
+                current.tuned_on = tuned_on
+            current.predictions, current.n = predictions or current.predictions, n or current.n
+            current.write(path)
+    return current
+
+
+def save_review(path: str | os.PathLike[str], thresholds: Mapping[str, float | None],
+                points: OperatingPoints | None = None, *, mode: str | Mapping[str, str] = "manual",
+                who: str | None = None, predictions: str = "", tuned_on: TunedOn | None = None) -> ThresholdsFile:
+    """Record a reviewer's save: set ``thresholds`` (label -> value) in the file at ``path`` and write it.
+
+    ``mode`` is how the values were chosen (one for all, or per label). A changed label gets its metrics at the
+    new value from ``points`` (or none without ``points``, so stale numbers never sit beside a new threshold).
+    """
     for name, value in thresholds.items():
         if value is not None and not 0.0 <= float(value) <= 1.0:  # NaN fails this too
             raise DataError(f"threshold for {name!r} must be a number from 0 to 1, got {value!r}")
     stats = points.at(thresholds) if points is not None else None
-    with locked(path):  # read, change and write under one lock: two reviewers saving at once both keep their row
-        return _save_locked(path, thresholds, stats, mode=mode, who=who, predictions=predictions,
-                            n=points.n if points is not None else 0, tuned_on=tuned_on)
-
-
-def _save_locked(path: Path, thresholds: Mapping[str, float | None], stats: ThresholdStats | None, *, mode: str,
-                 who: str | None, predictions: str, n: int, tuned_on: TunedOn | None) -> ThresholdsFile:
-    if path.exists():
-        current = load_thresholds(path)
-    else:
-        current = ThresholdsFile(created=now_iso(), predictions=predictions, n=n, path=path)
     entries: dict[str, LabelThreshold] = {}
     for name, value in thresholds.items():
         value = None if value is None else float(value)
-        old = current.labels.get(name)
-        if old is not None and old.threshold == value:
-            continue
         metrics = stats.row(name) if stats is not None and name in stats.labels and value is not None else {}
-        entries[name] = LabelThreshold(value, mode, metrics, None if value is not None else "cleared by reviewer")
-    if current.update(entries, action="review", who=who, split=None if tuned_on is None else tuned_on.split):
-        if tuned_on is not None:
-            current.tuned_on = tuned_on
-            current.predictions, current.n = predictions or current.predictions, n or current.n
-        current.write(path)
-    return current
+        label_mode = mode if isinstance(mode, str) else mode.get(name, "manual")
+        entries[name] = LabelThreshold(value, label_mode, metrics, None if value is not None else "cleared by reviewer")
+    return save_thresholds(path, _changed(path, entries), action="review", who=who, predictions=predictions,
+                           n=points.n if points is not None else 0, tuned_on=tuned_on)
+
+
+def _changed(path: Path | str | os.PathLike[str], entries: dict[str, LabelThreshold]) -> dict[str, LabelThreshold]:
+    """A review records only the labels whose threshold moved (a re-save keeps the tuned mode and metrics)."""
+    try:
+        stored = load_thresholds(path).labels if Path(path).exists() else {}
+    except DataError:
+        return entries  # save_thresholds refuses the damaged file with the reason
+    return {name: e for name, e in entries.items() if name not in stored or stored[name].threshold != e.threshold}
+
+
+def save_tuning(path: str | os.PathLike[str], choices: Sequence[Choice], *, predictions: str = "", n: int = 0,
+                tuned_on: TunedOn | None = None, who: str | None = None) -> ThresholdsFile:
+    """Record a tuning (``thresholds tune --out``): every choice with its mode, metrics and reason."""
+    return save_thresholds(path, {c.label: LabelThreshold(c.threshold, c.mode, dict(c.metrics), c.reason)
+                                  for c in choices}, action="tune", who=who, predictions=predictions, n=n,
+                           tuned_on=tuned_on)
 
 
 def now_iso() -> str:

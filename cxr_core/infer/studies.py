@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.data.sources import SourceOptions
-from cxr_core.data.study import Study
+from cxr_core.data.study import Study, image_base
 from cxr_core.errors import CxrError
-from cxr_core.eval.predictions import Predictions
 from cxr_core.infer.engine import Predictor, Progress
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
-from cxr_core.store.index import StudyIndex, image_base
+from cxr_core.predictions import Predictions
+from cxr_core.store.index import StudyIndex
 
 
 @dataclass

@@ -142,6 +142,15 @@ class RunDir:
     def best_checkpoint(self) -> Path:
         return self.checkpoints / "best.safetensors"
 
+    @property
+    def thresholds_path(self) -> Path:
+        """The run's thresholds.json (tuned in the TUI or by ``thresholds tune``; what ``eval`` takes)."""
+        return self.path / "thresholds.json"
+
+    def eval_dir(self, split: str) -> Path:
+        """Where an evaluation of this run on ``split`` writes its report."""
+        return self.path / "eval" / split
+
     @classmethod
     def of_checkpoint(cls, checkpoint: str | os.PathLike[str]) -> RunDir | None:
         """The run a checkpoint belongs to (``<run>/checkpoints/<name>.safetensors``), or None for a checkpoint

@@ -21,7 +21,7 @@ from cxr_core.data.catalog import walk_images
 from cxr_core.data.sources import FileCatalog, FileInfo, Problem, SourceOptions, detect_format, get_source
 from cxr_core.data.splits import DEFAULT_FRACTIONS, patient_split
 from cxr_core.data.stats import DatasetReport, summarise
-from cxr_core.data.study import Study, StudyImage
+from cxr_core.data.study import Study, StudyImage, image_base
 from cxr_core.errors import CxrError, DataError, ImageReadError
 from cxr_core.imaging import probe_xray
 from cxr_core.labels import LabelSpace, get_space
@@ -81,11 +81,6 @@ class ScanResult:
     files_reused: int
     seconds: float
     detected_because: str = ""
-
-
-def image_base(root: Path) -> Path:
-    """Study image paths are relative to this: the root, or the folder of a root that is a file."""
-    return root if root.is_dir() else root.parent
 
 
 def _info_from_row(row: tuple) -> FileInfo:

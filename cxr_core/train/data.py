@@ -26,9 +26,9 @@ from cxr_core.data.splits import (
     patient_split,
     stratified_subset,
 )
-from cxr_core.data.study import Study
+from cxr_core.data.study import Study, image_base
 from cxr_core.labels import LabelSpace, UncertaintyPolicy
-from cxr_core.store.index import StudyIndex, image_base
+from cxr_core.store.index import StudyIndex
 from cxr_core.text import visible
 from cxr_core.train.config import ConfigError, TrainConfig
 

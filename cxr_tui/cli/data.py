@@ -8,25 +8,27 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cxr_core.data.sources import SOURCES, SourceOptions
+from cxr_core.data.sources import SourceOptions
 from cxr_core.data.stats import DatasetReport
 from cxr_core.labels import UncertaintyPolicy
 from cxr_core.store.index import ScanResult, StudyIndex
+from cxr_tui.cli.options import (
+    DbOpt,
+    FormatOpt,
+    IUMappingOpt,
+    JsonOpt,
+    LabelsOpt,
+    OutsideOpt,
+    RootArg,
+    UncertainOpt,
+    VerifyOpt,
+)
 from cxr_tui.cli.output import print_json, progress_bar, say, stdout
 
 app = typer.Typer(help="Index data sets, show their statistics, generate phantoms.", no_args_is_help=True)
 
 LIST_LIMIT = 50
 
-RootArg = Annotated[Path, typer.Argument(help="Data set root: a folder, or a .tgz / .npz file.", show_default=False)]
-FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help=f"Layout ({', '.join(SOURCES)}); detected when omitted.")]
-LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels CSV for the folder layout (default: ROOT/labels.csv).")]
-UncertainOpt = Annotated[UncertaintyPolicy, typer.Option("--uncertainty", help="CheXpert uncertain labels become: ones, zeros, or ignore (masked).")]
-OutsideOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Accept labels-CSV paths that point outside ROOT.")]
-IUMappingOpt = Annotated[str, typer.Option("--iu-mapping", help="IU MeSH mapping: published (reproduces the published IU-35 counts) or clinical (docs/iu-labels.md).")]
-VerifyOpt = Annotated[bool, typer.Option("--verify", help="Decode every image (slow) instead of checking headers.")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="Study index database (default: the user data dir).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
 def scan(root: Path, fmt: str | None, options: SourceOptions, verify: bool, db: Path | None,

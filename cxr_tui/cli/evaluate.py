@@ -1,46 +1,29 @@
-"""``cxr-tui eval`` and ``cxr-tui cam``: how good is the model per disease, and why did it flag this image."""
+"""``cxr-tui eval``: how good is the model per disease (the work is :func:`cxr_core.eval.evaluate_run`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
-from cxr_core.atomic import check_writable, check_writable_dir
 from cxr_core.data.sources import SourceOptions
-from cxr_core.errors import CxrError
-from cxr_core.eval.thresholds_file import load_thresholds, split_check, threshold_values, thresholds_path_for
-from cxr_core.imaging import read_xray
-from cxr_core.store.index import StudyIndex, image_base
-from cxr_core.text import filename_part
-
-if TYPE_CHECKING:
-    from cxr_core.eval.predictions import Predictions
-    from cxr_core.infer.engine import Predictor
-from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
+from cxr_core.store.index import StudyIndex
+from cxr_tui.cli.options import (
+    BatchOpt,
+    DbOpt,
+    DeviceOpt,
+    FormatOpt,
+    JsonOpt,
+    LabelsOpt,
+    NoCacheOpt,
+    ThresholdsOpt,
+    TtaOpt,
+    WorkersOpt,
+)
 from cxr_tui.cli.output import print_json, progress_bar, stdout, warn
-from cxr_tui.cli.predict import BatchOpt, DeviceOpt, NoCacheOpt, TtaOpt, WorkersOpt, make_predictor
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _with_ci(value: float | None, ci: list[float] | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2f} ({ci[0]:.2f}–{ci[1]:.2f})" if ci else f"{value:.2f}"
-
-
-def default_out(checkpoint: Path, split: str | None) -> Path:
-    """A run's ``eval/<split>/`` when the checkpoint lives in a run directory, else ``./cxr-eval/<split>``."""
-    name = split or "all"
-    if checkpoint.parent.name == "checkpoints":
-        return checkpoint.parent.parent / "eval" / name
-    return Path("cxr-eval") / name
+from cxr_tui.cli.predict import make_predictor
 
 
 def eval_cmd(
@@ -51,9 +34,7 @@ def eval_cmd(
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: test, val, train, ... or all (every split).")] = "test",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: the run's eval/<split>/, "
                                              "or ./cxr-eval/<split>/ for a checkpoint outside a run).")] = None,
-    thresholds: Annotated[Path | None, typer.Option(
-        "--thresholds", help="Thresholds JSON (default: the model's own — its run's thresholds.json, or the file "
-                             "the TUI saved for it — else 0.5 for every label).", show_default=False)] = None,
+    thresholds: ThresholdsOpt = None,
     allow_same_split: Annotated[bool, typer.Option(
         "--allow-same-split", help="Evaluating on the split the thresholds were tuned on is intended (the report "
                                    "records it; without this flag it is a warning).")] = False,
@@ -69,62 +50,38 @@ def eval_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Per-class AUC (95% CI by patient), AP, sensitivity/specificity/PPV/NPV/F1, calibration; report + plots."""
-    from cxr_core.eval.evaluate import evaluate
-    from cxr_core.eval.report import write_report
-    from cxr_core.infer.studies import predict_root
+    from cxr_core.eval import evaluate_run
+    from cxr_core.eval.localisation import overall_pointing
 
-    if n_boot < 0:
-        raise CxrError(f"--n-boot must be 0 or more, got {n_boot}")
-    if out is not None:  # an unwritable report folder is said now, not after every image was predicted
-        check_writable_dir(out, "report folder")
     predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache)
-    checkpoint = predictor.loaded.path
     with StudyIndex(db) as index, progress_bar(not json_out) as progress:
-        result = predict_root(predictor, data, fmt=fmt, split=None if split == "all" else split,
-                              options=SourceOptions(labels_csv=labels_csv), index=index,
-                              progress=(lambda d, t: progress("predicting", d, t)) if progress else None)
-    preds = result.predictions
-    if not predictor.dist.is_main:
+        result = evaluate_run(predictor, data, split=split, fmt=fmt, options=SourceOptions(labels_csv=labels_csv),
+                              out=out, thresholds=thresholds, allow_same_split=allow_same_split, boxes=boxes,
+                              n_boot=n_boot, seed=seed, index=index, progress=progress)
+    if result is None:  # another torchrun rank: rank 0 reports
         return
-    if not preds.has_truth:
-        raise CxrError(f"{data}: the data set labels none of the model's findings ({', '.join(preds.labels)})")
-    if thresholds is None:  # the model's own: its run's thresholds.json, or what the TUI saved for it
-        candidate = thresholds_path_for(checkpoint, predictor.fingerprint)
-        thresholds = candidate if candidate.is_file() else None
-    tuned = load_thresholds(thresholds) if thresholds is not None else None
-    values = threshold_values(tuned, preds.labels)
-    same_split = split_check(tuned.tuned_on if tuned else None, preds.splits, allowed=allow_same_split)
-    metrics = evaluate(preds, values, n_boot=n_boot, seed=seed)
-    localisation = None
-    if boxes is not None:
-        with progress_bar(not json_out) as progress:
-            localisation = localise(predictor, preds, Path(preds.meta["root"]), boxes,
-                                    (lambda d, t: progress("Grad-CAM", d, t)) if progress else None)
-    target = out or default_out(checkpoint, split)
-    target.mkdir(parents=True, exist_ok=True)
-    preds.meta.update({"thresholds": str(thresholds) if thresholds else "0.5 for every label"})
-    if tuned is not None:
-        preds.meta["thresholds_tuned_on"] = tuned.tuned_on.describe() if tuned.tuned_on else "not recorded"
-    warnings = list(result.warnings)
-    if same_split and not allow_same_split:
-        warnings.insert(0, same_split)
-    files = [preds.write(target / "predictions.csv", values)]
-    files += write_report(metrics, preds, target, title=f"{checkpoint.parent.parent.name if checkpoint.parent.name == 'checkpoints' else checkpoint.name} on {Path(preds.meta['root']).name} ({split})",
-                          localisation=localisation, caveats=[same_split] if same_split else [])
     if json_out:
-        print_json({**metrics, "localisation": localisation, "pointing_game_overall": overall_pointing(localisation), "unreadable": result.errors,
-                    "unlabelled_findings": result.unmatched_labels, "warnings": warnings,
-                    "thresholds_tuned_on": tuned.tuned_on.to_json() if tuned and tuned.tuned_on else None,
-                    "same_split": same_split, "files": [str(f) for f in files], "out": str(target),
-                    "model": str(checkpoint)})
+        print_json(result.to_json())
         return
-    if same_split:
-        stdout.print(("note: " if allow_same_split else "warning: ") + same_split)
-    _print(metrics, localisation, result.errors, result.unmatched_labels, result.warnings)
-    stdout.print(f"\nreport: {target / 'report.md'}  (predictions.csv, per_class.csv and plots beside it)")
+    if result.same_split:
+        stdout.print(("note: " if result.allowed_same_split else "warning: ") + result.same_split)
+    _print(result.metrics, result.localisation, result.errors, result.unmatched_labels,
+           [w for w in result.warnings if w != result.same_split], overall_pointing(result.localisation))
+    stdout.print(f"\nreport: {result.out / 'report.md'}  (predictions.csv, per_class.csv and plots beside it)")
 
 
-def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: list[str], warnings: list[str]) -> None:
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f} ({ci[0]:.2f}–{ci[1]:.2f})" if ci else f"{value:.2f}"
+
+
+def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: list[str], warnings: list[str],
+           pointing: float | None) -> None:
     table = Table(title=f"{metrics['n_images']:,} images, {metrics['n_patients']:,} patients", title_justify="left")
     for column in ("finding", "AUC", "95% CI", "AP", "sens (95% CI)", "spec (95% CI)", "PPV", "F1", "pos"):
         table.add_column(column, justify="left" if column == "finding" else "right")
@@ -144,7 +101,7 @@ def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: li
     if unmatched:
         stdout.print(f"  not labelled in this data set: {', '.join(unmatched)}")
     if localisation:
-        stdout.print(f"pointing game over all boxed findings: {overall_pointing(localisation):.3f}")
+        stdout.print(f"pointing game over all boxed findings: {pointing:.3f}")
         stdout.print("localisation (Grad-CAM vs boxes): " + " · ".join(
             f"{label} PG {v['pointing_game']:.2f} IoU {v['iou']:.2f} (n={v['n']})" for label, v in localisation.items()))
     for warning in warnings:
@@ -153,73 +110,3 @@ def _print(metrics: dict, localisation: dict | None, errors: dict, unmatched: li
         stdout.print(f"unreadable ({len(errors)}): " + "; ".join(f"{p}: {r}" for p, r in list(errors.items())[:10]))
 
 
-def overall_pointing(table: dict | None) -> float | None:
-    """Hits over all boxed findings (each finding weighted by its number of boxed images)."""
-    if not table:
-        return None
-    n = sum(v["n"] for v in table.values())
-    return sum(v["pointing_game"] * v["n"] for v in table.values()) / n if n else None
-
-
-def localise(predictor: Predictor, preds: Predictions, root: Path, boxes_path: Path, progress=None) -> dict:
-    """Grad-CAM of each boxed finding on each predicted image it boxes: pointing game and IoU per finding."""
-    from cxr_core.eval.localisation import POINTING_TOLERANCE, localisation_table, read_boxes, score_image
-    from cxr_core.infer.cam import cam_for_image
-
-    boxes = read_boxes(boxes_path)
-    base = image_base(root)
-    known = {label.casefold(): label for label in preds.labels}
-    jobs = []
-    for image in dict.fromkeys(preds.image):
-        found = [b._replace(label=known[b.label.casefold()]) for b in boxes.get(Path(image).name, [])
-                 if b.label.casefold() in known]
-        if found:
-            jobs.append((image, found))
-    if not jobs:
-        raise CxrError(f"{boxes_path}: no box names an image and a finding of this evaluation")
-    results = []
-    for done, (image, found) in enumerate(jobs, start=1):
-        pixels = read_xray(base / image).as_uint8()
-        cams = {label: cam_for_image(predictor.model, predictor.config, pixels, label)
-                for label in dict.fromkeys(b.label for b in found)}
-        results += score_image(cams, found, image, tolerance=POINTING_TOLERANCE * max(pixels.shape))
-        if progress:
-            progress(done, len(jobs))
-    return localisation_table(results)
-
-
-def cam_cmd(
-    image: Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, DICOM).", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file, run directory or run id.", show_default=False)],
-    finding: Annotated[str | None, typer.Option("--finding", help="Finding to explain (default: the most probable).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Overlay PNG to write (default: IMAGE-cam-FINDING.png here).")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the colour map over the image.")] = 0.4,
-    colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colour map (jet, turbo, inferno, ...).")] = "jet",
-    device: DeviceOpt = "auto",
-    json_out: JsonOpt = False,
-) -> None:
-    """Grad-CAM of one finding over one image, written as a PNG overlay."""
-    from cxr_core.infer.cam import cam_for_image, cam_is_empty, class_index, save_overlay
-
-    check_writable(out if out is not None else Path("cam.png"), "overlay")  # before the model is even loaded
-    predictor = make_predictor(model, device, 1, 0, None, False, True)
-    pixels = read_xray(image).as_uint8()
-    probs = predictor.predict([str(image)], use_cache=False)
-    if probs.errors:
-        raise CxrError(f"{image}: {next(iter(probs.errors.values()))}")
-    row = probs.probs[0]
-    label = predictor.labels[int(np.argmax(row))] if finding is None else predictor.labels[class_index(predictor.config, finding)]
-    heat = cam_for_image(predictor.model, predictor.config, pixels, label)
-    target = out or Path(f"{filename_part(image.stem)}-cam-{filename_part(label)}.png")
-    save_overlay(target, pixels, heat, alpha=alpha, colormap=colormap)
-    empty = cam_is_empty(heat)
-    peak = None if empty else np.unravel_index(int(np.argmax(heat)), heat.shape)
-    summary = {"image": str(image), "finding": label, "probability": float(row[predictor.labels.index(label)]),
-               "out": str(target), "empty": empty, "peak": None if peak is None else {"x": int(peak[1]), "y": int(peak[0])},
-               "size": list(heat.shape[::-1])}
-    if json_out:
-        print_json(summary)
-        return
-    where = ("the Grad-CAM map is empty (nothing in the CAM layer raises this score here; the film is written "
-             "without an overlay)" if peak is None else f"Grad-CAM peak at x={peak[1]}, y={peak[0]}")
-    stdout.print(f"{label}: p = {summary['probability']:.3f}; {where}; wrote {target}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,13 +13,12 @@ from rich.table import Table
 from cxr_core.runs import ACTIVE, RunDir, list_runs, summarize
 from cxr_core.text import visible
 from cxr_core.train import jobs
+from cxr_tui.cli.options import JsonOpt, RunsDirOpt
 from cxr_tui.cli.output import print_json, stdout
 
 app = typer.Typer(help="Training jobs: list, logs, stop, resume.", no_args_is_help=True)
 
 RunArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix of one) or run directory.", show_default=False)]
-RunsDirOpt = Annotated[Path | None, typer.Option("--runs-dir", help="Where runs live (default: the user data dir).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 @app.command("list")

@@ -17,19 +17,21 @@ if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not 
     from cxr_core.infer.engine import Predictor
     from cxr_core.infer.studies import RootPredictions
 
-from cxr_tui.cli.data import DbOpt, FormatOpt, JsonOpt, LabelsOpt
+from cxr_tui.cli.options import (
+    BatchOpt,
+    CompileOpt,
+    DbOpt,
+    DeviceOpt,
+    FormatOpt,
+    JsonOpt,
+    LabelsOpt,
+    ModelOpt,
+    NoCacheOpt,
+    ThresholdsOpt,
+    TtaOpt,
+    WorkersOpt,
+)
 from cxr_tui.cli.output import print_json, progress_bar, say, stdout, warn
-
-TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked there)
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint file, run directory or run id.", show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, mps, cpu) or a torch device such as cuda:1.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch (default 8 on CPU, 64 on CUDA).")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding processes (default: on a CPU, threads taking turns with the model; on a GPU, spare cores).")]
-TtaOpt = Annotated[str | None, typer.Option("--tta", help=f"Test-time augmentation, comma-separated: {', '.join(TTA_CHOICES)}.")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (worth it for large runs on a GPU).")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute even when the prediction cache has the answer.")]
-ThresholdsOpt = Annotated[Path | None, typer.Option("--thresholds", help="Thresholds JSON (`thresholds tune`); default 0.5 for every label.")]
 
 LIST_LIMIT = 20
 
@@ -122,8 +124,8 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
 
 def _predict(predictor: Predictor, root: Path, fmt: str | None, labels_csv: Path | None, split: str | None,
              db: Path | None, progress) -> RootPredictions:
-    from cxr_core.eval.predictions import Predictions
     from cxr_core.infer.studies import RootPredictions, predict_root
+    from cxr_core.predictions import Predictions
 
     if root.is_file() and fmt is None and _is_image(root):
         result = predictor.predict([str(root)], progress=progress)

@@ -9,13 +9,12 @@ import typer
 from rich.table import Table
 
 from cxr_core.store.reviews import EXPORT_COLUMNS, ReviewStore
+from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
 
 app = typer.Typer(help="Reviewer decisions: export them as CSV, list the latest.", no_args_is_help=True)
 
 RootOpt = Annotated[str | None, typer.Option("--root", help="Only this data set root (default: every root).")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="Reviews database (default: reviews.sqlite in the user data dir).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 NOTE_WIDTH = 40
 
 
@@ -23,7 +22,7 @@ NOTE_WIDTH = 40
 def export_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write (replaced atomically).")] = Path("reviews.csv"),
     root: RootOpt = None,
-    db: DbOpt = None,
+    db: ReviewsDbOpt = None,
     history: Annotated[bool, typer.Option("--history", help="Every action, not only the current decisions.")] = False,
     raw_text: Annotated[bool, typer.Option(
         "--raw-text", help="Write text cells exactly as stored. By default a cell starting with = + - @ gets a "
@@ -44,7 +43,7 @@ def export_cmd(
 @app.command("list")
 def list_cmd(
     root: RootOpt = None,
-    db: DbOpt = None,
+    db: ReviewsDbOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=0,
                                               help="Most recent N decisions (default: 30 in the table, all with --json; 0 = all).")] = None,
     json_out: JsonOpt = False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,17 +9,22 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cxr_core.atomic import check_writable, locked
-from cxr_core.errors import DataError
-from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import OperatingPoints, parse_mode, tune
-from cxr_core.eval.thresholds_file import ThresholdsFile, load_thresholds, thresholds_from_choices, tuning_rows
+from cxr_core.atomic import check_writable
+from cxr_core.eval.operating_points import OperatingPoints, parse_mode, tune
+from cxr_core.eval.thresholds_file import (
+    ThresholdsFile,
+    load_thresholds,
+    save_tuning,
+    thresholds_from_choices,
+    tuning_rows,
+)
+from cxr_core.predictions import Predictions
+from cxr_tui.cli.options import JsonOpt
 from cxr_tui.cli.output import print_json, stderr, stdout
 
 app = typer.Typer(help="Per-class thresholds: tune them on labelled predictions, show a thresholds file.",
                   no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 @app.command("tune")
@@ -45,17 +49,11 @@ def tune_cmd(
     predictions, tuned_on = tuning_rows(Predictions.read(preds), split)
     points = OperatingPoints.from_predictions(predictions)
     choices = tune(points, chosen_mode)
-    with locked(out) if out is not None else contextlib.nullcontext():  # a reviewer may be saving it right now
-        previous = None
-        if out is not None and out.exists():
-            try:
-                previous = load_thresholds(out)
-            except DataError as err:
-                raise DataError(f"{err}; not overwriting it (choose another --out)") from None
+    if out is not None:
+        result = save_tuning(out, choices, predictions=str(preds.resolve()), n=len(predictions), tuned_on=tuned_on)
+    else:
         result = thresholds_from_choices(choices, predictions=str(preds.resolve()), n=len(predictions),
-                                         previous=previous, tuned_on=tuned_on)
-        if out is not None:
-            result.write(out)
+                                         tuned_on=tuned_on)
     if json_out:
         print_json({**result.to_json(), "path": None if out is None else str(out)})
         return

@@ -181,8 +181,8 @@ class StudyScreen(Screen):
         self.query_one("#study-info", Static).update(info if info else Text("no report for this study", style="dim"))
 
     def _phi(self, relpath: str) -> list[str]:
+        from cxr_core.data.study import image_base
         from cxr_core.dicom import dicom_identifiers
-        from cxr_core.store.index import image_base
 
         try:
             fields = dicom_identifiers(image_base(self.app.workspace.root) / relpath)
@@ -200,8 +200,8 @@ class StudyScreen(Screen):
 
     @work(thread=True, exclusive=True, group="study-image", exit_on_error=False)
     def load_image(self, study_id: str, index: int) -> None:
+        from cxr_core.data.study import image_base
         from cxr_core.imaging import read_xray
-        from cxr_core.store.index import image_base
 
         study = self.app.studies[study_id]
         path = image_base(self.app.workspace.root) / study.images[index].path

@@ -1,6 +1,6 @@
 """ThresholdsScreen: set each disease's threshold while its sensitivity, specificity, ROC point and agreement move.
 
-Everything slow happens once, when the screen is built: :class:`~cxr_core.eval.thresholds.OperatingPoints`
+Everything slow happens once, when the screen is built: :class:`~cxr_core.eval.operating_points.OperatingPoints`
 sorts every class's scores, and a worker reads the reviewer decisions and each reviewed study's highest
 probability per class. After that a key press is arithmetic: three binary searches per class,
 one vectorised comparison over the reviewed studies, and an update of that class's row of cells. Nothing is
@@ -18,7 +18,6 @@ distribution of the scores with the threshold on it instead of a ROC curve.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,8 +35,7 @@ from textual_plotext import PlotextPlot
 
 from cxr_core.errors import CxrError
 from cxr_core.eval.agreement import Agreement, ReviewedStudies
-from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import OperatingPoints, ThresholdStats, tune
+from cxr_core.eval.operating_points import OperatingPoints, ThresholdStats, tune
 from cxr_core.eval.thresholds_file import (
     UNKNOWN_SPLIT,
     TunedOn,
@@ -48,6 +46,7 @@ from cxr_core.eval.thresholds_file import (
     tuning_rows,
 )
 from cxr_core.paths import data_dir, ensure_private_dir
+from cxr_core.predictions import Predictions
 from cxr_core.text import visible
 from cxr_tui.messages import ThresholdsChanged
 
@@ -521,14 +520,9 @@ accept/reject decisions; uncertain ones are left out.
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
             before = len(load_thresholds(path).history) if path.is_file() else -1
-            by_mode: dict[str, dict[str, float]] = defaultdict(dict)
-            for label, value in self.thresholds.items():
-                by_mode[self.modes.get(label, MANUAL)][label] = value
             source = str(self.predictions.meta.get("source") or ws.root or "")
-            result = None
-            for mode, values in by_mode.items():
-                result = save_review(path, values, self.points, mode=mode, who=ws.reviewer, predictions=source,
-                                     tuned_on=self.tuned_on)
+            result = save_review(path, self.thresholds, self.points, mode=self.modes, who=ws.reviewer,
+                                 predictions=source, tuned_on=self.tuned_on)
         except (CxrError, OSError) as err:
             self.notify(str(err), title="Thresholds not saved", severity="error", timeout=10)
             return

@@ -11,10 +11,7 @@ trainer's checkpoint); their failures are shown once, from ``on_worker_state_cha
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +27,12 @@ from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
 from cxr_core.errors import CxrError, error_text
+from cxr_core.eval import evaluation_command, launch_evaluation
 from cxr_core.runs import ACTIVE, LogTail, RunDir, RunSummary, default_runs_dir, list_runs, summarize
 from cxr_core.runs.logtail import LOG_LINES
 from cxr_core.text import visible
 from cxr_core.train import jobs
-from cxr_core.train.config import TrainConfig, read_run_config
+from cxr_core.train.config import TrainConfig
 from cxr_tui.messages import ModelChosen
 from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
 from cxr_tui.screens.launch import LaunchForm
@@ -43,7 +41,6 @@ from cxr_tui.training_model import (
     auc_labels,
     auc_series,
     epoch_rows,
-    eval_args,
     eval_report,
     file_stamp,
     loss_series,
@@ -293,16 +290,15 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             self.notify(f"Run {run.id} has no checkpoint to evaluate yet.", severity="error", markup=False)
             return
         try:
-            args = eval_args(run, read_run_config(run))
+            command = shlex.join(["python", *evaluation_command(run)[1:]])
         except CxrError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.evaluate_run(run, args)
+                self.evaluate_run(run)
 
-        command = shlex.join(["cxr-tui", *args])
         self.app.push_screen(ConfirmScreen(f"Run {run.id} has no evaluation report yet. Evaluate its best "
                                            f"checkpoint on the test split in the background?\n\n  {command}",
                                            yes="Evaluate"), answered)
@@ -341,15 +337,10 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
         return JobDone(f"Resumed {run.id} (pid {pid}).", run.id)
 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
-    def evaluate_run(self, run: RunDir, args: list[str]) -> JobDone:
-        """``cxr-tui eval`` as a detached process (it outlives the TUI, like a training job)."""
-        log_path = run.path / "eval" / "eval.log"
-        log_path.parent.mkdir(mode=0o700, exist_ok=True)
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "cxr_tui", *args], stdin=subprocess.DEVNULL,
-                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, close_fds=True)
-        return JobDone(f"Evaluating {run.id} (pid {proc.pid}, log {log_path}); press e when it is done.")
+    def evaluate_run(self, run: RunDir) -> JobDone:
+        """The core's evaluation job, detached (it outlives the TUI, like a training job)."""
+        pid, log_path = launch_evaluation(run)
+        return JobDone(f"Evaluating {run.id} (pid {pid}, log {log_path}); press e when it is done.")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker

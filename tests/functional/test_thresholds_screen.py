@@ -10,9 +10,9 @@ from textual import on
 from textual.app import App
 from textual.widgets import DataTable, Static
 
-from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import OperatingPoints, tune
+from cxr_core.eval.operating_points import OperatingPoints, tune
 from cxr_core.eval.thresholds_file import load_thresholds
+from cxr_core.predictions import Predictions
 from cxr_core.store.reviews import ReviewStore
 from cxr_tui.messages import ThresholdsChanged
 from cxr_tui.screens.thresholds import (

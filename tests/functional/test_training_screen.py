@@ -214,7 +214,8 @@ async def test_eval_shows_the_report_or_offers_the_command(runs_dir: Path) -> No
         await pilot.press("e")
         assert isinstance(app.screen, ConfirmScreen)
         question = app.screen.question
-        assert "cxr-tui eval " in question and "--data /data/nih --split test" in question
+        assert "-m cxr_core.eval " in question and "--data /data/nih --split test" in question
+        assert "cxr-tui" not in question  # the core's evaluation job, not the command-line front-end
         await pilot.press("n")  # declined: nothing runs
         assert app.screen is screen and not (runs_dir / "20240101-000002-plain" / "eval").exists()
         await pilot.press("down", "e")

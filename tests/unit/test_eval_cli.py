@@ -14,10 +14,10 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from cxr_core.checkpoint import save_checkpoint
-from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.thresholds_file import load_thresholds, threshold_values
 from cxr_core.models import create_model
 from cxr_core.phantoms import FINDINGS
+from cxr_core.predictions import Predictions
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +123,16 @@ def test_eval_says_when_it_scores_the_split_its_thresholds_were_tuned_on(checkpo
     assert done.returncode == 0 and "warning:" not in done.stdout and "tuned on" not in done.stdout
     report = (clean / "report.md").read_text()
     assert "Caveat" not in report and "Thresholds tuned on: `val" in report
+
+
+def test_python_m_cxr_core_eval_is_the_same_evaluation(checkpoint, phantom_set, tmp_path):
+    """What the TUI starts detached: the core's evaluation, no command-line front-end."""
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "cxr_core.eval", str(checkpoint.parent.parent), "--data",
+                           str(phantom_set), "--split", "all", "--n-boot", "20", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "macro AUC" in done.stdout and (out / "report.md").is_file() and (out / "per_class.csv").is_file()
+    bad = subprocess.run([sys.executable, "-m", "cxr_core.eval", str(checkpoint), "--data", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "none" in bad.stderr

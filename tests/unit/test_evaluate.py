@@ -30,8 +30,8 @@ from cxr_core.eval.evaluate import (
     roc_curve,
     weighted_auc_ap,
 )
-from cxr_core.eval.predictions import Predictions
 from cxr_core.eval.report import write_report
+from cxr_core.predictions import Predictions
 
 TOL = 1e-9
 

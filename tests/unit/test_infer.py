@@ -19,11 +19,11 @@ from cxr_core.checkpoint import save_checkpoint
 from cxr_core.data.cache import load_letterboxed
 from cxr_core.data.dataset import Normalizer
 from cxr_core.errors import CxrError
-from cxr_core.eval.predictions import Predictions
 from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.engine import Predictor, flat_warning
 from cxr_core.infer.loading import fingerprint, resolve_checkpoint
 from cxr_core.models import create_model
+from cxr_core.predictions import Predictions
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Effusion"]
 

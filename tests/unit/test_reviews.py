@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cxr_core.errors import CxrError
 from cxr_core.eval.agreement import Agreement, ReviewedStudies, agreement, agreement_by_finding
-from cxr_core.eval.predictions import Predictions
+from cxr_core.predictions import Predictions
 from cxr_core.store.reviews import (
     EXPORT_COLUMNS,
     PARTIAL,

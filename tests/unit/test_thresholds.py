@@ -15,9 +15,9 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_curve
 from typer.testing import CliRunner
 
 from cxr_core.errors import CxrError
-from cxr_core.eval.predictions import Predictions
-from cxr_core.eval.thresholds import Mode, OperatingPoints, parse_mode, tune
+from cxr_core.eval.operating_points import Mode, OperatingPoints, parse_mode, tune
 from cxr_core.eval.thresholds_file import ThresholdsFile, load_thresholds, save_review, thresholds_from_choices
+from cxr_core.predictions import Predictions
 from cxr_tui.cli.thresholds import app
 
 # -- brute force -------------------------------------------------------------------------------------------

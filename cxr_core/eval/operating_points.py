@@ -1,7 +1,7 @@
 """Per-class thresholds: exact operating points from presorted scores, and tuning.
 
 **Rule.** A case is flagged for a class when ``prob >= threshold``. Thresholds are compared in the dtype of
-the scores (float32 for :class:`~cxr_core.eval.predictions.Predictions`), exactly as
+the scores (float32 for :class:`~cxr_core.predictions.Predictions`), exactly as
 ``Predictions.flagged`` compares them, so the counts here are the counts of the flags a reader of the
 predictions file sees.
 
@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cxr_core.errors import CxrError, DataError
-from cxr_core.eval.predictions import Predictions
+from cxr_core.predictions import Predictions
 
 METRIC_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "flagged", "support", "negatives", "labelled",
                "tp", "fp", "tn", "fn")
@@ -163,7 +163,7 @@ class OperatingPoints:
 
     @classmethod
     def from_predictions(cls, preds: Predictions) -> OperatingPoints:
-        """From a :class:`~cxr_core.eval.predictions.Predictions` that carries truth (DataError otherwise)."""
+        """From a :class:`~cxr_core.predictions.Predictions` that carries truth (DataError otherwise)."""
         return cls(preds.probs, preds.truth, preds.mask(), preds.labels)
 
     @property
