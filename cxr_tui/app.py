@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from textual import work
@@ -24,6 +25,9 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 import cxr_tui.widgets.xray  # noqa: F401 - asks the terminal about images before the app owns it (see there)
 from cxr_core.data.study import Study
+
+if TYPE_CHECKING:
+    from cxr_core.store.index import IndexedRoot
 from cxr_core.errors import error_text
 from cxr_core.text import visible
 from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged
@@ -121,16 +125,13 @@ class CxrApp(App):
         workspace = self.workspace
         worker = get_current_worker()
         with StudyIndex() as index:
-            scan = index.scan(workspace.root)
-            root = Path(scan.report.root)
-            studies = index.studies(root, present_only=True)
-            space = index.label_space(root)
-        self.call_from_thread(self._studies_loaded, root, studies, space)
+            indexed = index.load(workspace.root, cancel=worker.cancelled_event)
+        self.call_from_thread(self._studies_loaded, indexed.root, indexed.studies, indexed.space)
         if workspace.model is None or worker.is_cancelled:
             return
-        self._predict(worker.cancelled_event, studies)
+        self._predict(worker.cancelled_event, indexed)
 
-    def _predict(self, cancel: threading.Event, studies: list[Study]) -> None:
+    def _predict(self, cancel: threading.Event, indexed: IndexedRoot) -> None:
         from cxr_core.infer.engine import Predictor
         from cxr_core.infer.loading import load_model, resolve_checkpoint
         from cxr_core.infer.studies import predict_root
@@ -141,7 +142,7 @@ class CxrApp(App):
             self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, processes=False)
         self._load_thresholds(path, self.predictor.fingerprint)
         with self.model_lock:
-            result = predict_root(self.predictor, workspace.root, cancel=cancel, use_cache=self.use_cache, studies=studies,
+            result = predict_root(self.predictor, indexed, cancel=cancel, use_cache=self.use_cache,
                                   progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
         if result.cancelled:
             return

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.data.sources import SourceOptions
-from cxr_core.data.study import Study, image_base
+from cxr_core.data.study import image_base
 from cxr_core.errors import CxrError
+from cxr_core.imaging import probe_xray
 from cxr_core.infer.engine import Predictor, Progress
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
 from cxr_core.predictions import Predictions
-from cxr_core.store.index import StudyIndex
+from cxr_core.store.index import IndexedRoot, StudyIndex
 
 
 @dataclass
@@ -45,29 +46,34 @@ def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None
     return out
 
 
-def predict_root(predictor: Predictor, root: str | os.PathLike[str], *, fmt: str | None = None,
+def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoot, *, fmt: str | None = None,
                  split: str | None = None, options: SourceOptions = SourceOptions(), index: StudyIndex | None = None,
                  cancel: threading.Event | None = None, progress: Progress | None = None,
-                 use_cache: bool = True, studies: list[Study] | None = None) -> RootPredictions:
-    """``studies``: the root's studies (present images only) when the caller already loaded them, as the TUI has."""
+                 use_cache: bool = True) -> RootPredictions:
+    """Predict every present image of a data set root, or of one image file (a study of its own).
+
+    ``root`` may be an :class:`IndexedRoot` the caller already loaded (the TUI has one): it is not scanned again.
+    """
+    if not isinstance(root, IndexedRoot) and fmt is None and is_single_image(Path(root)):
+        return predict_file(predictor, Path(root), progress=progress, use_cache=use_cache)
     dist = predictor.dist
-    if dist.enabled and not dist.is_main:
-        dist.barrier()  # rank 0 indexes first; the others then find the index up to date
-    own = index is None
-    index = index or StudyIndex()
-    try:
-        scan = index.scan(root, fmt, options)
-        resolved = Path(scan.report.root)
-        space = index.label_space(resolved)
-        if studies is None:
-            studies = index.studies(resolved, split=split, present_only=True)
-        elif split is not None:
-            studies = [s for s in studies if s.split == split]
-    finally:
-        if own:
-            index.close()
-        if dist.enabled and dist.is_main:
-            dist.barrier()
+    if isinstance(root, IndexedRoot):
+        indexed = root
+        studies = [s for s in indexed.studies if split is None or s.split == split]
+    else:
+        if dist.enabled and not dist.is_main:
+            dist.barrier()  # rank 0 indexes first; the others then find the index up to date
+        own = index is None
+        index = index or StudyIndex()
+        try:
+            indexed = index.load(root, fmt, options, split=split)
+        finally:
+            if own:
+                index.close()
+            if dist.enabled and dist.is_main:
+                dist.barrier()
+        studies = indexed.studies
+    resolved, scan, space = indexed.root, indexed.scan, indexed.space
     if split is not None and not studies:
         raise CxrError(f"{resolved}: no studies with images in split {split!r} "
                        f"(splits here: {', '.join(sorted(scan.report.splits)) or 'none'})")
@@ -97,3 +103,26 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str], *, fmt: str
                               split=[s.split or "" for s, _ in kept])
     return RootPredictions(predictions, errors, result.cached, result.computed, result.seconds, result.cancelled,
                            result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None])
+
+
+def is_single_image(path: Path) -> bool:
+    """Whether ``path`` is one image file to predict on its own, rather than a data set (a folder, an archive)."""
+    if not path.is_file() or path.suffix.lower() in (".tgz", ".npz", ".csv", ".gz", ".xml"):
+        return False
+    try:
+        probe_xray(path)
+    except CxrError:
+        return path.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # unreadable: say why, as one
+    return True
+
+
+def predict_file(predictor: Predictor, path: Path, *, progress: Progress | None = None,
+                 use_cache: bool = True) -> RootPredictions:
+    """One image as one study (its stem as the id); an unreadable file is a CxrError with the reason."""
+    result = predictor.predict([str(path)], progress=progress, use_cache=use_cache)
+    if result.errors:
+        raise CxrError(f"{path}: {next(iter(result.errors.values()))}")
+    preds = Predictions(predictor.labels, result.probs, [path.stem], [str(path)],
+                        meta={"model": str(predictor.loaded.path), "fingerprint": predictor.fingerprint})
+    return RootPredictions(preds, {}, result.cached, result.computed, result.seconds, result.cancelled,
+                           result.warnings)

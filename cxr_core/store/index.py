@@ -104,6 +104,17 @@ def _probe(root: Path, relpath: str, size: int, mtime_ns: int, verify: bool) -> 
     return FileInfo(relpath, size, mtime_ns, True, "", info.format, info.width, info.height, meta)
 
 
+@dataclass(frozen=True)
+class IndexedRoot:
+    """A data set root brought up to date: its report, label space and studies (images present only)."""
+
+    root: Path
+    report: DatasetReport
+    space: LabelSpace
+    studies: list[Study]
+    scan: ScanResult
+
+
 class StudyIndex:
     """``StudyIndex(path)`` opens (or creates) the index; ``scan(root)`` brings a root up to date."""
 
@@ -187,6 +198,16 @@ class StudyIndex:
         with self._db.reading():
             self._save(root, dataset_id, result.space, options_key, inputs, report, studies, present, files, known)
         return ScanResult(report, True, probed, reused, time.perf_counter() - started, because)
+
+    def load(self, root: str | Path, fmt: str | None = None, options: SourceOptions = SourceOptions(), *,
+             split: str | None = None, progress: Progress | None = None,
+             cancel: threading.Event | None = None) -> IndexedRoot:
+        """Scan ``root`` (incrementally) and read what a front-end works from, once: the TUI and ``predict`` hand
+        the result on instead of scanning again."""
+        scan = self.scan(root, fmt, options, progress=progress, cancel=cancel)
+        resolved = Path(scan.report.root)
+        return IndexedRoot(resolved, scan.report, self.label_space(resolved),
+                           self.studies(resolved, split=split, present_only=True), scan)
 
     def _known_files(self, dataset_id: int) -> dict[str, FileInfo]:
         rows = self._conn.execute(

@@ -10,7 +10,6 @@ import typer
 from cxr_core.atomic import check_writable
 from cxr_core.data.sources import SourceOptions
 from cxr_core.errors import CxrError
-from cxr_core.imaging import probe_xray
 from cxr_core.store.index import StudyIndex
 
 if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not for --help or --version
@@ -124,27 +123,8 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
 
 def _predict(predictor: Predictor, root: Path, fmt: str | None, labels_csv: Path | None, split: str | None,
              db: Path | None, progress) -> RootPredictions:
-    from cxr_core.infer.studies import RootPredictions, predict_root
-    from cxr_core.predictions import Predictions
+    from cxr_core.infer.studies import predict_root
 
-    if root.is_file() and fmt is None and _is_image(root):
-        result = predictor.predict([str(root)], progress=progress)
-        if result.errors:
-            raise CxrError(f"{root}: {next(iter(result.errors.values()))}")
-        ok = result.ok
-        preds = Predictions(predictor.labels, result.probs[ok], [root.stem] * int(ok.sum()),
-                            [str(root)] * int(ok.sum()), meta={"model": str(predictor.loaded.path)})
-        return RootPredictions(preds, {}, result.cached, result.computed, result.seconds, False, result.warnings)
     with StudyIndex(db) as index:
         return predict_root(predictor, root, fmt=fmt, split=split, options=SourceOptions(labels_csv=labels_csv),
                             index=index, progress=progress)
-
-
-def _is_image(path: Path) -> bool:
-    if path.suffix.lower() in (".tgz", ".npz", ".csv", ".gz", ".xml"):
-        return False
-    try:
-        probe_xray(path)
-    except CxrError:
-        return path.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-    return True

@@ -206,7 +206,7 @@ def test_torchrun_shards_and_merges(checkpoint, folder, tmp_path):
 
 def test_cli_knows_the_engines_augmentations():
     from cxr_core.infer.engine import TTA_CHOICES
-    from cxr_tui.cli.predict import TTA_CHOICES as CLI_CHOICES
+    from cxr_tui.cli.options import TTA_CHOICES as CLI_CHOICES
 
     assert CLI_CHOICES == TTA_CHOICES
 
