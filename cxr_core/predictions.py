@@ -20,7 +20,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,23 @@ class Predictions:
             if name:
                 counts[name] = counts.get(name, 0) + 1
         return dict(sorted(counts.items()))
+
+    def rows_by_study(self) -> dict[str, list[int]]:
+        """Each study's rows (its images), in row order."""
+        rows: dict[str, list[int]] = {}
+        for row, study in enumerate(self.study):
+            rows.setdefault(study, []).append(row)
+        return rows
+
+    def study_scores(self, studies: Sequence[str]) -> np.ndarray:
+        """(len(studies), K): a study's score for a label is the highest over its images (NaN-aware; NaN for a
+        study without predicted images). The one definition the worklist, flags and agreement all use."""
+        position = {study: i for i, study in enumerate(studies)}
+        out = np.full((len(studies), len(self.labels)), np.nan, dtype=np.float32)
+        codes = np.array([position.get(study, -1) for study in self.study], dtype=np.int64)
+        keep = codes >= 0
+        np.fmax.at(out, codes[keep], self.probs[keep])
+        return out
 
     def subset(self, rows: np.ndarray) -> Predictions:
         """The rows selected by a boolean mask or an index array (same labels and meta)."""

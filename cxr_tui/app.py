@@ -191,15 +191,7 @@ class CxrApp(App):
         workspace.errors = message.errors
         for label in preds.labels:
             workspace.thresholds.setdefault(label, 0.5)
-        index = {sid: i for i, sid in enumerate(self.study_order)}
-        probs = np.full((len(self.study_order), len(preds.labels)), np.nan, dtype=np.float32)
-        rows: dict[str, list[int]] = {}
-        for row, sid in enumerate(preds.study):
-            rows.setdefault(sid, []).append(row)
-            i = index.get(sid)
-            if i is not None:
-                probs[i] = np.fmax(probs[i], preds.probs[row])
-        self.study_probs, self.image_rows = probs, rows
+        self.study_probs, self.image_rows = preds.study_scores(self.study_order), preds.rows_by_study()
         save_session(workspace)
         note = f"{len(preds):,} images: {message.cached:,} from the cache, {message.computed:,} computed"
         if message.errors:

@@ -164,16 +164,10 @@ class ReviewedStudies:
     @classmethod
     def build(cls, preds: Predictions, reviews: Iterable[_ReviewLike]) -> ReviewedStudies:
         reviews = list(reviews)
-        wanted = {r.study for r in reviews}
-        rows: dict[str, list[int]] = defaultdict(list)
-        for i, study in enumerate(preds.study):
-            if study in wanted:
-                rows[study].append(i)
-        studies = list(rows)
+        predicted = set(preds.study)
+        studies = [study for study in dict.fromkeys(r.study for r in reviews) if study in predicted]
         position = {study: s for s, study in enumerate(studies)}
-        max_prob = np.full((len(studies), len(preds.labels)), np.nan, dtype=preds.probs.dtype)
-        for s, study in enumerate(studies):
-            max_prob[s] = np.fmax.reduce(preds.probs[rows[study]], axis=0)
+        max_prob = preds.study_scores(studies)
         column = {label: k for k, label in enumerate(preds.labels)}
         pairs: dict[str, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
         unmatched: dict[str, int] = defaultdict(int)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cxr_core.errors import CxrError, DataError
+from cxr_core.eval.metrics import roc_auc
 from cxr_core.predictions import Predictions
 
 METRIC_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "flagged", "support", "negatives", "labelled",
@@ -229,6 +230,16 @@ class OperatingPoints:
         fn = np.searchsorted(pos, cand, "left").astype(np.int64)
         tn = np.searchsorted(neg, cand, "left").astype(np.int64)
         return cand, fn, tn
+
+    def auc(self, label: int | str) -> float | None:
+        """ROC AUC of one class over its labelled rows (:func:`cxr_core.eval.metrics.roc_auc`); None without both
+        outcomes."""
+        c = self.index(label)
+        pos, neg = self._pos[c], self._neg[c]
+        if not pos.size or not neg.size:
+            return None
+        truth = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
+        return roc_auc(truth, np.concatenate([pos, neg]))
 
     def curve(self, label: int | str, max_points: int | None = None) -> Curve:
         """ROC (fpr, tpr) and PR (recall, precision) points of one class; optionally at most ``max_points``."""

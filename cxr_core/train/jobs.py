@@ -48,6 +48,13 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
     return run
 
 
+def start(config: TrainConfig, runs_dir: Path | None = None) -> tuple[RunDir, int]:
+    """Create a run for ``config`` (checked first: see :func:`create_run`) and start it detached; what
+    ``cxr-tui train --detach`` and the TUI's launch form both do. Returns the run and the launcher's pid."""
+    run = create_run(config, runs_dir)
+    return run, launch(run, gpus=config.gpus)
+
+
 def job_command(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> list[str]:
     tail = ["-m", "cxr_core.train", str(run.path)] + (["--resume"] if resume else [])
     devices = gpu_list(gpus)

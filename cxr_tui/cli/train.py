@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -104,14 +105,14 @@ def train(
         config = config.resolve().validate()
         run = None
 
+    if run is None and detach and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not under torchrun
+        run, pid = jobs.start(config, runs_dir)
+        _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
+        return
     dist = init_distributed()
     try:
         if run is None:
             run = RunDir(Path(dist.broadcast(str(jobs.create_run(config, runs_dir).path) if dist.is_main else None)))
-        if detach and not dist.enabled:
-            pid = jobs.launch(run, gpus=config.gpus)
-            _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
-            return
         if config.cv:
             from cxr_core.train.crossval import run_crossval
 

@@ -633,9 +633,7 @@ accept/reject decisions; uncertain ones are left out.
     def _curve(self, label: str) -> tuple[Any, float | None]:
         """The ROC curve to draw (at most CURVE_POINTS points) and the AUC of the full curve, cached per label."""
         if label not in self._curves:
-            full = self.points.curve(label)
-            auc = float(np.sum(np.diff(full.fpr) * (full.tpr[1:] + full.tpr[:-1])) / 2) if full.thresholds.size else None
-            self._curves[label] = (full.downsample(CURVE_POINTS), auc)
+            self._curves[label] = (self.points.curve(label, CURVE_POINTS), self.points.auc(label))
         return self._curves[label]
 
     def _histogram(self, label: str) -> tuple[list[float], list[int]]:

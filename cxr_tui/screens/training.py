@@ -322,8 +322,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
     def launch_run(self, config: TrainConfig) -> JobDone:
         """What ``cxr-tui train --detach`` does: create the run, save its config, start it detached."""
-        run = jobs.create_run(config, self.runs_dir)
-        pid = jobs.launch(run, gpus=config.gpus)
+        run, pid = jobs.start(config, self.runs_dir)
         return JobDone(f"Started {run.id} (pid {pid}).", run.id)
 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
