@@ -36,7 +36,7 @@ from PIL import Image
 
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError, ImageReadError
-from cxr_core.imaging import read_xray
+from cxr_core.images import read_xray
 from cxr_core.paths import data_dir, ensure_private_dir
 
 try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_core.imaging import looks_like_image
+from cxr_core.images import looks_like_image
 
 _SKIP_DIRS = frozenset({"__MACOSX", "__pycache__"})
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from cxr_core.data.study import image_base
 from cxr_core.errors import CxrError
-from cxr_core.imaging import read_xray
+from cxr_core.images import read_xray
 from cxr_core.labels import LabelSpace
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import numpy as np
 from cxr_core.data.sources import SourceOptions
 from cxr_core.data.study import image_base
 from cxr_core.errors import CxrError
-from cxr_core.imaging import probe_xray
+from cxr_core.images import probe_xray
 from cxr_core.infer.engine import Predictor, Progress
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
 from cxr_core.predictions import Predictions

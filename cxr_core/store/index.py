@@ -23,7 +23,7 @@ from cxr_core.data.splits import DEFAULT_FRACTIONS, patient_split
 from cxr_core.data.stats import DatasetReport, summarise
 from cxr_core.data.study import Study, StudyImage, image_base
 from cxr_core.errors import CxrError, DataError, ImageReadError
-from cxr_core.imaging import probe_xray
+from cxr_core.images import probe_xray
 from cxr_core.labels import LabelSpace, get_space
 from cxr_core.paths import default_index_path
 from cxr_core.store.db import is_open_database, open_database

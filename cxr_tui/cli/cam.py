@@ -10,7 +10,7 @@ import typer
 
 from cxr_core.atomic import check_writable
 from cxr_core.errors import CxrError
-from cxr_core.imaging import read_xray
+from cxr_core.images import read_xray
 from cxr_core.text import filename_part
 from cxr_tui.cli.options import DeviceOpt, JsonOpt
 from cxr_tui.cli.output import print_json, stdout

@@ -67,7 +67,7 @@ class StudyScreen(Screen):
         self.pixels: np.ndarray | None = None
         self.cams: dict[tuple[str, int, str], np.ndarray] = {}
         self.decisions: dict[str, object] = {}
-        self.dicom_fields: dict[str, str] = {}  # non-identifying header fields only (cxr_core.dicom.SAFE_FIELDS)
+        self.dicom_fields: dict[str, str] = {}  # non-identifying header fields only (cxr_core.images.dicom.SAFE_FIELDS)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -182,7 +182,7 @@ class StudyScreen(Screen):
 
     def _phi(self, relpath: str) -> list[str]:
         from cxr_core.data.study import image_base
-        from cxr_core.dicom import dicom_identifiers
+        from cxr_core.images.dicom import dicom_identifiers
 
         try:
             fields = dicom_identifiers(image_base(self.app.workspace.root) / relpath)
@@ -201,7 +201,7 @@ class StudyScreen(Screen):
     @work(thread=True, exclusive=True, group="study-image", exit_on_error=False)
     def load_image(self, study_id: str, index: int) -> None:
         from cxr_core.data.study import image_base
-        from cxr_core.imaging import read_xray
+        from cxr_core.images import read_xray
 
         study = self.app.studies[study_id]
         path = image_base(self.app.workspace.root) / study.images[index].path

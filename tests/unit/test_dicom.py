@@ -1,4 +1,4 @@
-"""cxr_core.dicom through imaging: display transforms, frames, colour, decoders, probing, and no PHI leaks."""
+"""cxr_core.images.dicom through read_xray: display transforms, frames, colour, decoders, probing, and no PHI leaks."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import JPEGLosslessSV1, RLELossless
 
-from cxr_core import dicom, privacy
+from cxr_core import privacy
 from cxr_core.errors import CorruptImage, ImageTooLarge, MissingDecoder, UnsupportedImage
-from cxr_core.imaging import probe_xray, read_xray, stretch_to_uint16
+from cxr_core.images import dicom, probe_xray, read_xray
+from cxr_core.images.pixels import stretch_to_uint16
 from tests.malformed import PLANTED_ID, PLANTED_IDENTIFIERS, PLANTED_NAME, build_mixed_folder, gradient, write_dicom
 
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

@@ -38,7 +38,7 @@ from PIL import Image
 from pydicom.uid import RLELossless
 
 from cxr_core.errors import CxrError, ImageReadError
-from cxr_core.imaging import probe_xray, read_xray
+from cxr_core.images import probe_xray, read_xray
 from cxr_core.labels import get_space
 from cxr_core.store.index import ScanResult, StudyIndex
 from tests.malformed import PLANTED_IDENTIFIERS, gradient, image_bytes, jpeg_bytes, write_dicom

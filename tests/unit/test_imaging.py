@@ -1,4 +1,4 @@
-"""cxr_core.imaging: formats by content, deep and colour PNG/JPEG, typed errors, bombs, probing, .npz members."""
+"""cxr_core.images: formats by content, deep and colour PNG/JPEG, typed errors, bombs, probing, .npz members."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from PIL import Image, ImageFile
 from pydicom import dcmread
 from pydicom.encaps import generate_frames
 
-from cxr_core import imaging
+from cxr_core import images as imaging
 from cxr_core.errors import CorruptImage, DataError, ImageReadError, ImageTooLarge, UnsupportedImage
-from cxr_core.imaging import probe_xray, read_xray
+from cxr_core.images import probe_xray, read_xray
 from tests.malformed import build_mixed_folder, crafted_png, gradient, image_bytes, jpeg_bytes, write_dicom, write_png
 
 EXPECTED_ERROR_TYPES = {

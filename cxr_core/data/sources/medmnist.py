@@ -1,7 +1,7 @@
 """ChestMNIST (MedMNIST v2): one ``.npz`` holding ``{train,val,test}_images`` and ``_labels``.
 
 Images stay inside the archive; each study's image path is an archive member reference
-(``chestmnist.npz::train_images/17``) that :func:`cxr_core.imaging.read_xray` reads. ChestMNIST carries no
+(``chestmnist.npz::train_images/17``) that :func:`cxr_core.images.read_xray` reads. ChestMNIST carries no
 patient ids (each image is its own patient) but keeps NIH's official patient-level split.
 """
 

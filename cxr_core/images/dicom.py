@@ -1,6 +1,6 @@
-"""The DICOM path of :mod:`cxr_core.imaging`: cheap header probing, pixel decoding and display transforms.
+"""The DICOM path of :mod:`cxr_core.images.read`: cheap header probing, pixel decoding and display transforms.
 
-:mod:`cxr_core.imaging` imports this module only when it meets a DICOM file, because importing pydicom
+:mod:`cxr_core.images.read` imports this module only when it meets a DICOM file, because importing pydicom
 costs about a third of a second and most data sets are PNG.
 
 Header fields are split in two. :data:`SAFE_FIELDS` travel in :attr:`ImageInfo.dicom`, which is indexed, shown
@@ -35,7 +35,7 @@ from pydicom.uid import (
 
 from cxr_core import privacy
 from cxr_core.errors import CorruptImage, ImageReadError, MissingDecoder, UnsupportedImage
-from cxr_core.imaging import (
+from cxr_core.images.pixels import (
     ImageInfo,
     brief_error,
     check_pixel_count,

@@ -1,6 +1,6 @@
 """Images stored inside a NumPy ``.npz`` archive (MedMNIST), addressed as ``file.npz::array/index``.
 
-Part of :mod:`cxr_core.imaging`, which calls :func:`parse_ref`, :func:`probe` and :func:`read`; kept apart because
+Part of :mod:`cxr_core.images.read`, which calls :func:`parse_ref`, :func:`probe` and :func:`read`; kept apart because
 reaching one image inside a zip member (memory-mapped when stored, inflated and cached when compressed) is its
 own problem. Object arrays are refused before anything is loaded: cxr never unpickles.
 """
@@ -19,7 +19,14 @@ from typing import BinaryIO
 import numpy as np
 
 from cxr_core.errors import CorruptImage, ImageReadError, UnsupportedImage
-from cxr_core.imaging import ImageInfo, brief_error, check_pixel_count, gray_from_channels, open_image_file, os_error
+from cxr_core.images.pixels import (
+    ImageInfo,
+    brief_error,
+    check_pixel_count,
+    gray_from_channels,
+    open_image_file,
+    os_error,
+)
 
 SEPARATOR = "::"
 # A compressed .npz member must be inflated whole to reach one image; past this size, refuse instead.

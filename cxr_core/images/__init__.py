@@ -1,0 +1,22 @@
+"""Chest X-ray image files: PNG, JPEG, DICOM and ``.npz`` members, read as one grayscale array.
+
+The face of the package (``read_xray``, ``probe_xray``, ``XRay``, ...). Inside: :mod:`pixels` (the toolkit every
+reader shares), :mod:`raster` (PNG/JPEG), :mod:`dicom`, :mod:`npz`, and :mod:`read` (which dispatches); each
+format module depends on the toolkit only, so there is no import circle.
+"""
+
+from cxr_core.images.pixels import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageInfo, XRay, open_image_file
+from cxr_core.images.read import IMAGE_SUFFIXES, looks_like_image, probe_xray, read_xray, sniff_format
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS_ENV",
+    "ImageInfo",
+    "XRay",
+    "looks_like_image",
+    "open_image_file",
+    "probe_xray",
+    "read_xray",
+    "sniff_format",
+]
