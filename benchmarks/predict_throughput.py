@@ -29,11 +29,10 @@ import numpy as np
 import torch
 
 from cxr_core.checkpoint import save_checkpoint
-from cxr_core.data.cache import load_letterboxed
-from cxr_core.data.dataset import Normalizer
-from cxr_core.infer.cache import PredictionCache
+from cxr_core.data.preprocess import Normalizer, load_letterboxed
 from cxr_core.infer.engine import Predictor, auto_device
 from cxr_core.infer.loading import load_model
+from cxr_core.infer.prediction_cache import PredictionCache
 from cxr_core.labels import get_space
 from cxr_core.models import create_model
 

@@ -37,8 +37,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cxr_core.data.augment import train_transform
-from cxr_core.data.cache import MIN_IMAGES_PER_WORKER, ImageCache, load_letterboxed
-from cxr_core.data.dataset import Item, Normalizer, Preprocess, XRayDataset
+from cxr_core.data.dataset import Item, XRayDataset
+from cxr_core.data.image_cache import MIN_IMAGES_PER_WORKER, ImageCache
+from cxr_core.data.preprocess import Normalizer, Preprocess, load_letterboxed
 from cxr_core.train.losses import make_loss
 from cxr_core.train.sampling import RareLabelSampler
 

@@ -5,8 +5,8 @@ Datasets know nothing about models (the timm habit): they take a small preproces
 the [0, 1] scale, one value per channel or a single value for all. Grayscale is replicated to ``in_chans``
 channels, because ImageNet/CLIP backbones expect three.
 
-Pixels come from the :class:`~cxr_core.data.cache.ImageCache` when one is given, else they are decoded
-on the spot by the same :func:`~cxr_core.data.cache.load_letterboxed`, so both paths give identical
+Pixels come from the :class:`~cxr_core.data.image_cache.ImageCache` when one is given, else they are decoded
+on the spot by the same :func:`~cxr_core.data.preprocess.load_letterboxed`, so both paths give identical
 tensors. Augmentation (``transform``, e.g. :func:`~cxr_core.data.augment.train_transform`) sees the
 uint8 (1, S, S) tensor before scaling and normalisation, where it is cheapest, and returns the same.
 """
@@ -14,36 +14,18 @@ uint8 (1, S, S) tensor before scaling and normalisation, where it is cheapest, a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxr_core.data.cache import ImageCache, load_letterboxed
+from cxr_core.data.image_cache import ImageCache
+from cxr_core.data.preprocess import Normalizer, PreprocessSpec, load_letterboxed
 from cxr_core.data.study import Study
 from cxr_core.errors import ImageReadError
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class PreprocessSpec(Protocol):
-    in_chans: int
-    mean: Sequence[float]
-    std: Sequence[float]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """The preprocessing a model expects, for callers without a model config at hand."""
-
-    in_chans: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
 
 
 class Item(NamedTuple):
@@ -52,63 +34,6 @@ class Item(NamedTuple):
     relpath: str
     target: np.ndarray
     mask: np.ndarray
-
-
-class Normalizer:
-    """uint8 (S, S) -> float (C, S, S): optional transform (on uint8), to [0, 1], replicate, (x - mean) / std."""
-
-    def __init__(self, spec: PreprocessSpec, transform: Any = None):
-        channels = int(spec.in_chans)
-        if channels < 1:
-            raise ValueError(f"in_chans must be >= 1, got {channels}")
-        self.channels = channels
-        self.mean = _per_channel(spec.mean, channels, "mean")
-        self.std = _per_channel(spec.std, channels, "std")
-        if (self.std <= 0).any():
-            raise ValueError(f"std must be positive, got {tuple(spec.std)}")
-        self.transform = transform
-        self._device_stats: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
-
-    def augment(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 (S, S) -> uint8 (1, S, S), a copy, through the transform when there is one."""
-        image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0)
-        return image if self.transform is None else self.transform(image)
-
-    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        image = self.augment(pixels).float().div_(255.0)
-        size = image.shape[-2:]
-        return (image.expand(self.channels, *size) - self.mean) / self.std
-
-    def batch(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 (B, S, S) -> float (B, C, S, S) in one vectorised pass, on the device ``pixels`` is on.
-
-        No transform (inference only). Normalising whole batches where the model runs means the decoders hand
-        over uint8 (a twelfth of float RGB: less to pickle between processes and to copy to a GPU).
-        """
-        if self.transform is not None:
-            raise ValueError("Normalizer.batch does not apply a transform; call the normalizer per image")
-        if not isinstance(pixels, torch.Tensor):
-            pixels = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
-        images = pixels.unsqueeze(1).float().div_(255.0)
-        mean, std = self._on(images.device)
-        return (images.expand(-1, self.channels, -1, -1) - mean) / std
-
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """mean and std on ``device``, copied there once (not a small host-to-device copy every batch)."""
-        if device.type == "cpu":
-            return self.mean, self.std
-        if self._device_stats is None or self._device_stats[0] != device:
-            self._device_stats = (device, self.mean.to(device), self.std.to(device))
-        return self._device_stats[1], self._device_stats[2]
-
-
-def _per_channel(values: Sequence[float] | float, channels: int, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-    if tensor.numel() == 1:
-        tensor = tensor.expand(channels)
-    if tensor.numel() != channels:
-        raise ValueError(f"{name} has {tensor.numel()} values for {channels} channels")
-    return tensor.clone().reshape(channels, 1, 1)
 
 
 class XRayDataset(Dataset):

@@ -20,7 +20,7 @@ Hooks (torchcam's memory leak class of bug, pytorch-grad-cam #78): :class:`CamEx
 gradients and graph references are dropped, so a model used for plain predictions in between keeps nothing.
 
 Geometry: :func:`cam_for_image` letterboxes and normalises exactly as training did
-(:func:`cxr_core.data.cache.letterbox` and the dataset normaliser), then crops the letterbox padding off the
+(:func:`cxr_core.data.preprocess.letterbox` and the dataset normaliser), then crops the letterbox padding off the
 map and resizes it to the original (H, W), so the map lines up with the film and with NIH box coordinates.
 """
 
@@ -40,8 +40,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from cxr_core.atomic import atomic_path
-from cxr_core.data.cache import letterbox, letterbox_geometry
-from cxr_core.data.dataset import Normalizer
+from cxr_core.data.preprocess import Normalizer, letterbox, letterbox_geometry
 from cxr_core.errors import CxrError
 from cxr_core.models.config import ModelConfig
 

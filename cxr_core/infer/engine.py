@@ -4,7 +4,7 @@ Decoding runs in DataLoader workers overlapped with the model on CUDA, and on a 
 that takes turns with the model (both then use every core instead of fighting over them); AMP (bf16, or
 fp16 where bf16 is not supported) on CUDA; channels_last on CUDA and CPU; ``torch.compile`` on request;
 optional test-time augmentation (horizontal flip, a light rescale) averaged in probability space. Results come from the
-:class:`~cxr_core.infer.cache.PredictionCache` when the same image content was already seen by the same
+:class:`~cxr_core.infer.prediction_cache.PredictionCache` when the same image content was already seen by the same
 model, so reopening a folder costs nothing. ``cancel`` (a ``threading.Event``) stops between batches and
 ``progress(done, total)`` streams — the TUI runs this in a worker and draws a bar. Under ``torchrun`` the
 images still to compute are sharded across ranks and the results gathered, so every GPU of a node works.
@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from cxr_core.data.dataset import Normalizer, PredictDataset, PredictPixels
+from cxr_core.data.dataset import PredictDataset, PredictPixels
+from cxr_core.data.preprocess import Normalizer
 from cxr_core.distributed import Dist, init_distributed
 from cxr_core.errors import CxrError
-from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.loading import LoadedModel, load_model
+from cxr_core.infer.prediction_cache import PredictionCache
 from cxr_core.text import visible
 
 TTA_CHOICES = ("hflip", "scale")

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from cxr_core.checkpoint import load_checkpoint, save_checkpoint
 from cxr_core.data.augment import train_transform
-from cxr_core.data.cache import ImageCache
 from cxr_core.data.dataset import XRayDataset
+from cxr_core.data.image_cache import ImageCache
 from cxr_core.distributed import Dist
 from cxr_core.errors import CxrError
 from cxr_core.eval.metrics import ranking_metrics

@@ -1,4 +1,4 @@
-"""cxr_core.data.cache: build, reuse, incremental re-decode, failures, letterbox geometry, crash safety."""
+"""cxr_core.data.image_cache: build, reuse, incremental re-decode, failures, letterbox geometry, crash safety."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_core.data import cache as cache_mod
-from cxr_core.data.cache import CacheBuildCancelled, ImageCache, letterbox, load_letterboxed
+from cxr_core.data import image_cache as cache_mod
+from cxr_core.data.image_cache import CacheBuildCancelled, ImageCache
+from cxr_core.data.preprocess import letterbox, load_letterboxed
 from cxr_core.errors import ImageReadError
 from tests.malformed import write_png
 
@@ -40,7 +41,9 @@ def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("the cache decoded an image it already had")
 
-    monkeypatch.setattr(cache_mod, "read_xray", fail)
+    from cxr_core.data import preprocess
+
+    monkeypatch.setattr(preprocess, "read_xray", fail)  # what load_letterboxed, the cache's decoder, calls
 
 
 def _rewrite(path: Path, pixels: np.ndarray) -> None:

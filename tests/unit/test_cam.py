@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cxr_core.data.cache import letterbox
+from cxr_core.data.preprocess import letterbox
 from cxr_core.errors import CxrError
 from cxr_core.eval.localisation import (
     Box,

@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxr_core.data.augment import train_transform
-from cxr_core.data.cache import ImageCache
-from cxr_core.data.dataset import Item, PredictDataset, PredictPixels, Preprocess, XRayDataset, items_from_studies
+from cxr_core.data.dataset import Item, PredictDataset, PredictPixels, XRayDataset, items_from_studies
+from cxr_core.data.image_cache import ImageCache
+from cxr_core.data.preprocess import Preprocess
 from cxr_core.data.study import Study, StudyImage
 from cxr_core.errors import ImageReadError
 from cxr_core.labels import LabelSpace, UncertaintyPolicy

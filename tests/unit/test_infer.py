@@ -16,12 +16,11 @@ import torch
 from PIL import Image
 
 from cxr_core.checkpoint import save_checkpoint
-from cxr_core.data.cache import load_letterboxed
-from cxr_core.data.dataset import Normalizer
+from cxr_core.data.preprocess import Normalizer, load_letterboxed
 from cxr_core.errors import CxrError
-from cxr_core.infer.cache import PredictionCache
 from cxr_core.infer.engine import Predictor, flat_warning
 from cxr_core.infer.loading import fingerprint, resolve_checkpoint
+from cxr_core.infer.prediction_cache import PredictionCache
 from cxr_core.models import create_model
 from cxr_core.predictions import Predictions
 

@@ -32,11 +32,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cxr_core.atomic import atomic_write_text
+from cxr_core.data.preprocess import RESIZE_METHOD, load_letterboxed
 from cxr_core.errors import CxrError, ImageReadError
-from cxr_core.images import read_xray
 from cxr_core.paths import data_dir, ensure_private_dir
 
 try:
@@ -44,7 +43,6 @@ try:
 except ImportError:  # Windows: no flock; concurrent builds of one cache are then the caller's problem
     fcntl = None  # type: ignore[assignment]
 
-RESIZE_METHOD = "letterbox-bicubic-rg2-v1"  # part of the cache key: change it whenever letterbox() changes
 _INDEX_FORMAT = 1
 _CHUNK = 16  # images per worker task: amortises inter-process overhead, keeps cancel responsive
 # A spawned worker is a fresh interpreter that re-imports the caller's __main__ script: 2-10 s when that
@@ -55,37 +53,6 @@ Progress = Callable[[int, int], None]
 
 class CacheBuildCancelled(CxrError):
     """The build was cancelled; rows finished so far are saved and will not be decoded again."""
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(top, left, inner height, inner width) of an (H, W) image inside its ``size`` letterbox."""
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
-
-
-def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Fit a (H, W) uint8 image into ``size x size``: aspect ratio kept, centred, padded with 0.
-
-    Chest films are rarely square (NIH originals are 2500x2048, portable films vary): a centre crop to a
-    square can cut the costophrenic angles or apices, where effusions and pneumothoraces show, and a
-    stretch distorts the cardiothoracic ratio that cardiomegaly is read from. Zero padding looks like the
-    collimated border a film already has. Downscaling is Pillow's antialiased bicubic, preceded by an
-    integer box reduction (``reducing_gap=2``) that halves its cost at 1024 -> 224 with no visible change.
-    """
-    height, width = pixels.shape
-    top, left, new_h, new_w = letterbox_geometry(height, width, size)
-    if (new_h, new_w) != (height, width):
-        resized = Image.fromarray(pixels).resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        pixels = np.asarray(resized)
-    out = np.zeros((size, size), np.uint8)
-    out[top : top + new_h, left : left + new_w] = pixels
-    return out
-
-
-def load_letterboxed(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """Decode and letterbox one image: the one function behind both the cache and uncached datasets."""
-    return letterbox(read_xray(path).as_uint8(), size)
 
 
 def cache_key(base: Path) -> str:
