@@ -24,10 +24,10 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.worker import Worker, WorkerState, get_current_worker
 
 import cxr_tui.widgets.xray  # noqa: F401 - asks the terminal about images before the app owns it (see there)
-from cxr_core.data.study import Study
+from cxr_core.data import Study
 
 if TYPE_CHECKING:
-    from cxr_core.store.index import IndexedRoot
+    from cxr_core.store import IndexedRoot
 from cxr_core.errors import error_text
 from cxr_core.text import visible
 from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged
@@ -120,7 +120,7 @@ class CxrApp(App):
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def load_root(self) -> None:
         """Index the root, show its studies, then predict them with the model (cache first)."""
-        from cxr_core.store.index import StudyIndex
+        from cxr_core.store import StudyIndex
 
         workspace = self.workspace
         worker = get_current_worker()
@@ -132,9 +132,7 @@ class CxrApp(App):
         self._predict(worker.cancelled_event, indexed)
 
     def _predict(self, cancel: threading.Event, indexed: IndexedRoot) -> None:
-        from cxr_core.infer.engine import Predictor
-        from cxr_core.infer.loading import load_model, resolve_checkpoint
-        from cxr_core.infer.studies import predict_root
+        from cxr_core.infer import Predictor, load_model, predict_root, resolve_checkpoint
 
         workspace = self.workspace
         path = resolve_checkpoint(workspace.model)
@@ -150,7 +148,7 @@ class CxrApp(App):
                                            result.seconds))
 
     def _load_thresholds(self, checkpoint: Path, fingerprint: str) -> None:
-        from cxr_core.eval.thresholds_file import load_thresholds, thresholds_path_for
+        from cxr_core.eval import load_thresholds, thresholds_path_for
 
         workspace = self.workspace
         if workspace.thresholds_path is None:
@@ -235,7 +233,7 @@ class CxrApp(App):
     def reviews(self):
         """The reviews database, opened once for the app (every decision is still its own committed transaction)."""
         if self._reviews is None:
-            from cxr_core.store.reviews import ReviewStore
+            from cxr_core.store import ReviewStore
 
             self._reviews = ReviewStore()
         return self._reviews

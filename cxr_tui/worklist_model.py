@@ -31,7 +31,7 @@ import numpy as np
 from cxr_core.text import visible
 
 if TYPE_CHECKING:
-    from cxr_core.data.study import Study
+    from cxr_core.data import Study
 
 SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status"]
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)

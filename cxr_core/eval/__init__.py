@@ -4,12 +4,10 @@ The face of the package: what the front-ends use, imported when first asked for 
 model zoo and torch; ``cxr-tui thresholds show`` must not wait for them).
 """
 
-from __future__ import annotations
+from cxr_core._face import lazy
 
-import importlib
-from typing import Any
+__getattr__, __all__ = lazy(__name__, {
 
-_FACE = {
     "Evaluation": "cxr_core.eval.evaluation",
     "evaluate_run": "cxr_core.eval.evaluation",
     "default_out": "cxr_core.eval.evaluation",
@@ -30,6 +28,7 @@ _FACE = {
     "load_thresholds": "cxr_core.eval.thresholds_file",
     "save_review": "cxr_core.eval.thresholds_file",
     "save_tuning": "cxr_core.eval.thresholds_file",
+    "thresholds_from_choices": "cxr_core.eval.thresholds_file",
     "split_check": "cxr_core.eval.thresholds_file",
     "threshold_values": "cxr_core.eval.thresholds_file",
     "thresholds_path_for": "cxr_core.eval.thresholds_file",
@@ -37,12 +36,4 @@ _FACE = {
     "tuning_rows": "cxr_core.eval.thresholds_file",
     "Agreement": "cxr_core.eval.agreement",
     "ReviewedStudies": "cxr_core.eval.agreement",
-}
-__all__ = sorted(_FACE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _FACE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cxr_core.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+})

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxr_core.atomic import check_writable_dir
 from cxr_core.data.sources import SourceOptions
@@ -34,7 +34,9 @@ from cxr_core.infer.engine import Predictor
 from cxr_core.infer.studies import predict_root
 from cxr_core.predictions import Predictions
 from cxr_core.runs import RunDir
-from cxr_core.store.index import StudyIndex
+
+if TYPE_CHECKING:
+    from cxr_core.store.index import StudyIndex
 
 Progress = Callable[[str, int, int], None]
 """``(stage, done, total)``: ``predicting`` then, with boxes, ``Grad-CAM``."""

@@ -4,7 +4,7 @@ What a trainer leaves behind (``runs/<id>/``) is read by jobs, the CLI, the TUI,
 best checkpoint) and evaluation; none of them imports the trainer.
 """
 
-from cxr_core.runs.logtail import LogTail
+from cxr_core.runs.logtail import LOG_LINES, LogTail
 from cxr_core.runs.rundir import (
     ACTIVE,
     STATES,
@@ -20,6 +20,7 @@ from cxr_core.runs.summary import RunSummary, summarize
 
 __all__ = [
     "ACTIVE",
+    "LOG_LINES",
     "STATES",
     "LogTail",
     "RunDir",

@@ -28,7 +28,7 @@ def cam_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Grad-CAM of one finding over one image, written as a PNG overlay."""
-    from cxr_core.infer.cam import cam_for_image, cam_is_empty, class_index, save_overlay
+    from cxr_core.infer import cam_for_image, cam_is_empty, class_index, save_overlay
 
     check_writable(out if out is not None else Path("cam.png"), "overlay")  # before the model is even loaded
     predictor = make_predictor(model, device, 1, 0, None, False, True)

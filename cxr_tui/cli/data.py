@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cxr_core.data.sources import SourceOptions
-from cxr_core.data.stats import DatasetReport
+from cxr_core.data import DatasetReport, SourceOptions
 from cxr_core.labels import UncertaintyPolicy
-from cxr_core.store.index import ScanResult, StudyIndex
+from cxr_core.store import ScanResult, StudyIndex
 from cxr_tui.cli.options import (
     DbOpt,
     FormatOpt,

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxr_core.data.sources import SourceOptions
-from cxr_core.data.sources.synthetic import read_manifest
+from cxr_core.data import SourceOptions, read_manifest
 from cxr_core.demo import DEMO_N, demo_model_path, demo_root, ensure_demo_set
 from cxr_tui.cli import data
 from cxr_tui.cli.output import print_json, progress_bar, stdout

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cxr_core.data.sources import SourceOptions
-from cxr_core.store.index import StudyIndex
+from cxr_core.data import SourceOptions
+from cxr_core.store import StudyIndex
 from cxr_tui.cli.options import (
     BatchOpt,
     DbOpt,
@@ -50,8 +50,7 @@ def eval_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Per-class AUC (95% CI by patient), AP, sensitivity/specificity/PPV/NPV/F1, calibration; report + plots."""
-    from cxr_core.eval import evaluate_run
-    from cxr_core.eval.localisation import overall_pointing
+    from cxr_core.eval import evaluate_run, overall_pointing
 
     predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache)
     with StudyIndex(db) as index, progress_bar(not json_out) as progress:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cxr_core.runs import ACTIVE, RunDir, list_runs, summarize
 from cxr_core.text import visible
-from cxr_core.train import jobs
+from cxr_core.train import resume_job, stop_job
 from cxr_tui.cli.options import JsonOpt, RunsDirOpt
 from cxr_tui.cli.output import print_json, stdout
 
@@ -63,7 +63,7 @@ def logs_cmd(run: RunArg, follow: Annotated[bool, typer.Option("--follow", "-f",
 @app.command("stop")
 def stop_cmd(run: RunArg, runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
     """Ask the run to stop: it checkpoints and ends `stopped` (waits up to 30 s)."""
-    status = jobs.stop(RunDir.open(run, runs_dir))
+    status = stop_job(RunDir.open(run, runs_dir))
     result = {"run": RunDir.open(run, runs_dir).id, "state": status.state, "epoch": status["epoch"]}
     if json_out:
         print_json(result)
@@ -76,7 +76,7 @@ def resume_cmd(run: RunArg, gpus: Annotated[str | None, typer.Option("--gpus", h
                runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
     """Continue a stopped or interrupted run from its last checkpoint, detached."""
     rundir = RunDir.open(run, runs_dir)
-    pid = jobs.resume(rundir, gpus)
+    pid = resume_job(rundir, gpus)
     if json_out:
         print_json({"run": rundir.id, "pid": pid, "state": "queued"})
     else:

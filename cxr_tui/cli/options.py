@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxr_core.data.sources import SOURCES
+from cxr_core.data import SOURCES
 from cxr_core.labels import UncertaintyPolicy
 
 TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked there)

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cxr_core.atomic import check_writable
-from cxr_core.data.sources import SourceOptions
+from cxr_core.data import SourceOptions
 from cxr_core.errors import CxrError
-from cxr_core.store.index import StudyIndex
+from cxr_core.store import StudyIndex
 
 if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not for --help or --version
-    from cxr_core.infer.engine import Predictor
-    from cxr_core.infer.studies import RootPredictions
+    from cxr_core.infer import Predictor, RootPredictions
 
 from cxr_tui.cli.options import (
     BatchOpt,
@@ -37,7 +36,7 @@ LIST_LIMIT = 20
 
 def make_predictor(model: str, device: str, batch_size: int | None, workers: int | None, tta: str | None,
                    compile: bool, no_cache: bool) -> Predictor:
-    from cxr_core.infer.engine import Predictor
+    from cxr_core.infer import Predictor
 
     return Predictor.from_checkpoint(model, device=device, batch_size=batch_size, workers=workers,
                                      tta=[t.strip() for t in (tta or "").split(",") if t.strip()],
@@ -86,7 +85,7 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
         return
     with progress_bar(not json_out) as progress:
         result = _predict(predictor, root, fmt, labels_csv, split, db, (lambda d, t: progress("predicting", d, t)) if progress else None)
-    from cxr_core.eval.thresholds_file import load_thresholds, threshold_values
+    from cxr_core.eval import load_thresholds, threshold_values
 
     values = threshold_values(load_thresholds(thresholds) if thresholds is not None else None, predictor.labels)
     preds = result.predictions
@@ -123,7 +122,7 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
 
 def _predict(predictor: Predictor, root: Path, fmt: str | None, labels_csv: Path | None, split: str | None,
              db: Path | None, progress) -> RootPredictions:
-    from cxr_core.infer.studies import predict_root
+    from cxr_core.infer import predict_root
 
     with StudyIndex(db) as index:
         return predict_root(predictor, root, fmt=fmt, split=split, options=SourceOptions(labels_csv=labels_csv),

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cxr_core.store.reviews import EXPORT_COLUMNS, ReviewStore
+from cxr_core.store import EXPORT_COLUMNS, ReviewStore
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
 

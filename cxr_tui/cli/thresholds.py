@@ -10,12 +10,14 @@ from rich import box
 from rich.table import Table
 
 from cxr_core.atomic import check_writable
-from cxr_core.eval.operating_points import OperatingPoints, parse_mode, tune
-from cxr_core.eval.thresholds_file import (
+from cxr_core.eval import (
+    OperatingPoints,
     ThresholdsFile,
     load_thresholds,
+    parse_mode,
     save_tuning,
     thresholds_from_choices,
+    tune,
     tuning_rows,
 )
 from cxr_core.predictions import Predictions

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cxr_core.runs import RunDir
-from cxr_core.train.config import LOSSES, SAMPLERS, SCHEDULERS, TrainConfig, load_config, read_run_config
+from cxr_core.train import LOSSES, SAMPLERS, SCHEDULERS, TrainConfig, load_config, read_run_config
 from cxr_tui.cli.output import print_json, stdout
 
 
@@ -70,8 +70,7 @@ def train(
 ) -> None:
     """Train a multi-label classifier; the run directory holds config, status, metrics, log and checkpoints."""
     from cxr_core.distributed import init_distributed, shutdown_distributed
-    from cxr_core.train import jobs
-    from cxr_core.train.runner import run_training
+    from cxr_core.train import create_run, resume_job, run_training, start_job
 
     if list_models_:
         from cxr_core.models import list_models
@@ -85,7 +84,7 @@ def train(
     if resume:
         run = RunDir.open(resume, runs_dir)
         if detach:
-            pid = jobs.resume(run, gpus)
+            pid = resume_job(run, gpus)
             _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
             return
         config = read_run_config(run)
@@ -106,15 +105,15 @@ def train(
         run = None
 
     if run is None and detach and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not under torchrun
-        run, pid = jobs.start(config, runs_dir)
+        run, pid = start_job(config, runs_dir)
         _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
         return
     dist = init_distributed()
     try:
         if run is None:
-            run = RunDir(Path(dist.broadcast(str(jobs.create_run(config, runs_dir).path) if dist.is_main else None)))
+            run = RunDir(Path(dist.broadcast(str(create_run(config, runs_dir).path) if dist.is_main else None)))
         if config.cv:
-            from cxr_core.train.crossval import run_crossval
+            from cxr_core.train import run_crossval
 
             result = run_crossval(run, dist=dist, echo=not json_out)
         else:

@@ -18,13 +18,13 @@ def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, im
     if image_protocol not in PROTOCOLS:
         raise CxrError(f"--image-protocol {image_protocol!r}: choose from {', '.join(PROTOCOLS)}")
     if root is not None:
-        from cxr_core.data.sources import detect_format
+        from cxr_core.data import detect_format
 
         if not root.exists():
             raise CxrError(f"{root}: no such file or folder")
         detect_format(root)  # a folder with nothing cxr can read: the same one line as `data index`, exit 1
     if model is not None:
-        from cxr_core.infer.loading import resolve_checkpoint
+        from cxr_core.infer import resolve_checkpoint
 
         model = resolve_checkpoint(model)
     from cxr_tui.app import CxrApp

@@ -13,11 +13,11 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from cxr_core.data.sources import SOURCES
+from cxr_core.data import SOURCES
 from cxr_core.errors import CxrError
 from cxr_core.models import list_models
 from cxr_core.text import visible
-from cxr_core.train.config import LOSSES, ConfigError, TrainConfig
+from cxr_core.train import LOSSES, ConfigError, TrainConfig
 
 
 class LaunchForm(ModalScreen[TrainConfig | None]):

@@ -181,8 +181,8 @@ class StudyScreen(Screen):
         self.query_one("#study-info", Static).update(info if info else Text("no report for this study", style="dim"))
 
     def _phi(self, relpath: str) -> list[str]:
-        from cxr_core.data.study import image_base
-        from cxr_core.images.dicom import dicom_identifiers
+        from cxr_core.data import image_base
+        from cxr_core.images import dicom_identifiers
 
         try:
             fields = dicom_identifiers(image_base(self.app.workspace.root) / relpath)
@@ -200,7 +200,7 @@ class StudyScreen(Screen):
 
     @work(thread=True, exclusive=True, group="study-image", exit_on_error=False)
     def load_image(self, study_id: str, index: int) -> None:
-        from cxr_core.data.study import image_base
+        from cxr_core.data import image_base
         from cxr_core.images import read_xray
 
         study = self.app.studies[study_id]
@@ -256,7 +256,7 @@ class StudyScreen(Screen):
 
     @work(thread=True, exclusive=True, group="study-cam", exit_on_error=False)
     def compute_cam(self, key: tuple[str, int, str], pixels: np.ndarray) -> None:
-        from cxr_core.infer.cam import cam_for_image
+        from cxr_core.infer import cam_for_image
 
         predictor = self.app.predictor
         with self.app.model_lock:

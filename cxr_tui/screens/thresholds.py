@@ -34,14 +34,17 @@ from textual.widgets import DataTable, Footer, Static
 from textual_plotext import PlotextPlot
 
 from cxr_core.errors import CxrError
-from cxr_core.eval.agreement import Agreement, ReviewedStudies
-from cxr_core.eval.operating_points import OperatingPoints, ThresholdStats, tune
-from cxr_core.eval.thresholds_file import (
+from cxr_core.eval import (
     UNKNOWN_SPLIT,
+    Agreement,
+    OperatingPoints,
+    ReviewedStudies,
+    ThresholdStats,
     TunedOn,
     load_thresholds,
     save_review,
     thresholds_path_for,
+    tune,
     tuning_choices,
     tuning_rows,
 )

@@ -28,11 +28,9 @@ from textual.worker import Worker, WorkerState
 
 from cxr_core.errors import CxrError, error_text
 from cxr_core.eval import evaluation_command, launch_evaluation
-from cxr_core.runs import ACTIVE, LogTail, RunDir, RunSummary, default_runs_dir, list_runs, summarize
-from cxr_core.runs.logtail import LOG_LINES
+from cxr_core.runs import ACTIVE, LOG_LINES, LogTail, RunDir, RunSummary, default_runs_dir, list_runs, summarize
 from cxr_core.text import visible
-from cxr_core.train import jobs
-from cxr_core.train.config import TrainConfig
+from cxr_core.train import TrainConfig, resume_job, start_job, stop_job
 from cxr_tui.messages import ModelChosen
 from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
 from cxr_tui.screens.launch import LaunchForm
@@ -322,17 +320,17 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
     def launch_run(self, config: TrainConfig) -> JobDone:
         """What ``cxr-tui train --detach`` does: create the run, save its config, start it detached."""
-        run, pid = jobs.start(config, self.runs_dir)
+        run, pid = start_job(config, self.runs_dir)
         return JobDone(f"Started {run.id} (pid {pid}).", run.id)
 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
     def stop_run(self, run: RunDir) -> JobDone:
-        status = jobs.stop(run)
+        status = stop_job(run)
         return JobDone(f"{run.id}: {status.state} at epoch {status['epoch'] or 0}.", run.id)
 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
     def resume_run(self, run: RunDir) -> JobDone:
-        pid = jobs.resume(run)
+        pid = resume_job(run)
         return JobDone(f"Resumed {run.id} (pid {pid}).", run.id)
 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)

@@ -75,7 +75,7 @@ def compose(pixels: np.ndarray, state: ViewState, cam: np.ndarray | None = None)
     _, center, width = WINDOWS[state.window % len(WINDOWS)]
     shown = window_lut(center, width, state.invert)[pixels]
     if state.cam and cam is not None:
-        from cxr_core.infer.cam import overlay
+        from cxr_core.infer import overlay
 
         rgb = overlay(shown, cam, alpha=state.alpha)
     else:
@@ -160,7 +160,7 @@ class XRayView(Container):
             if self._cam is None:
                 parts.append("CAM computing…")
             else:
-                from cxr_core.infer.cam import cam_is_empty
+                from cxr_core.infer import cam_is_empty
 
                 parts.append(f"CAM {self._cam_label}" + (" empty (nothing raises this score)"
                                                          if cam_is_empty(self._cam) else ""))
