@@ -30,10 +30,6 @@ class Workspace:
     runs_dir: Path | None = None
     show_phi: bool = False
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self.predictions.labels) if self.predictions is not None else []
-
     def threshold(self, label: str) -> float:
         return float(self.thresholds.get(label, 0.5))
 

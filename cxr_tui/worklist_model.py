@@ -139,10 +139,6 @@ class WorklistModel:
         return self._descending
 
     @property
-    def current_filter(self) -> WorklistFilter:
-        return self._filter
-
-    @property
     def splits(self) -> list[str]:
         """Distinct split names (for a filter menu)."""
         return [s for s in self._splits if s]
@@ -166,13 +162,6 @@ class WorklistModel:
     def split_width(self) -> int:
         """Characters in the longest split name."""
         return max((len(s) for s in self._splits), default=0)
-
-    @property
-    def view_indices(self) -> np.ndarray:
-        """The view as row indices (read-only)."""
-        view = self._view.view()
-        view.flags.writeable = False
-        return view
 
     @property
     def flags(self) -> np.ndarray:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -312,8 +311,3 @@ def flat_warning(probs: np.ndarray, labels: Sequence[str]) -> list[str]:
         return [f"predictions barely vary across {probs.shape[0]} images (max per-class std {spread.max():.1e}): "
                 "check that the images are chest X-rays and that the model's normalisation matches its training"]
     return []
-
-
-def predict_paths(checkpoint: str | Path, paths: Sequence[str], **kwargs) -> PredictResult:
-    """One call for scripts: load, predict, return."""
-    return Predictor.from_checkpoint(checkpoint, **kwargs).predict(paths)
