@@ -49,8 +49,8 @@ from textual.strip import Strip
 from textual.widgets import DataTable
 
 from cxr_core.labels import get_space
+from cxr_tui.study_list import StudyList
 from cxr_tui.widgets.worklist import WorklistTable
-from cxr_tui.worklist_model import WorklistModel
 
 GOAL_OPEN_S = 2.0
 GOAL_KEY_MS = 50.0
@@ -129,7 +129,7 @@ class CountingTable(WorklistTable):
 
 
 class WorklistBench(App[None]):
-    def __init__(self, model: WorklistModel) -> None:
+    def __init__(self, model: StudyList) -> None:
         super().__init__()
         self.model = model
 
@@ -237,7 +237,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "max": round(float(ms.max()), 2)}
 
 
-def model_figures(model: WorklistModel, labels: list[str], repeat: int) -> dict[str, float]:
+def model_figures(model: StudyList, labels: list[str], repeat: int) -> dict[str, float]:
     low = {label: 0.3 for label in labels}
     high = {label: 0.5 for label in labels}
     figures = {
@@ -273,7 +273,7 @@ def main() -> None:
     probs = synthetic_probs(ROWS, labels)
     thresholds = {label: 0.5 for label in labels}
     start = time.perf_counter()
-    model = WorklistModel(ids, patients, views, splits, labels)
+    model = StudyList(ids, patients, views, splits, labels)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
     model.update_predictions(probs, thresholds)

@@ -32,10 +32,7 @@ from cxr_core.runs import ACTIVE, LOG_LINES, LogTail, RunDir, RunSummary, defaul
 from cxr_core.text import visible
 from cxr_core.train import TrainConfig, resume_job, start_job, stop_job
 from cxr_tui.messages import ModelChosen
-from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
-from cxr_tui.screens.launch import LaunchForm
-from cxr_tui.state import Workspace
-from cxr_tui.training_model import (
+from cxr_tui.run_charts import (
     auc_labels,
     auc_series,
     epoch_rows,
@@ -44,6 +41,9 @@ from cxr_tui.training_model import (
     loss_series,
     run_cells,
 )
+from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
+from cxr_tui.screens.launch import LaunchForm
+from cxr_tui.state import Workspace
 from cxr_tui.widgets.charts import CurveChart
 
 REFRESH_S = 2.0

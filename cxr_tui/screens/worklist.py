@@ -13,8 +13,8 @@ from textual.widgets import DirectoryTree, Footer, Header, Input, ProgressBar, S
 
 from cxr_core.text import visible
 from cxr_tui.messages import RootChosen
+from cxr_tui.study_list import StudyList
 from cxr_tui.widgets.worklist import WorklistTable
-from cxr_tui.worklist_model import WorklistModel
 
 SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"), ("study", False, "study id"))
 
@@ -69,7 +69,7 @@ class WorklistScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = WorklistModel([])
+        self.study_list = StudyList([])
         self.sort_index = 0
         self.flagged_only = False
         self.unreviewed_only = False
@@ -82,7 +82,7 @@ class WorklistScreen(Screen):
         with Horizontal(id="worklist-bar"):
             yield Static("", id="worklist-status", markup=False)
             yield ProgressBar(id="worklist-progress", show_eta=False)
-        yield WorklistTable(self.model, id="worklist")
+        yield WorklistTable(self.study_list, id="worklist")
         yield Input(placeholder="study id (enter jumps to the first match, escape closes)", id="worklist-search")
         yield Footer()
 
@@ -100,14 +100,14 @@ class WorklistScreen(Screen):
     # -- from the app --------------------------------------------------------------------------------------------
 
     def studies_loaded(self, studies) -> None:
-        self.model = WorklistModel.from_studies(studies)
+        self.study_list = StudyList.from_studies(studies)
         missing = {s.id: "missing" for s in studies if not s.images}
         self.missing = len(missing)
         if missing:
-            self.model.update_status(missing)
+            self.study_list.update_status(missing)
         self._refresh_reviews()
         self._apply()
-        self.query_one(WorklistTable).set_model(self.model)
+        self.query_one(WorklistTable).set_study_list(self.study_list)
         model = self.app.workspace.model
         self._status(f"{len(studies):,} studies" + (f" ({len(missing):,} without an image: ∅)" if missing else "")
                      + ("" if model else " · no model: press g to train one, or start with --model"))
@@ -123,13 +123,13 @@ class WorklistScreen(Screen):
             return
         self.query_one("#worklist-progress", ProgressBar).display = False
         labels = app.workspace.predictions.labels
-        self.model.update_predictions(app.study_probs, app.workspace.thresholds, labels)
+        self.study_list.update_predictions(app.study_probs, app.workspace.thresholds, labels)
         self._apply()
         self.query_one(WorklistTable).move_cursor(0)  # fresh predictions: start at the most suspicious study
 
     def thresholds_changed(self) -> None:
         if self.app.workspace.predictions is not None:
-            self.model.update_thresholds(self.app.workspace.thresholds)
+            self.study_list.update_thresholds(self.app.workspace.thresholds)
             self._apply()
 
     def review_changed(self, study_id: str) -> None:
@@ -140,15 +140,15 @@ class WorklistScreen(Screen):
 
     def _apply(self) -> None:
         key, descending, _ = SORTS[self.sort_index]
-        self.model.sort(key, descending)
-        self.model.filter(self.flagged_only, self.finding if self.finding in self.model.labels else None,
+        self.study_list.sort(key, descending)
+        self.study_list.filter(self.flagged_only, self.finding if self.finding in self.study_list.labels else None,
                           self.unreviewed_only, self.split)
         self.query_one(WorklistTable).refresh_view()
         self._status()
 
     def _status(self, text: str | None = None) -> None:
         if text is None:
-            parts = [f"{len(self.model):,} of {self.model.total:,} studies", f"sorted by {SORTS[self.sort_index][2]}"]
+            parts = [f"{len(self.study_list):,} of {self.study_list.total:,} studies", f"sorted by {SORTS[self.sort_index][2]}"]
             if self.missing:
                 parts.append(f"{self.missing:,} without an image (∅)")
             if self.flagged_only:
@@ -176,7 +176,7 @@ class WorklistScreen(Screen):
             return
         if study is not None:
             status = {study: status.get(study, "")}
-        self.model.update_status(status)
+        self.study_list.update_status(status)
 
     def action_toggle_flagged(self) -> None:
         self.flagged_only = not self.flagged_only
@@ -191,7 +191,7 @@ class WorklistScreen(Screen):
         self._apply()
 
     def action_cycle_finding(self) -> None:
-        labels = self.model.labels
+        labels = self.study_list.labels
         if not labels:
             self.notify("no predictions yet", severity="warning")
             return
@@ -200,7 +200,7 @@ class WorklistScreen(Screen):
         self._apply()
 
     def action_cycle_split(self) -> None:
-        options = [None, *self.model.splits]
+        options = [None, *self.study_list.splits]
         self.split = options[(options.index(self.split) + 1) % len(options)] if self.split in options else None
         self._apply()
 
@@ -224,7 +224,7 @@ class WorklistScreen(Screen):
         if event.input.id != "worklist-search":
             return
         table = self.query_one(WorklistTable)
-        position = self.model.search(event.value.strip()) if event.value.strip() else None
+        position = self.study_list.search(event.value.strip()) if event.value.strip() else None
         event.input.display = False
         table.focus()
         if position is None:
@@ -257,11 +257,11 @@ class WorklistScreen(Screen):
 
     def neighbour(self, study_id: str, step: int) -> str | None:
         """The study ``step`` rows away in the current view (the study screen's next / previous)."""
-        position = self.model.position_of(study_id)
+        position = self.study_list.position_of(study_id)
         if position is None:
             return None
         target = position + step
-        if not 0 <= target < len(self.model):
+        if not 0 <= target < len(self.study_list):
             return None
         self.query_one(WorklistTable).move_cursor(target)
-        return self.model.study_at(target)
+        return self.study_list.study_at(target)

@@ -1,4 +1,4 @@
-"""WorklistTable: the study table of the worklist, drawn with Textual's line API from a WorklistModel.
+"""WorklistTable: the study table of the worklist, drawn with Textual's line API from a StudyList.
 
 A plain ``DataTable`` builds a renderable per cell up front: 12.8 s to first paint and 73 ms per arrow key
 with NIH's 112,120 rows (DESIGN.md). This widget keeps no rows of its own. Its virtual height is the number
@@ -29,7 +29,7 @@ from textual.reactive import var
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from cxr_tui.worklist_model import NOT_PREDICTED, WorklistModel
+from cxr_tui.study_list import NOT_PREDICTED, StudyList
 
 Align = Literal["left", "right"]
 
@@ -109,7 +109,7 @@ def _fit(text: str, width: int, align: Align = "left") -> str:
 
 
 class WorklistTable(ScrollView, can_focus=True):
-    """The worklist's study table: a cursor over the rows of a :class:`WorklistModel`'s view.
+    """The worklist's study table: a cursor over the rows of a :class:`StudyList`'s view.
 
     Change the model (sort, filter, new predictions or reviews), then call :meth:`refresh_view`; the
     cursor stays on its study when the study is still in the view, else on the same position.
@@ -208,10 +208,10 @@ class WorklistTable(ScrollView, can_focus=True):
     cursor_position: var[int] = var(0)
     """View position of the cursor (0 when the view is empty)."""
 
-    def __init__(self, model: WorklistModel | None = None, *, name: str | None = None, id: str | None = None,
+    def __init__(self, study_list: StudyList | None = None, *, name: str | None = None, id: str | None = None,
                  classes: str | None = None, disabled: bool = False) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
-        self._model = model if model is not None else WorklistModel([])
+        self._list = study_list if study_list is not None else StudyList([])
         self._cursor_study: str | None = None
         self._layout: tuple[int, list[Column]] | None = None
         self._styles: dict[str | None, tuple[Style, Style]] | None = None
@@ -220,23 +220,23 @@ class WorklistTable(ScrollView, can_focus=True):
     # -- public API -----------------------------------------------------------------------------------------
 
     @property
-    def model(self) -> WorklistModel:
-        return self._model
+    def study_list(self) -> StudyList:
+        return self._list
 
     @property
     def study_id(self) -> str | None:
         """The study under the cursor, or None when the view is empty."""
-        return self._model.study_at(self.cursor_position) if len(self._model) else None
+        return self._list.study_at(self.cursor_position) if len(self._list) else None
 
-    def set_model(self, model: WorklistModel) -> None:
-        """Show another model, keeping the cursor's study when the new view has it."""
-        self._model = model
+    def set_study_list(self, study_list: StudyList) -> None:
+        """Show another list, keeping the cursor's study when the new view has it."""
+        self._list = study_list
         self._layout = None
         self.refresh_view()
 
     def refresh_view(self) -> None:
-        """Redraw after the model's view changed (sort, filter, predictions, reviews)."""
-        model = self._model
+        """Redraw after the list's view changed (sort, filter, predictions, reviews)."""
+        model = self._list
         position = model.position_of(self._cursor_study) if self._cursor_study is not None else None
         if position is None:
             position = self.cursor_position
@@ -257,7 +257,7 @@ class WorklistTable(ScrollView, can_focus=True):
     # -- cursor ---------------------------------------------------------------------------------------------
 
     def validate_cursor_position(self, position: int) -> int:
-        return min(max(position, 0), max(len(self._model) - 1, 0))
+        return min(max(position, 0), max(len(self._list) - 1, 0))
 
     def watch_cursor_position(self, old: int, new: int) -> None:
         self.refresh_line(old + 1)
@@ -307,7 +307,7 @@ class WorklistTable(ScrollView, can_focus=True):
         self.cursor_position = 0
 
     def action_cursor_last(self) -> None:
-        self.cursor_position = len(self._model) - 1
+        self.cursor_position = len(self._list) - 1
 
     def action_open_study(self) -> None:
         study = self.study_id
@@ -319,7 +319,7 @@ class WorklistTable(ScrollView, can_focus=True):
         if offset is None or offset.y < 1:
             return
         position = round(self.scroll_y) + offset.y - 1
-        if position >= len(self._model):
+        if position >= len(self._list):
             return
         self.cursor_position = position
         if event.chain >= 2:
@@ -336,7 +336,7 @@ class WorklistTable(ScrollView, can_focus=True):
 
     def _columns(self, width: int) -> list[Column]:
         if self._layout is None or self._layout[0] != width:
-            model = self._model
+            model = self._list
             self._layout = (width, column_layout(width, model.id_width, model.patient_width, model.split_width))
         return self._layout[1]
 
@@ -368,22 +368,22 @@ class WorklistTable(ScrollView, can_focus=True):
         if y == 0:
             return self._render_header(width, styles["worklist-table--header"][0])
         position = round(self.scroll_y) + y - 1
-        if position < len(self._model):
+        if position < len(self._list):
             cursor = position == self.cursor_position
-            key = (self._model.index_at(position), cursor, width, styles[None][cursor])
+            key = (self._list.index_at(position), cursor, width, styles[None][cursor])
             strip = self._line_cache.get(key)
             if strip is None:
                 strip = self._render_row(position, width, styles, cursor)
                 self._line_cache[key] = strip
             return strip
         if position == 0:
-            message = "No studies match this filter." if self._model.total else "No studies."
+            message = "No studies match this filter." if self._list.total else "No studies."
             return Strip([Segment(_fit(" " + message, width), styles["worklist-table--pending"][0])], width)
         return Strip.blank(width, styles[None][0])
 
     def _render_header(self, width: int, style: Style) -> Strip:
-        sorted_column = self._model.sort_key  # columns are keyed by the model's sort keys
-        arrow = "▼" if self._model.descending else "▲"
+        sorted_column = self._list.sort_key  # columns are keyed by the model's sort keys
+        arrow = "▼" if self._list.descending else "▲"
         text = [" "] * width
         for column in self._columns(width):
             title = column.title
@@ -397,7 +397,7 @@ class WorklistTable(ScrollView, can_focus=True):
     def _render_row(self, position: int, width: int, styles: dict[str | None, tuple[Style, Style]],
                     cursor: bool) -> Strip:
         """A row as runs of one style each (the gaps join the runs beside them)."""
-        model = self._model
+        model = self._list
         row = model.row(position)
         predicted = row.max_prob != NOT_PREDICTED
         flagged = predicted and row.n_flagged != "0"

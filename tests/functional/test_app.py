@@ -38,14 +38,14 @@ async def test_review_flow(phantom_set, checkpoint):
         screen = app.screen
         assert isinstance(screen, WorklistScreen)
         table = screen.query_one(WorklistTable)
-        assert len(screen.model) == len(app.studies) > 0
-        maxima = [float(screen.model.max_prob_at(i)) for i in range(len(screen.model))]
+        assert len(screen.study_list) == len(app.studies) > 0
+        maxima = [float(screen.study_list.max_prob_at(i)) for i in range(len(screen.study_list))]
         assert maxima == sorted(maxima, reverse=True)  # most suspicious first
 
         await pilot.press("f")  # flagged only at the 0.5 defaults
-        assert all(int(screen.model.row(i).n_flagged) > 0 for i in range(len(screen.model)))
+        assert all(int(screen.study_list.row(i).n_flagged) > 0 for i in range(len(screen.study_list)))
         await pilot.press("escape")
-        assert len(screen.model) == len(app.studies)
+        assert len(screen.study_list) == len(app.studies)
 
         await pilot.press("j", "j")
         first = table.study_id
@@ -68,7 +68,7 @@ async def test_review_flow(phantom_set, checkpoint):
         assert study.study_id != first
         await pilot.press("escape")
         assert isinstance(app.screen, WorklistScreen)
-        assert screen.model.status_at(screen.model.position_of(first)) != ""
+        assert screen.study_list.status_at(screen.study_list.position_of(first)) != ""
 
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
@@ -145,7 +145,7 @@ async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_p
         await until(pilot, lambda: bool(app._notifications))
         texts = [n.message for n in app._notifications]
         assert any("bad.safetensors" in t for t in texts)
-        assert isinstance(app.screen, WorklistScreen) and len(app.screen.model) > 0
+        assert isinstance(app.screen, WorklistScreen) and len(app.screen.study_list) > 0
 
 
 async def test_usable_at_80x24(phantom_set, checkpoint):
@@ -166,9 +166,9 @@ async def test_nih_sample_lists_every_label_row_and_marks_missing_images(real_da
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.last_load is not None, seconds=180)
         screen = app.screen
-        assert screen.model.total == 112_120 and screen.missing == 112_020
+        assert screen.study_list.total == 112_120 and screen.missing == 112_020
         assert len(app.workspace.predictions) == 100
         await pilot.press("r")  # unreviewed only: the missing ones are not work to do
-        assert len(screen.model) == 100
-        position = screen.model.position_of(app.workspace.predictions.study[0])
-        assert position is not None and screen.model.row(position).max_prob != "–"
+        assert len(screen.study_list) == 100
+        position = screen.study_list.position_of(app.workspace.predictions.study[0])
+        assert position is not None and screen.study_list.row(position).max_prob != "–"

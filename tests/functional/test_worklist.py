@@ -9,15 +9,15 @@ import pytest
 from textual import on
 from textual.app import App, ComposeResult
 
+from cxr_tui.study_list import NOT_PREDICTED, SORT_KEYS, StudyList
 from cxr_tui.widgets.worklist import WorklistTable, column_layout, probability_bar
-from cxr_tui.worklist_model import NOT_PREDICTED, SORT_KEYS, WorklistModel
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule"]
 THRESHOLDS = {"Atelectasis": 0.7, "Cardiomegaly": 0.8, "Effusion": 0.6, "Infiltration": 0.75, "Mass": 0.9,
               "Nodule": None}
 
 
-def make_model(n: int = 30, seed: int = 0, predicted: bool = True) -> tuple[WorklistModel, np.ndarray]:
+def make_model(n: int = 30, seed: int = 0, predicted: bool = True) -> tuple[StudyList, np.ndarray]:
     """``n`` NIH-like studies (three per patient, mixed views and splits, two without predictions)."""
     rng = np.random.default_rng(seed)
     ids = [f"{i // 3 + 1:08d}_{i % 3:03d}.png" for i in range(n)]
@@ -25,7 +25,7 @@ def make_model(n: int = 30, seed: int = 0, predicted: bool = True) -> tuple[Work
     views = ["PA" if i % 4 else "AP" for i in range(n)]
     splits = ["test" if i % 5 == 0 else "train_val" for i in range(n)]
     order = rng.permutation(n)  # rows not in id order, so sorting by study is tested
-    model = WorklistModel([ids[i] for i in order], [patients[i] for i in order], [views[i] for i in order],
+    model = StudyList([ids[i] for i in order], [patients[i] for i in order], [views[i] for i in order],
                           [splits[i] for i in order], LABELS)
     probs = rng.random((n, len(LABELS)), dtype=np.float32)
     probs[3] = np.nan
@@ -49,7 +49,7 @@ def brute_flags(probs: np.ndarray) -> list[list[str]]:
     return rows
 
 
-def view_ids(model: WorklistModel) -> list[str]:
+def view_ids(model: StudyList) -> list[str]:
     return [model.study_at(pos) for pos in range(len(model))]
 
 
@@ -206,13 +206,13 @@ def test_update_predictions_checks_shape_and_handles_many_labels() -> None:
 
 
 def test_empty_model() -> None:
-    model = WorklistModel([])
+    model = StudyList([])
     model.sort("max_prob", descending=True)
     model.filter(flagged_only=True)
     assert len(model) == 0 and model.search("x") is None and model.position_of("x") is None
     assert model.update_status({"x": "reviewed"}) == 0
     with pytest.raises(ValueError, match="unique"):
-        WorklistModel(["a", "b", "a"])
+        StudyList(["a", "b", "a"])
 
 
 def test_column_layout_adapts_to_width() -> None:
@@ -237,7 +237,7 @@ def test_column_layout_adapts_to_width() -> None:
 class WorklistApp(App[None]):
     """The table alone, recording the messages it posts."""
 
-    def __init__(self, model: WorklistModel) -> None:
+    def __init__(self, model: StudyList) -> None:
         super().__init__()
         self.model = model
         self.opened: list[str] = []
@@ -255,7 +255,7 @@ class WorklistApp(App[None]):
         self.highlighted.append(message.study_id)
 
 
-def sorted_model(n: int = 30) -> WorklistModel:
+def sorted_model(n: int = 30) -> StudyList:
     model, _ = make_model(n)
     model.sort("max_prob", descending=True)
     return model
@@ -358,16 +358,16 @@ async def test_renders_at_80x24_and_narrower() -> None:
 
 
 async def test_set_model_replaces_the_rows() -> None:
-    app = WorklistApp(WorklistModel([]))
+    app = WorklistApp(StudyList([]))
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.query_one(WorklistTable)
         assert table.study_id is None and "No studies." in table.render_line(1).text
         await pilot.press("enter", "j")
         assert app.opened == []
         model = sorted_model()
-        table.set_model(model)
+        table.set_study_list(model)
         await pilot.pause()
-        assert table.model is model and table.study_id == model.study_at(0)
+        assert table.study_list is model and table.study_id == model.study_at(0)
         assert table.virtual_size.height == len(model) + 1
 
 

@@ -1,6 +1,6 @@
 """What the Training screen reads from run directories, without Textual: job-list rows, chart series, log tails.
 
-Kept apart from the screen (like :mod:`cxr_tui.worklist_model`) so it is tested with plain files and the
+Kept apart from the screen (like :mod:`cxr_tui.study_list`) so it is tested with plain files and the
 screen only draws. Everything here reads :mod:`cxr_core.runs` files that a detached trainer writes.
 """
 

@@ -1,12 +1,12 @@
 """The worklist's data: one row per study as NumPy columns, and a view (filter + sort) as an index array.
 
-The table widget renders only the rows on screen, so this model is what has to scale: 112,120 NIH studies
+The table widget renders only the rows on screen, so this list is what has to scale: 112,120 NIH studies
 are re-sorted, re-filtered and re-flagged in tens of milliseconds because every operation is a NumPy pass
 over the columns (at worst one ``lexsort``), never a Python loop over rows. It imports neither Textual nor
 Rich, so it is tested and benchmarked on its own.
 
 **Columns.** Study id, patient, view and split are fixed when the model is built. Predictions arrive later
-(:meth:`WorklistModel.update_predictions`): the (N, K) probabilities are kept, and the flags (``prob >=
+(:meth:`StudyList.update_predictions`): the (N, K) probabilities are kept, and the flags (``prob >=
 threshold``, compared in the scores' dtype with NaN thresholds flagging nothing, as in
 :mod:`cxr_core.eval.operating_points`), the number flagged and the maximum probability are derived from them.
 A row with no prediction (all NaN) has ``max_prob`` NaN and is never flagged. Rows are grouped by their
@@ -44,7 +44,7 @@ NOT_PREDICTED = "–"
 
 
 @dataclass(frozen=True, slots=True)
-class WorklistFilter:
+class StudyFilter:
     """Which rows the view keeps; the default keeps every row."""
 
     flagged_only: bool = False
@@ -66,7 +66,7 @@ class RowText(NamedTuple):
     status: str
 
 
-class WorklistModel:
+class StudyList:
     """Studies as columns plus a filtered, sorted view over them; see the module docstring."""
 
     def __init__(self, study_ids: Sequence[str], patients: Sequence[str] | None = None,
@@ -103,13 +103,13 @@ class WorklistModel:
         self._patient_rank: np.ndarray | None = None
         self._sort_key: SortKey = "study"
         self._descending = False
-        self._filter = WorklistFilter()
+        self._filter = StudyFilter()
         self._order = self._id_order
         self._keep = np.ones(n, dtype=bool)
         self._view = self._order
 
     @classmethod
-    def from_studies(cls, studies: Iterable[Study], labels: Sequence[str] = ()) -> WorklistModel:
+    def from_studies(cls, studies: Iterable[Study], labels: Sequence[str] = ()) -> StudyList:
         """A model over index records (:class:`cxr_core.data.study.Study`), in the order given."""
         ids, patients, views, splits = [], [], [], []
         for study in studies:
@@ -270,7 +270,7 @@ class WorklistModel:
         """
         if finding is not None and finding not in self.labels:
             raise ValueError(f"unknown finding {finding!r}; labels are {', '.join(self.labels) or 'none yet'}")
-        self._filter = WorklistFilter(flagged_only, finding, unreviewed_only, split)
+        self._filter = StudyFilter(flagged_only, finding, unreviewed_only, split)
         self._refilter()
 
     def _resort(self) -> None:
@@ -339,7 +339,7 @@ class WorklistModel:
         if probs.shape != (self._ids.size, len(names)):
             raise ValueError(f"probabilities of shape {probs.shape}; expected ({self._ids.size}, {len(names)})")
         if self._filter.finding is not None and self._filter.finding not in names:
-            self._filter = WorklistFilter(self._filter.flagged_only, None, self._filter.unreviewed_only,
+            self._filter = StudyFilter(self._filter.flagged_only, None, self._filter.unreviewed_only,
                                           self._filter.split)
         self.labels, self._probs = names, probs
         self._max_prob = (np.fmax.reduce(probs, axis=1).astype(np.float32) if names
