@@ -31,7 +31,7 @@ def demo(
         print_json({**data.summary_json(result), "model": str(demo_model_path())})
         return
     if open_app:
-        from cxr_tui.cli.tui import launch
+        from cxr_tui.cli.open import launch
 
         launch(root, demo_model_path(), None, image_protocol=image_protocol)
         return

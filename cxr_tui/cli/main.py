@@ -10,7 +10,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError, database_error_text, os_error_text
-from cxr_tui.cli import cam, data, demo, evaluate, jobs, predict, reviews, thresholds, train, tui
+from cxr_tui.cli import cam, data, demo, evaluate, jobs, open, predict, reviews, thresholds, train
 from cxr_tui.cli.output import error_line
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app.command("eval")(evaluate.eval_cmd)
 app.command("cam")(cam.cam_cmd)
 app.add_typer(thresholds.app, name="thresholds")
 app.add_typer(reviews.app, name="reviews")
-app.command("open", help="Open the app (what `cxr-tui [ROOT]` with no subcommand does).")(tui.open_app)
+app.command("open", help="Open the app (what `cxr-tui [ROOT]` with no subcommand does).")(open.open_app)
 
 
 def _version(value: bool) -> None:

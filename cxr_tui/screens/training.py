@@ -31,6 +31,7 @@ from cxr_core.eval import evaluation_command, launch_evaluation
 from cxr_core.runs import ACTIVE, LOG_LINES, LogTail, RunDir, RunSummary, default_runs_dir, list_runs, summarize
 from cxr_core.text import visible
 from cxr_core.train import TrainConfig, resume_job, start_job, stop_job
+from cxr_tui.dialogs import ConfirmScreen, LaunchForm, ReportScreen
 from cxr_tui.messages import ModelChosen
 from cxr_tui.run_charts import (
     auc_labels,
@@ -41,8 +42,6 @@ from cxr_tui.run_charts import (
     loss_series,
     run_cells,
 )
-from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
-from cxr_tui.screens.launch import LaunchForm
 from cxr_tui.state import Workspace
 from cxr_tui.widgets.charts import CurveChart
 

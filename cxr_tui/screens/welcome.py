@@ -44,7 +44,7 @@ class WelcomeScreen(Screen):
         self.prepare_demo()
 
     def action_browse(self) -> None:
-        from cxr_tui.screens.worklist import FolderPicker
+        from cxr_tui.dialogs import FolderPicker
 
         def chosen(path: Path | None) -> None:
             if path is not None:

@@ -14,10 +14,9 @@ from textual.widgets import DataTable, Input, Log, Static
 
 from cxr_core.runs import LogTail, RunDir, process_start_time
 from cxr_core.train.config import TrainConfig, read_run_config, write_run_config
+from cxr_tui.dialogs import ConfirmScreen, LaunchForm, ReportScreen
 from cxr_tui.messages import ModelChosen
 from cxr_tui.run_charts import MACRO, epoch_rows
-from cxr_tui.screens.dialogs import ConfirmScreen, ReportScreen
-from cxr_tui.screens.launch import LaunchForm
 from cxr_tui.screens.training import TrainingScreen
 from cxr_tui.state import Workspace
 from cxr_tui.widgets.charts import CurveChart
