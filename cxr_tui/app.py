@@ -1,8 +1,9 @@
 """CxrApp: the worklist, study, thresholds and training screens over one data set root and one model.
 
 State lives in :class:`~cxr_tui.state.Workspace` and changes in one place, here, on messages
-(:mod:`cxr_tui.messages`). Blocking work — indexing, predicting, Grad-CAM — runs in thread workers that call
-one ``cxr_core`` function each and post a message; predictions come from the SQLite cache when the same
+(:mod:`cxr_tui.messages`); each change bumps a reactive version that screens ``watch``, so no screen calls
+another. Blocking work — indexing, predicting, Grad-CAM — runs in thread workers that call one ``cxr_core``
+function each and post a message; predictions come from the SQLite cache when the same
 images were seen by the same model, so reopening a folder is instant. Worker errors are shown in one place
 (:meth:`on_worker_state_changed`), as one line.
 """
@@ -11,16 +12,15 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.reactive import var
 from textual.worker import Worker, WorkerState, get_current_worker
 
 import cxr_tui.widgets.xray  # noqa: F401 - asks the terminal about images before the app owns it (see there)
@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from cxr_core.store import IndexedRoot
 from cxr_core.errors import error_text
 from cxr_core.text import visible
-from cxr_tui.messages import ModelChosen, PredictionProgressed, PredictionsReady, RootChosen, ThresholdsChanged
+from cxr_tui.messages import (
+    ModelChosen,
+    PredictionProgressed,
+    PredictionsReady,
+    ReviewRecorded,
+    RootChosen,
+    ThresholdsChanged,
+)
 from cxr_tui.state import Workspace, save_session
 
 
@@ -67,6 +74,17 @@ class CxrApp(App):
     SUB_TITLE = "chest X-ray workbench"
     CSS_PATH = "app.tcss"
     COMMANDS = App.COMMANDS | {ScreenCommands}
+    studies_version: var[int] = var(0)
+    """Bumped when the root's studies are (re)loaded into the workspace."""
+    predictions_version: var[int] = var(0)
+    """Bumped when new predictions (and study scores) are in the workspace."""
+    thresholds_version: var[int] = var(0)
+    """Bumped when the workspace's thresholds changed."""
+    progress: var[tuple[int, int]] = var((0, 0))
+    """(done, total) of the running prediction."""
+    reviewed: var[tuple[int, str]] = var((0, ""))
+    """(count, study) of the latest recorded decision: the worklist re-reads that study's status."""
+
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
@@ -82,15 +100,10 @@ class CxrApp(App):
                                    runs_dir=runs_dir)
         self.image_protocol = image_protocol
         self.use_cache = use_cache
-        self.studies: dict[str, Study] = {}
-        self.study_order: list[str] = []
-        self.label_space = None
+        # Resources, not state: the loaded model (shared with Grad-CAM under model_lock) and the reviews store.
         self.predictor = None
-        self.model_lock = threading.Lock()  # CAM hooks and predictions share the model
-        self.study_probs: np.ndarray | None = None  # (n studies, K) max over each study's images
-        self.image_rows: dict[str, list[int]] = {}  # study -> rows of workspace.predictions
+        self.model_lock = threading.Lock()
         self._reviews = None  # ReviewStore, opened on first use (see `reviews`)
-        self.last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
 
     # -- start -------------------------------------------------------------------------------------------------
 
@@ -166,45 +179,46 @@ class CxrApp(App):
     # -- state changes -----------------------------------------------------------------------------------------
 
     def _studies_loaded(self, root: Path, studies: list[Study], space) -> None:
-        self.workspace.root = root
-        self.studies = {s.id: s for s in studies}
-        self.study_order = [s.id for s in studies]
-        self.label_space = space
-        save_session(self.workspace)
-        for screen in self._screens_with("studies_loaded"):
-            screen.studies_loaded(studies)
+        workspace = self.workspace
+        workspace.root = root
+        workspace.studies = {s.id: s for s in studies}
+        workspace.study_order = [s.id for s in studies]
+        workspace.label_space = space
+        save_session(workspace)
+        self.studies_version += 1
         # Long-lived objects (Textual's ~80k, the studies) out of the collector's way: full collections
         # walking them were the p99 of a worklist key press (benchmarks/tui_worklist.py: 119 -> 56 ms).
         gc.freeze()
 
     def on_prediction_progressed(self, message: PredictionProgressed) -> None:
-        for screen in self._screens_with("prediction_progressed"):
-            screen.prediction_progressed(message.done, message.total)
+        self.progress = (message.done, message.total)
 
     def on_predictions_ready(self, message: PredictionsReady) -> None:
         workspace = self.workspace
         preds = message.predictions
-        self.last_load = message
+        workspace.last_load = message
         workspace.predictions = preds
         workspace.errors = message.errors
         for label in preds.labels:
             workspace.thresholds.setdefault(label, 0.5)
-        self.study_probs, self.image_rows = preds.study_scores(self.study_order), preds.rows_by_study()
+        workspace.study_probs = preds.study_scores(workspace.study_order)
+        workspace.image_rows = preds.rows_by_study()
         save_session(workspace)
         note = f"{len(preds):,} images: {message.cached:,} from the cache, {message.computed:,} computed"
         if message.errors:
             note += f"; {len(message.errors)} unreadable"
         self.notify(note, timeout=4)
-        for screen in self._screens_with("predictions_ready"):
-            screen.predictions_ready()
+        self.predictions_version += 1
 
     def on_thresholds_changed(self, message: ThresholdsChanged) -> None:
         self.workspace.thresholds.update(message.thresholds)
         if message.saved_to is not None:
             self.workspace.thresholds_path = message.saved_to
             save_session(self.workspace)
-        for screen in self._screens_with("thresholds_changed"):
-            screen.thresholds_changed()
+        self.thresholds_version += 1
+
+    def on_review_recorded(self, message: ReviewRecorded) -> None:
+        self.reviewed = (self.reviewed[0] + 1, message.study)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
         self.workspace.model = message.path
@@ -216,9 +230,6 @@ class CxrApp(App):
 
     def on_root_chosen(self, message: RootChosen) -> None:
         self.open_root(message.path)
-
-    def _screens_with(self, method: str) -> Iterable:
-        return [s for s in self.screen_stack if hasattr(s, method)]
 
     def notify(self, message: str, *, title: str = "", severity: str = "information", timeout: float | None = None,
                markup: bool = True) -> None:
@@ -241,13 +252,6 @@ class CxrApp(App):
     def on_unmount(self) -> None:
         if self._reviews is not None:
             self._reviews.close()
-
-    def study_probabilities(self, study_id: str) -> np.ndarray | None:
-        """(n images, K) probabilities of a study's images, or None before predictions arrive."""
-        preds = self.workspace.predictions
-        if preds is None or study_id not in self.image_rows:
-            return None
-        return preds.probs[self.image_rows[study_id]]
 
     # -- actions -----------------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
-"""What the app is working on: one data set root, one model, its thresholds, its predictions.
+"""What the app is working on: one data set root, its studies, one model, its thresholds, its predictions.
 
 Screens read this (``self.app.workspace``) and change it only by posting messages to the app
-(:mod:`cxr_tui.messages`), which updates it in one place and tells the screens.
+(:mod:`cxr_tui.messages`), which updates it in one place and bumps one of its reactive versions
+(``studies_version``, ``predictions_version``, ``thresholds_version``, ``reviewed``); screens ``watch`` those.
 """
 
 from __future__ import annotations
@@ -9,11 +10,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from cxr_core.atomic import atomic_write_text
+from cxr_core.data import Study
+from cxr_core.labels import LabelSpace
 from cxr_core.paths import data_dir
 from cxr_core.predictions import Predictions
 from cxr_core.users import current_user
+
+if TYPE_CHECKING:
+    from cxr_tui.messages import PredictionsReady
 
 SESSION_FILE = "tui-session.json"
 
@@ -29,6 +38,18 @@ class Workspace:
     reviewer: str = field(default_factory=current_user)
     runs_dir: Path | None = None
     show_phi: bool = False
+    studies: dict[str, Study] = field(default_factory=dict)  # the root's studies (images present), by id
+    study_order: list[str] = field(default_factory=list)  # the index's order
+    label_space: LabelSpace | None = None
+    study_probs: np.ndarray | None = None  # (n studies, K) in study_order: each study's score (max over images)
+    image_rows: dict[str, list[int]] = field(default_factory=dict)  # study -> its rows of predictions
+    last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
+
+    def study_probabilities(self, study_id: str) -> np.ndarray | None:
+        """(n images, K) probabilities of a study's images, or None before predictions arrive."""
+        if self.predictions is None or study_id not in self.image_rows:
+            return None
+        return self.predictions.probs[self.image_rows[study_id]]
 
     def threshold(self, label: str) -> float:
         return float(self.thresholds.get(label, 0.5))

@@ -6,6 +6,8 @@ screen shows it: a killed terminal loses nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from rich.text import Text
 from textual import work
@@ -59,10 +61,11 @@ class StudyScreen(Screen):
         Binding("m", "next_image", "Next image", show=False, id="study.image"),
     ]
 
-    def __init__(self, study_id: str, worklist=None) -> None:
+    def __init__(self, study_id: str, neighbour: Callable[[str, int], str | None] | None = None) -> None:
+        """``neighbour(study, step)``: the study ``step`` places away in the worklist's order (n / p)."""
         super().__init__()
         self.study_id = study_id
-        self.worklist = worklist
+        self.neighbour = neighbour
         self.image_index = 0
         self.pixels: np.ndarray | None = None
         self.cams: dict[tuple[str, int, str], np.ndarray] = {}
@@ -87,12 +90,14 @@ class StudyScreen(Screen):
         self.query_one("#study-note", Input).display = False
         self.load_study()
         table.focus()
+        self.watch(self.app, "predictions_version", lambda _: self._fill_findings(), init=False)
+        self.watch(self.app, "thresholds_version", lambda _: self._fill_findings(), init=False)
 
     # -- content ------------------------------------------------------------------------------------------------
 
     @property
     def study(self):
-        return self.app.studies.get(self.study_id)
+        return self.app.workspace.studies.get(self.study_id)
 
     def load_study(self) -> None:
         study = self.study
@@ -115,11 +120,11 @@ class StudyScreen(Screen):
         preds = self.app.workspace.predictions
         if preds is not None:
             return list(preds.labels)
-        space = self.app.label_space
+        space = self.app.workspace.label_space
         return list(space.findings) if space is not None else []
 
     def _probs(self) -> np.ndarray | None:
-        rows = self.app.study_probabilities(self.study_id)
+        rows = self.app.workspace.study_probabilities(self.study_id)
         if rows is None or not len(rows):
             return None
         return rows[min(self.image_index, len(rows) - 1)]
@@ -203,7 +208,7 @@ class StudyScreen(Screen):
         from cxr_core.data import image_base
         from cxr_core.images import read_xray
 
-        study = self.app.studies[study_id]
+        study = self.app.workspace.studies[study_id]
         path = image_base(self.app.workspace.root) / study.images[index].path
         try:
             xray = read_xray(path)
@@ -283,9 +288,9 @@ class StudyScreen(Screen):
         self.app.pop_screen()
 
     def _go(self, step: int) -> None:
-        if self.worklist is None:
+        if self.neighbour is None:
             return
-        target = self.worklist.neighbour(self.study_id, step)
+        target = self.neighbour(self.study_id, step)
         if target is None:
             self.notify("no more studies in this direction of the worklist", timeout=2)
             return
@@ -334,9 +339,7 @@ class StudyScreen(Screen):
             return
         self.decisions[label] = review
         self._fill_findings()
-        self.app.post_message(ReviewRecorded(self.study_id, label, review.decision))
-        if self.worklist is not None:
-            self.worklist.review_changed(self.study_id)
+        self.app.post_message(ReviewRecorded(self.study_id, label, review.decision))  # the worklist follows
 
     def action_note(self) -> None:
         label = self.selected_finding()
@@ -375,10 +378,4 @@ class StudyScreen(Screen):
         self.query_one(XRayView).pan(dx, dy)
 
     # -- from the app -------------------------------------------------------------------------------------------
-
-    def predictions_ready(self) -> None:
-        self._fill_findings()
-
-    def thresholds_changed(self) -> None:
-        self._fill_findings()
 

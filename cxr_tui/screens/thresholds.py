@@ -304,6 +304,7 @@ accept/reject decisions; uncertain ones are left out.
 
     def on_mount(self) -> None:
         self.reload()
+        self.watch(self.app, "predictions_version", lambda _: self.reload(), init=False)  # another model or root
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit_layout)
@@ -331,10 +332,6 @@ accept/reject decisions; uncertain ones are left out.
             self.reload()
         elif self.predictions is not None:
             self.load_reviews()
-
-    def predictions_ready(self) -> None:
-        """The app has new predictions (another model or root): rebuild from them."""
-        self.reload()
 
     def _workspace_source(self) -> tuple[int, Path | None]:
         return id(self.workspace.predictions), self.workspace.thresholds_path

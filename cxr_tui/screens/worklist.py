@@ -60,15 +60,22 @@ class WorklistScreen(Screen):
         self.query_one("#worklist-progress", ProgressBar).display = False
         root = self.app.workspace.root
         self._status(f"indexing {root} …" if root else "no data set")
-        if self.app.studies:
-            self.studies_loaded(list(self.app.studies.values()))
+        if self.app.workspace.studies:
+            self.studies_loaded()
             if self.app.workspace.predictions is not None:
                 self.predictions_ready()
+        app = self.app
+        self.watch(app, "studies_version", lambda _: self.studies_loaded(), init=False)
+        self.watch(app, "progress", self.prediction_progressed, init=False)
+        self.watch(app, "predictions_version", lambda _: self.predictions_ready(), init=False)
+        self.watch(app, "thresholds_version", lambda _: self.thresholds_changed(), init=False)
+        self.watch(app, "reviewed", lambda event: self.review_changed(event[1]), init=False)
         self.query_one(WorklistTable).focus()
 
-    # -- from the app --------------------------------------------------------------------------------------------
+    # -- the workspace changed (watched on the app) -------------------------------------------------------------
 
-    def studies_loaded(self, studies) -> None:
+    def studies_loaded(self) -> None:
+        studies = list(self.app.workspace.studies.values())
         self.study_list = StudyList.from_studies(studies)
         missing = {s.id: "missing" for s in studies if not s.images}
         self.missing = len(missing)
@@ -81,18 +88,18 @@ class WorklistScreen(Screen):
         self._status(f"{len(studies):,} studies" + (f" ({len(missing):,} without an image: ∅)" if missing else "")
                      + ("" if model else " · no model: press g to train one, or start with --model"))
 
-    def prediction_progressed(self, done: int, total: int) -> None:
+    def prediction_progressed(self, progress: tuple[int, int]) -> None:
+        done, total = progress
         bar = self.query_one("#worklist-progress", ProgressBar)
         bar.display = done < total
         bar.update(total=total, progress=done)
 
     def predictions_ready(self) -> None:
-        app = self.app
-        if app.study_probs is None:
+        workspace = self.app.workspace
+        if workspace.study_probs is None:
             return
         self.query_one("#worklist-progress", ProgressBar).display = False
-        labels = app.workspace.predictions.labels
-        self.study_list.update_predictions(app.study_probs, app.workspace.thresholds, labels)
+        self.study_list.update_predictions(workspace.study_probs, workspace.thresholds, workspace.predictions.labels)
         self._apply()
         self.query_one(WorklistTable).move_cursor(0)  # fresh predictions: start at the most suspicious study
 
@@ -222,7 +229,7 @@ class WorklistScreen(Screen):
     def _open(self, study_id: str) -> None:
         from cxr_tui.screens.study import StudyScreen
 
-        self.app.push_screen(StudyScreen(study_id, self))
+        self.app.push_screen(StudyScreen(study_id, self.neighbour))
 
     def neighbour(self, study_id: str, step: int) -> str | None:
         """The study ``step`` rows away in the current view (the study screen's next / previous)."""

@@ -42,12 +42,12 @@ def log_acknowledgements(path: Path) -> None:
 
 async def drive(app: CxrApp, rng: random.Random, ready: Path | None) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
-        while not app.studies:
+        while not app.workspace.studies:
             await pilot.pause(0.05)
         if ready is not None:
             ready.touch()
         for _ in range(600):  # up to a minute for the predictions the thresholds screen needs
-            if app.last_load is not None:
+            if app.workspace.last_load is not None:
                 break
             await pilot.pause(0.1)
         await visit_thresholds(app, pilot)

@@ -34,18 +34,18 @@ def checkpoint(tmp_path_factory) -> Path:
 async def test_review_flow(phantom_set, checkpoint):
     app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with app.run_test(size=(110, 32)) as pilot:
-        await until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.workspace.last_load is not None)
         screen = app.screen
         assert isinstance(screen, WorklistScreen)
         table = screen.query_one(WorklistTable)
-        assert len(screen.study_list) == len(app.studies) > 0
+        assert len(screen.study_list) == len(app.workspace.studies) > 0
         maxima = [float(screen.study_list.max_prob_at(i)) for i in range(len(screen.study_list))]
         assert maxima == sorted(maxima, reverse=True)  # most suspicious first
 
         await pilot.press("f")  # flagged only at the 0.5 defaults
         assert all(int(screen.study_list.row(i).n_flagged) > 0 for i in range(len(screen.study_list)))
         await pilot.press("escape")
-        assert len(screen.study_list) == len(app.studies)
+        assert len(screen.study_list) == len(app.workspace.studies)
 
         await pilot.press("j", "j")
         first = table.study_id
@@ -79,11 +79,11 @@ async def test_review_flow(phantom_set, checkpoint):
 async def test_reopen_comes_from_the_cache(phantom_set, checkpoint):
     first = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with first.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: first.last_load is not None)
+        await until(pilot, lambda: first.workspace.last_load is not None)
     again = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with again.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: again.last_load is not None)
-        assert again.last_load.computed == 0 and again.last_load.cached == len(again.workspace.predictions)
+        await until(pilot, lambda: again.workspace.last_load is not None)
+        assert again.workspace.last_load.computed == 0 and again.workspace.last_load.cached == len(again.workspace.predictions)
 
 
 async def test_thresholds_saved_for_a_model_outside_a_run_come_back_next_time(phantom_set, checkpoint):
@@ -92,7 +92,7 @@ async def test_thresholds_saved_for_a_model_outside_a_run_come_back_next_time(ph
 
     first = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with first.run_test(size=(110, 32)) as pilot:
-        await until(pilot, lambda: first.last_load is not None)
+        await until(pilot, lambda: first.workspace.last_load is not None)
         await pilot.press("t")
         await until(pilot, lambda: isinstance(first.screen, ThresholdsScreen))
         await pilot.press("right", "right", "s")
@@ -102,7 +102,7 @@ async def test_thresholds_saved_for_a_model_outside_a_run_come_back_next_time(ph
         assert saved.is_file() and value == pytest.approx(0.52)
     again = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with again.run_test(size=(110, 32)) as pilot:
-        await until(pilot, lambda: again.last_load is not None)
+        await until(pilot, lambda: again.workspace.last_load is not None)
         assert again.workspace.thresholds_path == saved
         assert again.workspace.threshold(label) == pytest.approx(value)
         await pilot.press("t")
@@ -122,7 +122,7 @@ async def test_thresholds_tuned_on_test_in_the_screen_make_eval_warn(phantom_set
     model = shutil.copy(checkpoint, run / "checkpoints" / "best.safetensors")
     app = CxrApp(phantom_set, Path(model), image_protocol="halfcell")
     async with app.run_test(size=(110, 32)) as pilot:
-        await until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.workspace.last_load is not None)
         await pilot.press("t")
         await until(pilot, lambda: isinstance(app.screen, ThresholdsScreen))
         screen = app.screen
@@ -151,7 +151,7 @@ async def test_unusable_model_is_one_notification_not_a_crash(phantom_set, tmp_p
 async def test_usable_at_80x24(phantom_set, checkpoint):
     app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.workspace.last_load is not None)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.pixels is not None)
         assert app.screen.query_one("#findings").size.width > 0
@@ -164,7 +164,7 @@ async def test_nih_sample_lists_every_label_row_and_marks_missing_images(real_da
 
     app = CxrApp(real_data / "nih-sample", demo_model_path(), image_protocol="halfcell")
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.last_load is not None, seconds=180)
+        await until(pilot, lambda: app.workspace.last_load is not None, seconds=180)
         screen = app.screen
         assert screen.study_list.total == 112_120 and screen.missing == 112_020
         assert len(app.workspace.predictions) == 100

@@ -48,12 +48,12 @@ def assert_clean(app: CxrApp, where: str) -> None:
 async def test_every_screen_shows_hostile_text_as_text(world):
     app = CxrApp(world["root"], world["checkpoint"], image_protocol="halfcell", show_phi=True)
     async with app.run_test(size=(140, 40)) as pilot:
-        await until(pilot, lambda: app.last_load is not None, seconds=120)
+        await until(pilot, lambda: app.workspace.last_load is not None, seconds=120)
         assert_clean(app, "worklist")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, StudyScreen))
         seen = set()
-        for _ in range(len(app.studies)):  # every study, the DICOM one (with --show-phi) included
+        for _ in range(len(app.workspace.studies)):  # every study, the DICOM one (with --show-phi) included
             study = app.screen
 
             def shown(study: StudyScreen = study) -> bool:
@@ -66,8 +66,8 @@ async def test_every_screen_shows_hostile_text_as_text(world):
             await pilot.pause()
             assert_clean(app, f"study {study.study_id!r} with CAM")
             await pilot.press("c", "n")
-        assert len(seen) == len(app.studies)
-        dicom_info = [s for s in app.studies.values() if s.images and s.images[0].path.endswith(".dcm")]
+        assert len(seen) == len(app.workspace.studies)
+        dicom_info = [s for s in app.workspace.studies.values() if s.images and s.images[0].path.endswith(".dcm")]
         assert dicom_info  # the DICOM study was among them
         await pilot.press("escape", "t")
         await until(pilot, lambda: isinstance(app.screen, ThresholdsScreen))

@@ -210,7 +210,7 @@ async def _drive_tui(root: Path, checkpoint: Path, screenshot_dir: Path, *, show
 
     app = CxrApp(root, checkpoint, image_protocol="halfcell", show_phi=show_phi)
     async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: app.last_load is not None)
+        await until(pilot, lambda: app.workspace.last_load is not None)
         sample()
         app.save_screenshot("worklist.svg", str(screenshot_dir))
         await pilot.press("enter")
