@@ -42,19 +42,26 @@ from cxr_tui.state import Workspace, save_session
 
 
 class ScreenCommands(Provider):
-    """The command palette offers the current screen's actions and the app's (posting's habit)."""
+    """The one command palette provider: the current screen's key bindings and its extra
+    :meth:`~cxr_tui.screens.base.CxrScreen.palette_commands`, then the app's bindings (posting's habit)."""
 
     def _commands(self) -> list[tuple[str, str, object]]:
+        from cxr_tui.screens.base import CxrScreen
+
         app = self.app
+        screen = self.screen  # the screen the palette was opened over (app.screen is the palette now)
         out = []
         seen = set()
-        for node in (app.screen, app):
+        for node in (screen, app):
             for binding in getattr(node, "BINDINGS", []):
                 if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
                     continue
                 seen.add(binding.action)
                 out.append((binding.description, f"key {binding.key_display or binding.key}",
                             partial(app.run_action, binding.action, node)))
+            if node is screen and isinstance(screen, CxrScreen):
+                out.extend((command.name, command.help, partial(app.run_action, command.action, screen))
+                           for command in screen.palette_commands())
         return out
 
     async def discover(self) -> Hits:

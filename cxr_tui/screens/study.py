@@ -14,12 +14,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from cxr_core.errors import CxrError
 from cxr_core.text import visible
 from cxr_tui.messages import ReviewRecorded
+from cxr_tui.screens.base import CxrScreen
 from cxr_tui.widgets.xray import XRayView
 
 DECISION_GLYPH = {"accept": "✓ accept", "reject": "✗ reject", "uncertain": "? uncertain", "clear": "", None: ""}
@@ -38,7 +38,7 @@ def probability_cell(prob: float, threshold: float) -> Text:
     return Text(f"{prob:4.2f} " + "".join(cells), style="bold" if flagged else "")
 
 
-class StudyScreen(Screen):
+class StudyScreen(CxrScreen[None]):
     BINDINGS = [
         Binding("escape", "back", "Back", id="study.back"),
         Binding("n", "next_study", "Next", id="study.next"),

@@ -18,25 +18,19 @@ distribution of the scores with the threshold on it instead of a ROC curve.
 from __future__ import annotations
 
 import math
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
-from textual_plotext import PlotextPlot
 
 from cxr_core.errors import CxrError
 from cxr_core.eval import (
     UNKNOWN_SPLIT,
-    Agreement,
     OperatingPoints,
     ReviewedStudies,
     ThresholdStats,
@@ -52,6 +46,9 @@ from cxr_core.paths import data_dir, ensure_private_dir
 from cxr_core.predictions import Predictions
 from cxr_core.text import visible
 from cxr_tui.messages import ThresholdsChanged
+from cxr_tui.screens.base import CxrScreen, PaletteCommand
+from cxr_tui.widgets.agreement import AgreementPanel
+from cxr_tui.widgets.roc import RocChart
 
 if TYPE_CHECKING:
     from cxr_tui.state import Workspace
@@ -96,8 +93,6 @@ AGREEMENT_ROWS = 6
 MIN_CHART_WIDTH = 60
 UNDEFINED = "—"
 UNSAVED_MARK = "*"
-CURVE_POINTS = 200
-HISTOGRAM_BINS = 40
 NO_PREDICTIONS = "No predictions yet: choose a model and a data set, then come back to tune thresholds."
 NO_TRUTH = ("These predictions carry no labels: sensitivity, specificity, PPV, NPV and F1 need labelled data. "
             "Thresholds can still be set by hand; the table shows how many images each flags.")
@@ -124,39 +119,24 @@ def default_thresholds_path(workspace: Workspace) -> Path:
     return thresholds_path_for(workspace.model or Path("unnamed"), fingerprint)
 
 
-class ThresholdCommands(Provider):
-    """The Thresholds screen's actions in the command palette."""
-
-    def _commands(self) -> list[tuple[str, str, str]]:
-        return [
-            ("Thresholds: max F1 (selected disease)", "auto('f1')", "Threshold that maximises F1"),
-            ("Thresholds: sensitivity 0.80 (selected disease)", "auto('sens')",
-             "Highest threshold whose sensitivity is at least 0.80"),
-            ("Thresholds: Youden's J (selected disease)", "auto('youden')", "Maximise sensitivity + specificity - 1"),
-            ("Thresholds: max F1 (all diseases)", "auto('f1', True)", "Every disease at its max-F1 threshold"),
-            ("Thresholds: sensitivity 0.80 (all diseases)", "auto('sens', True)",
-             "Every disease at the highest threshold with sensitivity ≥ 0.80"),
-            ("Thresholds: Youden's J (all diseases)", "auto('youden', True)", "Every disease at its Youden threshold"),
-            ("Thresholds: save", "save", "Write the thresholds file (with who and when)"),
-            ("Thresholds: revert", "revert", "Back to the last saved or loaded thresholds"),
-        ]
-
-    async def discover(self) -> Hits:
-        if not isinstance(self.screen, ThresholdsScreen):
-            return
-        for name, action, help_text in self._commands():
-            yield DiscoveryHit(name, partial(self.screen.run_action, action), help=help_text)
-
-    async def search(self, query: str) -> Hits:
-        if not isinstance(self.screen, ThresholdsScreen):
-            return
-        matcher = self.matcher(query)
-        for name, action, help_text in self._commands():
-            if (score := matcher.match(name)) > 0:
-                yield Hit(score, matcher.highlight(name), partial(self.screen.run_action, action), help=help_text)
+PALETTE = (
+    PaletteCommand("Thresholds: max F1 (selected disease)", "auto('f1')", "Threshold that maximises F1"),
+    PaletteCommand("Thresholds: sensitivity 0.80 (selected disease)", "auto('sens')",
+                   "Highest threshold whose sensitivity is at least 0.80"),
+    PaletteCommand("Thresholds: Youden's J (selected disease)", "auto('youden')",
+                   "Maximise sensitivity + specificity - 1"),
+    PaletteCommand("Thresholds: max F1 (all diseases)", "auto('f1', True)", "Every disease at its max-F1 threshold"),
+    PaletteCommand("Thresholds: sensitivity 0.80 (all diseases)", "auto('sens', True)",
+                   "Every disease at the highest threshold with sensitivity ≥ 0.80"),
+    PaletteCommand("Thresholds: Youden's J (all diseases)", "auto('youden', True)",
+                   "Every disease at its Youden threshold"),
+    PaletteCommand("Thresholds: save", "save", "Write the thresholds file (with who and when)"),
+    PaletteCommand("Thresholds: revert", "revert", "Back to the last saved or loaded thresholds"),
+)
+"""What the command palette offers beyond the keys: each automatic choice for one or every disease."""
 
 
-class ThresholdsScreen(Screen[None]):
+class ThresholdsScreen(CxrScreen[None]):
     """Per-disease thresholds with their operating points, ROC curve and agreement with the reviewer."""
 
     HELP = """
@@ -200,8 +180,6 @@ accept/reject decisions; uncertain ones are left out.
         Binding("j", "cursor(1)", "Next disease", show=False, id="thresholds.next"),
         Binding("k", "cursor(-1)", "Previous disease", show=False, id="thresholds.previous"),
     ]
-
-    COMMANDS: ClassVar[set[type[Provider]]] = {ThresholdCommands}
 
     DEFAULT_CSS = """
     ThresholdsScreen {
@@ -278,14 +256,15 @@ accept/reject decisions; uncertain ones are left out.
         self.reviewed: ReviewedStudies | None = None
         self._notice: str | None = None
         self._stats: ThresholdStats | None = None
-        self._curves: dict[str, tuple[Any, float | None]] = {}
-        self._histograms: dict[str, tuple[list[float], list[int]]] = {}
         self._source: tuple[int, Path | None] | None = None
         self._widths: dict[str, int] = {}
 
     @property
     def workspace(self) -> Workspace:
-        return self.app.workspace  # type: ignore[attr-defined]
+        return self.app.workspace
+
+    def palette_commands(self) -> tuple[PaletteCommand, ...]:
+        return PALETTE
 
     @property
     def has_truth(self) -> bool:
@@ -298,8 +277,8 @@ accept/reject decisions; uncertain ones are left out.
         yield table
         yield Static(id="thresholds-detail", markup=False)
         with Horizontal(id="thresholds-lower"):
-            yield PlotextPlot(id="thresholds-roc")
-            yield Static(id="thresholds-agreement", markup=False)
+            yield RocChart(id="thresholds-roc")
+            yield AgreementPanel(id="thresholds-agreement")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -350,13 +329,12 @@ accept/reject decisions; uncertain ones are left out.
             preds, self.tuned_on = tuning_rows(preds, None if choice == UNKNOWN_SPLIT else choice)
             self.split = self.tuned_on.split
         self.predictions = preds
-        self._curves.clear()
-        self._histograms.clear()
         self.reviewed = None
         table = self.query_one("#thresholds-table", DataTable)
         table.clear(columns=True)
         if preds is None:
             self.points = None
+            self.query_one(RocChart).set_data(None, None)
             self.thresholds, self.saved, self.modes = {}, {}, {}
             self.selected = None
             self._set_notice(NO_PREDICTIONS)
@@ -371,6 +349,7 @@ accept/reject decisions; uncertain ones are left out.
         self.thresholds = {label: ws.threshold(label) for label in preds.labels}
         self.saved, self.modes = self._saved_values()
         self._stats = self.points.at(self.thresholds)
+        self.query_one(RocChart).set_data(self.points, preds.probs)
         self._set_notice(None if self.has_truth else NO_TRUTH)
         width = min(LABEL_WIDTH, max(len(label) for label in preds.labels)) if preds.labels else LABEL_WIDTH
         # Fixed widths (a column first filled with "—" must still fit "0.160"), numbers padded to the right edge.
@@ -603,58 +582,24 @@ accept/reject decisions; uncertain ones are left out.
         detail.update(text)
 
     def _update_chart(self) -> None:
-        plot = self.query_one("#thresholds-roc", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        if self.selected is None or self.points is None:
-            plot.refresh()
+        chart = self.query_one(RocChart)
+        if self.selected is None or self.points is None or self._stats is None:
+            chart.clear()
             return
-        label, k = self.selected, self.points.index(self.selected)
-        threshold = self.thresholds[label]
-        if self.points.support[k] and self.points.negatives[k]:
-            curve, auc = self._curve(label)
-            plt.plot(curve.fpr.tolist(), curve.tpr.tolist(), marker="braille")
-            sens, spec = float(self._stats.sensitivity[k]), float(self._stats.specificity[k])
-            plt.scatter([1.0 - spec], [sens], marker="●", color="red")
-            plt.xlim(0, 1)
-            plt.ylim(0, 1)
-            plt.title(f"ROC {visible(label)} · AUC {auc:.3f}")
-        else:
-            centres, counts = self._histogram(label)
-            if counts:
-                plt.bar(centres, counts, width=1 / HISTOGRAM_BINS, marker="sd")
-                plt.vertical_line(threshold, color="red")
-                plt.xlim(0, 1)
-            why = "no labels" if not self.has_truth else "needs positives and negatives"
-            plt.title(f"{visible(label)} scores ({why})")
-        plot.refresh()
-
-    def _curve(self, label: str) -> tuple[Any, float | None]:
-        """The ROC curve to draw (at most CURVE_POINTS points) and the AUC of the full curve, cached per label."""
-        if label not in self._curves:
-            self._curves[label] = (self.points.curve(label, CURVE_POINTS), self.points.auc(label))
-        return self._curves[label]
-
-    def _histogram(self, label: str) -> tuple[list[float], list[int]]:
-        if label not in self._histograms:
-            scores = self.predictions.probs[:, self.points.index(label)]
-            counts, edges = np.histogram(scores[~np.isnan(scores)], bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-            centres = ((edges[:-1] + edges[1:]) / 2).tolist()
-            self._histograms[label] = (centres, counts.tolist() if counts.any() else [])
-        return self._histograms[label]
+        k = self.points.index(self.selected)
+        chart.show(self.selected, self.thresholds[self.selected], float(self._stats.sensitivity[k]),
+                   float(self._stats.specificity[k]), has_truth=self.has_truth)
 
     def _update_agreement(self) -> None:
-        panel = self.query_one("#thresholds-agreement", Static)
+        panel = self.query_one(AgreementPanel)
         if self.selected is None or self.points is None:
-            panel.update("")
+            panel.show(None, any_reviews=True)
             return
         if self.reviewed is None or self.reviewed.total == 0:
-            panel.update(Text.assemble(("Agreement with reviewer\n", "bold"), "no reviews yet"))
+            panel.show(None, any_reviews=False)
             return
         label = self.selected
-        table = self.reviewed.agreement(label, self.points.index(label), self.thresholds[label])
-        panel.update(agreement_text(table))
+        panel.show(self.reviewed.agreement(label, self.points.index(label), self.thresholds[label]), any_reviews=True)
 
     # -- reviews -------------------------------------------------------------------------------------------
 
@@ -667,7 +612,7 @@ accept/reject decisions; uncertain ones are left out.
         reviewed = ReviewedStudies.empty(len(preds.labels))
         if root is not None:
             try:  # the app's own store: one connection to the reviews database per process
-                reviewed = ReviewedStudies.build(preds, self.app.reviews.reviews(root))  # type: ignore[attr-defined]
+                reviewed = ReviewedStudies.build(preds, self.app.reviews.reviews(root))
             except CxrError as err:
                 self.app.call_from_thread(self.notify, str(err), title="Reviews", severity="warning")
         self.app.call_from_thread(self._reviews_loaded, preds, reviewed)
@@ -717,16 +662,3 @@ accept/reject decisions; uncertain ones are left out.
         text.append(f"s saves to {visible(self.save_path)}")
         status.update(text)
 
-
-def agreement_text(table: Agreement) -> Text:
-    """The agreement panel: the 2x2 table (study level), kappa and what was left out."""
-    kappa = "—" if table.kappa is None else f"{table.kappa:.2f}"
-    observed = "—" if table.observed is None else f"{100 * table.observed:.0f}%"
-    text = Text.assemble(("Agreement with reviewer", "bold"), f" ({table.n} studies)\n")
-    text.append(f"{'':13}{'accept':>8}{'reject':>8}\n", style="dim")
-    text.append(f"{'model flags':13}{table.both_positive:>8}{table.model_only:>8}\n")
-    text.append(f"{'model does not':13}{table.reviewer_only:>8}{table.both_negative:>8}\n")
-    text.append(f"kappa {kappa} · agree {observed}")
-    if table.excluded:
-        text.append(f"\n{table.excluded} left out (uncertain / no score)", style="dim")
-    return text

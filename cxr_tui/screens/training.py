@@ -22,7 +22,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.reactive import var
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
@@ -42,6 +41,7 @@ from cxr_tui.run_charts import (
     loss_series,
     run_cells,
 )
+from cxr_tui.screens.base import CxrScreen
 from cxr_tui.state import Workspace
 from cxr_tui.widgets.charts import CurveChart
 
@@ -63,7 +63,7 @@ class JobDone:
 # -- the screen -----------------------------------------------------------------------------------------------
 
 
-class TrainingScreen(Screen[None]):
+class TrainingScreen(CxrScreen[None]):
     """Training runs: list, live loss/AUC curves and log of the selected one, start / stop / resume / use."""
 
     HELP = """

@@ -7,10 +7,10 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Center, Vertical
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Static
 
 from cxr_tui.messages import RootChosen
+from cxr_tui.screens.base import CxrScreen
 
 WELCOME = """[b]cxr[/b] — a chest X-ray workbench
 
@@ -22,7 +22,7 @@ NIH ChestX-ray14, Indiana University / Open-i, CheXpert, MIMIC-CXR-JPG, or your 
 From a shell: [b]cxr-tui ROOT --model RUN_OR_CHECKPOINT[/b]."""
 
 
-class WelcomeScreen(Screen):
+class WelcomeScreen(CxrScreen[None]):
     BINDINGS = [Binding("d", "demo", "Open the demo", id="welcome.demo"),
                 Binding("b", "browse", "Open a folder", id="welcome.browse")]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, ProgressBar, Static
 
 from cxr_core.text import visible
 from cxr_tui.dialogs import FolderPicker
 from cxr_tui.messages import RootChosen
+from cxr_tui.screens.base import CxrScreen
 from cxr_tui.study_list import StudyList
 from cxr_tui.widgets.worklist import WorklistTable
 
@@ -23,7 +23,7 @@ SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flag
 
 
 
-class WorklistScreen(Screen):
+class WorklistScreen(CxrScreen[None]):
     BINDINGS = [
         Binding("enter", "open", "Open study", show=False, id="worklist.open_study"),
         Binding("f", "toggle_flagged", "Flagged only", id="worklist.flagged"),

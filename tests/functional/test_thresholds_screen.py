@@ -14,6 +14,7 @@ from cxr_core.eval.operating_points import OperatingPoints, tune
 from cxr_core.eval.thresholds_file import load_thresholds
 from cxr_core.predictions import Predictions
 from cxr_core.store.reviews import ReviewStore
+from cxr_tui.app import ScreenCommands
 from cxr_tui.messages import ThresholdsChanged
 from cxr_tui.screens.thresholds import (
     NO_TRUTH,
@@ -43,6 +44,8 @@ def make_predictions(n: int = 500, seed: int = 7, truth: bool = True) -> Predict
 
 class ThresholdsApp(App[None]):
     """A bare app holding a workspace, pushing the screen, and recording ThresholdsChanged."""
+
+    COMMANDS = App.COMMANDS | {ScreenCommands}  # the app's one palette provider
 
     def __init__(self, workspace: Workspace, reviews_path: Path | None = None) -> None:
         super().__init__()
@@ -164,6 +167,21 @@ async def test_command_palette_offers_the_actions(tmp_path: Path) -> None:
         await pilot.pause()
         assert app.screen is screen
         assert screen.thresholds == {c.label: c.threshold for c in tune(OperatingPoints.from_predictions(preds), "youden")}
+
+
+async def test_command_palette_offers_the_screens_keys(tmp_path: Path) -> None:
+    """The palette lists the bindings of the screen it was opened over (not its own, as app.screen would)."""
+    preds = make_predictions()
+    app = ThresholdsApp(workspace(tmp_path, preds))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert screen.selected == preds.labels[0]
+        await pilot.press("ctrl+p", *"next disease")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen
+        assert screen.selected == preds.labels[1]
 
 
 async def test_save_writes_the_file_and_tells_the_app(tmp_path: Path) -> None:
