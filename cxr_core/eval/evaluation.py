@@ -8,8 +8,6 @@ the split it scores, and writes the report folder. The front-ends only choose th
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from cxr_core.eval.thresholds_file import (
 from cxr_core.infer.engine import Predictor
 from cxr_core.infer.studies import predict_root
 from cxr_core.predictions import Predictions
-from cxr_core.runs import RunDir
+from cxr_core.runs import RunDir, detach
 
 if TYPE_CHECKING:
     from cxr_core.store.index import StudyIndex
@@ -149,7 +147,4 @@ def launch_evaluation(run: RunDir, split: str = "test") -> tuple[int, Path]:
     command = evaluation_command(run, split)
     log_path = run.path / "eval" / "eval.log"
     log_path.parent.mkdir(mode=0o700, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, close_fds=True)
-    return proc.pid, log_path
+    return detach(command, log_path), log_path

@@ -1,9 +1,11 @@
-"""Training runs on disk: the run directory contract, run summaries, and following a run's log.
+"""Training runs on disk: the run directory contract, run summaries, following a run's log, and starting
+a detached process.
 
 What a trainer leaves behind (``runs/<id>/``) is read by jobs, the CLI, the TUI, inference (a run id names its
 best checkpoint) and evaluation; none of them imports the trainer.
 """
 
+from cxr_core.runs.detach import detach
 from cxr_core.runs.logtail import LOG_LINES, LogTail
 from cxr_core.runs.rundir import (
     ACTIVE,
@@ -28,6 +30,7 @@ __all__ = [
     "RunStatus",
     "RunSummary",
     "default_runs_dir",
+    "detach",
     "list_runs",
     "pid_alive",
     "process_start_time",

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from cxr_core.atomic import check_writable_dir
 from cxr_core.errors import CxrError
-from cxr_core.runs import ACTIVE, RunDir, RunStatus, default_runs_dir, pid_alive, process_start_time
+from cxr_core.runs import ACTIVE, RunDir, RunStatus, default_runs_dir, detach, pid_alive, process_start_time
 from cxr_core.train.config import TrainConfig, read_run_config, write_run_config
 
 STOP_TIMEOUT_S = 30.0
@@ -71,15 +70,11 @@ def launch(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> int
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_list(gpus))
-    env.setdefault("PYTHONUNBUFFERED", "1")
     run.update_status(state="queued", pid=None, pid_start=None, error=None, detached=True, gpus=gpus)
-    with open(os.open(run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:
-        proc = subprocess.Popen(job_command(run, resume=resume, gpus=gpus), stdin=subprocess.DEVNULL,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                                close_fds=True, cwd=str(Path.home()) if Path.home().is_dir() else None)
+    pid = detach(job_command(run, resume=resume, gpus=gpus), run.log_path, env)
     # Only the launcher's identity: the trainer records its own pid and state when it starts.
-    run.update_status(launcher_pid=proc.pid, launcher_start=process_start_time(proc.pid))
-    return proc.pid
+    run.update_status(launcher_pid=pid, launcher_start=process_start_time(pid))
+    return pid
 
 
 def stop(run: RunDir, timeout: float = STOP_TIMEOUT_S, wait: bool = True) -> RunStatus:

@@ -10,12 +10,13 @@ import typer
 from cxr_core.data import SourceOptions, read_manifest
 from cxr_core.demo import DEMO_N, demo_model_path, demo_root, ensure_demo_set
 from cxr_tui.cli import data
+from cxr_tui.cli.options import DbOpt, JsonOpt
 from cxr_tui.cli.output import print_json, progress_bar, stdout
 
 
 def demo(
-    db: data.DbOpt = None,
-    json_out: data.JsonOpt = False,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
     out: Annotated[Path | None, typer.Option("--out", help="Where the demo phantoms live (default: the user data dir).")] = None,
     open_app: Annotated[bool, typer.Option("--open/--no-open", help="Open the app on the demo (default), or only prepare it.")] = True,
     image_protocol: Annotated[str, typer.Option("--image-protocol", help="auto | kitty | sixel | halfcell | unicode")] = "auto",
