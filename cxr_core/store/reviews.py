@@ -314,9 +314,32 @@ class ReviewStore:
         return self._append(root, study, finding, NOTE, None, "" if note is None else note, reviewer,
                             (None, None, None), action_id)
 
+    def record_study(
+        self,
+        root: str | os.PathLike[str],
+        study: str,
+        decisions: Mapping[str, tuple[str, float | None, bool | None]],
+        *,
+        reviewer: str | None = None,
+        model: str | None = None,
+    ) -> list[Review]:
+        """Store one decision per finding of a study (finding -> (decision, probability, flagged)) in one
+        transaction: a study-level read ("normal", "agree with the model") is all stored or none of it."""
+        steps = [self._action(root, study, finding, DECIDE, check_decision(decision), None, reviewer,
+                              (model, flagged, probability), None)
+                 for finding, (decision, probability, flagged) in decisions.items()]
+        return self._run(lambda conn: [step(conn) for step in steps], write=True)
+
     def _append(self, root: str | os.PathLike[str], study: str, finding: str, kind: str, decision: str | None,
                 note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None],
                 action_id: str | None) -> Review:
+        return self._run(self._action(root, study, finding, kind, decision, note, reviewer, model_view, action_id),
+                         write=True)
+
+    def _action(self, root: str | os.PathLike[str], study: str, finding: str, kind: str, decision: str | None,
+                note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None],
+                action_id: str | None) -> Callable[[sqlite3.Connection], Review]:
+        """The checked inputs of one action and the function that appends it inside a transaction."""
         key = root_key(root)
         study, finding = _text("study", study), _text("finding", finding)
         reviewer = _text("reviewer", reviewer) if reviewer is not None else current_user()
@@ -358,7 +381,7 @@ class ReviewStore:
             return _row((cursor.lastrowid, action_id, key, study, finding, kind, new_decision, new_note, reviewer,
                          at, *view))
 
-        return self._run(work, write=True)
+        return work
 
     # -- reading ------------------------------------------------------------------------------------
 

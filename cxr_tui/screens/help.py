@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.keys import format_key
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
@@ -22,17 +23,30 @@ The command palette (ctrl+p) lists the current screen's actions. `NO_COLOR` is r
 """
 
 
+def key_name(key: str) -> str:
+    """A key as people write it: ``left_square_bracket`` is ``[``, ``shift+left`` is ``shift+←``."""
+    *modifiers, last = key.split("+") if key != "plus" else ["plus"]
+    return "+".join([*modifiers, format_key(last)])
+
+
+def key_names(binding: Binding) -> str:
+    """Every key of a binding (``left,minus`` -> ``← / -``), or its own display text when it has one."""
+    if binding.key_display:
+        return binding.key_display
+    return " / ".join(key_name(key.strip()) for key in binding.key.split(",") if key.strip())
+
+
 def binding_rows(nodes) -> list[tuple[str, str]]:
     rows, seen = [], set()
     for node in nodes:
         for binding in getattr(node, "BINDINGS", []):
             if not isinstance(binding, Binding) or not binding.description:
                 continue
-            key = binding.key_display or binding.key
+            key = key_names(binding)
             if (key, binding.description) in seen:
                 continue
             seen.add((key, binding.description))
-            rows.append((key.replace("question_mark", "?").replace("slash", "/"), binding.description))
+            rows.append((key, binding.description))
     return rows
 
 

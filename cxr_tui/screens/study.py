@@ -22,7 +22,13 @@ from cxr_tui.messages import ReviewRecorded
 from cxr_tui.screens.base import CxrScreen
 from cxr_tui.widgets.xray import XRayView
 
-DECISION_GLYPH = {"accept": "✓ accept", "reject": "✗ reject", "uncertain": "? uncertain", "clear": "", None: ""}
+DECISION_GLYPH = {"accept": "✓ accept", "reject": "✗ reject", "uncertain": "? unsure", "clear": "", None: ""}
+STUDY_READS = {
+    "normal": "normal: every finding rejected",
+    "agree": "agreed with the model: flags accepted, the rest rejected",
+}
+"""Study-level reads (one key each) and how the screen reports them."""
+Neighbour = Callable[[str, int, bool], "str | None"]
 BAR = 10
 
 
@@ -43,9 +49,13 @@ class StudyScreen(CxrScreen[None]):
         Binding("escape", "back", "Back", id="study.back"),
         Binding("n", "next_study", "Next", id="study.next"),
         Binding("p", "previous_study", "Previous", id="study.previous"),
+        Binding("N", "next_unreviewed", "Next unreviewed", key_display="N", id="study.next_unreviewed"),
         Binding("a", "decide('accept')", "Accept", id="study.accept"),
         Binding("x", "decide('reject')", "Reject", id="study.reject"),
         Binding("u", "decide('uncertain')", "Uncertain", id="study.uncertain"),
+        Binding("0", "read_study('normal')", "Normal", id="study.normal"),
+        Binding("A", "read_study('agree')", "Agree all", key_display="A", id="study.agree"),
+        Binding("f", "next_flagged", "Next flag", id="study.next_flagged"),
         Binding("e", "note", "Note", id="study.note"),
         Binding("c", "toggle_cam", "CAM", id="study.cam"),
         Binding("w", "window", "Window", id="study.window"),
@@ -61,8 +71,9 @@ class StudyScreen(CxrScreen[None]):
         Binding("m", "next_image", "Next image", show=False, id="study.image"),
     ]
 
-    def __init__(self, study_id: str, neighbour: Callable[[str, int], str | None] | None = None) -> None:
-        """``neighbour(study, step)``: the study ``step`` places away in the worklist's order (n / p)."""
+    def __init__(self, study_id: str, neighbour: Neighbour | None = None) -> None:
+        """``neighbour(study, step, unreviewed)``: the study ``step`` places away in the worklist's order (n / p),
+        or with ``unreviewed`` the next one not yet fully reviewed (N, and after a study-level read)."""
         super().__init__()
         self.study_id = study_id
         self.neighbour = neighbour
@@ -108,6 +119,7 @@ class StudyScreen(CxrScreen[None]):
         self.dicom_fields = {}
         self._load_decisions()
         self._fill_findings()
+        self._cursor_to(self._top_flag())
         self._fill_info()
         self.pixels = None
         if not study.images:
@@ -128,6 +140,38 @@ class StudyScreen(CxrScreen[None]):
         if rows is None or not len(rows):
             return None
         return rows[min(self.image_index, len(rows) - 1)]
+
+    def _study_scores(self) -> np.ndarray | None:
+        """The study's score per finding (max over its images; what the worklist flags), or None."""
+        rows = self.app.workspace.study_probabilities(self.study_id)
+        if rows is None or not len(rows):
+            return None
+        return np.fmax.reduce(rows, axis=0)
+
+    def _flagged(self) -> list[str]:
+        """Findings the model flags on the image shown, highest probability first."""
+        probs = self._probs()
+        if probs is None:
+            return []
+        workspace = self.app.workspace
+        pairs = [(float(probs[k]), label) for k, label in enumerate(self._labels())
+                 if not np.isnan(probs[k]) and probs[k] >= workspace.threshold(label)]
+        return [label for _, label in sorted(pairs, key=lambda pair: -pair[0])]
+
+    def _top_flag(self) -> str | None:
+        """Where a study opens: its most probable flagged finding, else its most probable finding."""
+        flagged = self._flagged()
+        if flagged:
+            return flagged[0]
+        probs = self._probs()
+        if probs is None or np.isnan(probs).all():
+            return None
+        return self._labels()[int(np.nanargmax(probs))]
+
+    def _cursor_to(self, label: str | None) -> None:
+        labels = self._labels()
+        if label in labels:
+            self.query_one("#findings", DataTable).move_cursor(row=labels.index(label))
 
     def _fill_findings(self) -> None:
         table = self.query_one("#findings", DataTable)
@@ -172,6 +216,11 @@ class StudyScreen(CxrScreen[None]):
         for name, text in sections.items():
             if text:  # report text keeps its line breaks; anything else in it is shown, never acted on
                 line("\n", (visible(name).upper(), "bold"), "\n", visible(text, lines=True))
+        notes = [(label, review.note) for label, review in self.decisions.items() if getattr(review, "note", None)]
+        if notes:
+            line("\n", ("NOTES", "bold"))
+            for label, note in notes:
+                line(f"✎ {visible(label)}: ", visible(note, lines=True))
         image = study.images[self.image_index] if study.images else None
         if self.dicom_fields:
             line("\n", ("DICOM", "bold"))
@@ -287,21 +336,71 @@ class StudyScreen(CxrScreen[None]):
             return
         self.app.pop_screen()
 
-    def _go(self, step: int) -> None:
+    def _go(self, step: int, unreviewed: bool = False) -> bool:
         if self.neighbour is None:
-            return
-        target = self.neighbour(self.study_id, step)
+            return False
+        target = self.neighbour(self.study_id, step, unreviewed)
         if target is None:
-            self.notify("no more studies in this direction of the worklist", timeout=2)
-            return
+            self.notify("every study in the worklist's view is reviewed" if unreviewed
+                        else "no more studies in this direction of the worklist", timeout=3)
+            return False
         self.study_id, self.image_index = target, 0
         self.load_study()
+        return True
 
     def action_next_study(self) -> None:
         self._go(1)
 
     def action_previous_study(self) -> None:
         self._go(-1)
+
+    def action_next_unreviewed(self) -> None:
+        self._go(1, unreviewed=True)
+
+    def action_next_flagged(self) -> None:
+        """Move to the next flagged finding (highest probability first, wrapping)."""
+        flagged = self._flagged()
+        if not flagged:
+            self.notify("the model flags nothing on this image", timeout=2)
+            return
+        current = self.selected_finding()
+        position = flagged.index(current) + 1 if current in flagged else 0
+        self._cursor_to(flagged[position % len(flagged)])
+
+    def action_read_study(self, read: str) -> None:
+        """One key for the whole study: ``normal`` rejects every finding; ``agree`` accepts what the model flags
+        (at the thresholds in force, on the study's score) and rejects the rest. Stored in one transaction,
+        then the next unreviewed study opens."""
+        labels = self._labels()
+        scores = self._study_scores()
+        if not labels:
+            return
+        if read == "agree" and scores is None:
+            self.notify("no predictions for this study: nothing to agree with", severity="warning")
+            return
+        workspace = self.app.workspace
+        decisions: dict[str, tuple[str, float | None, bool | None]] = {}
+        for k, label in enumerate(labels):
+            score = None if scores is None or np.isnan(scores[k]) else float(scores[k])
+            flagged = None if score is None else score >= workspace.threshold(label)
+            decision = "accept" if read == "agree" and flagged else "reject"
+            decisions[label] = (decision, score, flagged)
+        predictor = self.app.predictor
+        try:
+            reviews = self.app.reviews.record_study(workspace.root, self.study_id, decisions,
+                                                    reviewer=workspace.reviewer,
+                                                    model=predictor.fingerprint if predictor else None)
+        except CxrError as err:
+            self.notify(str(err), severity="error")
+            return
+        for review in reviews:
+            self.decisions[review.finding] = review
+        self._fill_findings()
+        self.app.post_message(ReviewRecorded(self.study_id, labels[0], read))  # the worklist follows
+        accepted = sum(decision == "accept" for decision, _, _ in decisions.values())
+        self.notify(f"{visible(self.study_id)}: {STUDY_READS[read]}" + (f" ({accepted} accepted)" if accepted else ""),
+                    timeout=2)
+        self._go(1, unreviewed=True)
 
     def action_next_image(self) -> None:
         study = self.study
@@ -318,9 +417,13 @@ class StudyScreen(CxrScreen[None]):
         label = self.selected_finding()
         if label is None:
             return
-        self._record(label, decision)
+        if self._record(label, decision):
+            undecided = [flag for flag in self._flagged() if getattr(self.decisions.get(flag), "decision", None)
+                         in (None, "clear")]
+            if undecided:  # on to the next flag still waiting for a decision
+                self._cursor_to(undecided[0])
 
-    def _record(self, label: str, decision: str | None = None, note: str | None = None) -> None:
+    def _record(self, label: str, decision: str | None = None, note: str | None = None) -> bool:
         workspace = self.app.workspace
         probs = self._probs()
         k = self._labels().index(label)
@@ -336,10 +439,13 @@ class StudyScreen(CxrScreen[None]):
                                       model=self.app.predictor.fingerprint if self.app.predictor else None)
         except CxrError as err:
             self.notify(str(err), severity="error")
-            return
+            return False
         self.decisions[label] = review
         self._fill_findings()
+        if note is not None:
+            self._fill_info()
         self.app.post_message(ReviewRecorded(self.study_id, label, review.decision))  # the worklist follows
+        return True
 
     def action_note(self) -> None:
         label = self.selected_finding()

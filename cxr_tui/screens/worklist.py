@@ -231,13 +231,24 @@ class WorklistScreen(CxrScreen[None]):
 
         self.app.push_screen(StudyScreen(study_id, self.neighbour))
 
-    def neighbour(self, study_id: str, step: int) -> str | None:
-        """The study ``step`` rows away in the current view (the study screen's next / previous)."""
-        position = self.study_list.position_of(study_id)
-        if position is None:
-            return None
-        target = position + step
-        if not 0 <= target < len(self.study_list):
-            return None
+    def neighbour(self, study_id: str, step: int, unreviewed: bool = False) -> str | None:
+        """The study ``step`` rows away in the current view (the study screen's next / previous), or with
+        ``unreviewed`` the first study after it (wrapping) that is not fully reviewed and has an image."""
+        study_list = self.study_list
+        position = study_list.position_of(study_id)
+        if unreviewed:
+            n = len(study_list)
+            start = -1 if position is None else position
+            target = next(((start + i) % n for i in range(1, n + 1)
+                           if study_list.status_at((start + i) % n) in ("", "partial")
+                           and study_list.study_at((start + i) % n) != study_id), None)
+            if target is None:
+                return None
+        else:
+            if position is None:
+                return None
+            target = position + step
+            if not 0 <= target < len(study_list):
+                return None
         self.query_one(WorklistTable).move_cursor(target)
-        return self.study_list.study_at(target)
+        return study_list.study_at(target)

@@ -55,8 +55,10 @@ async def test_review_flow(phantom_set, checkpoint):
         assert study.study_id == first
         await until(pilot, lambda: study.pixels is not None)
 
-        await pilot.press("j", "a")  # accept the second finding
+        assert study.selected_finding() == study._top_flag()  # a study opens on its most probable flag
+        await pilot.press("j")
         label = study.selected_finding()
+        await pilot.press("a")  # accept it (the cursor then moves on to a flag still undecided)
         with ReviewStore() as store:
             saved = store.latest(app.workspace.root, first)
         assert saved[(first, label)].decision == "accept"
@@ -74,6 +76,46 @@ async def test_review_flow(phantom_set, checkpoint):
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         await pilot.press("q")
+
+
+async def test_a_normal_film_takes_one_key_and_the_next_unreviewed_study_one(phantom_set, checkpoint):
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.workspace.last_load is not None)
+        worklist = app.screen
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        study = app.screen
+        labels = study._labels()
+        first = study.study_id
+        flags = study._flagged()
+        assert flags, "the fixture model should flag something at 0.5"
+        assert study.selected_finding() == flags[0]  # opens on the most probable flag
+
+        await pilot.press("0")  # normal: one key
+        with ReviewStore() as store:
+            saved = store.latest(app.workspace.root, first)
+        assert {finding for _, finding in saved} == set(labels)
+        assert {review.decision for review in saved.values()} == {"reject"}
+        second = study.study_id
+        assert second != first  # the next unreviewed study opened by itself
+
+        scores = study._study_scores()
+        await pilot.press("A")  # agree with the model: one key
+        with ReviewStore() as store:
+            saved = store.latest(app.workspace.root, second)
+        expected = {label: "accept" if scores[k] >= app.workspace.threshold(label) else "reject"
+                    for k, label in enumerate(labels)}
+        assert {finding: review.decision for (_, finding), review in saved.items()} == expected
+        third = study.study_id
+        assert third not in (first, second)
+
+        await pilot.press("N")  # next unreviewed: one key, skipping the two read ones
+        assert study.study_id not in (first, second, third)
+        await pilot.press("escape")
+        assert app.screen is worklist
+        for done in (first, second):
+            assert worklist.study_list.status_at(worklist.study_list.position_of(done)) == "reviewed"
 
 
 async def test_reopen_comes_from_the_cache(phantom_set, checkpoint):

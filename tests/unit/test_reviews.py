@@ -537,3 +537,15 @@ def test_cli_bad_database_is_a_cxr_error(tmp_path: Path):
     db.write_bytes(b"\x00garbage" * 200)
     result = CliRunner().invoke(app, ["list", "--db", str(db)])
     assert result.exit_code != 0 and isinstance(result.exception, CxrError)
+
+
+def test_a_study_level_read_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    with ReviewStore(tmp_path / "r.sqlite") as store:
+        reviews = store.record_study("/data", "s1", {"Effusion": ("accept", 0.9, True), "Mass": ("reject", 0.1, False)},
+                                     reviewer="ann", model="abc")
+        assert [(r.finding, r.decision, r.flagged) for r in reviews] == [("Effusion", "accept", True),
+                                                                        ("Mass", "reject", False)]
+        with pytest.raises(CxrError):  # the second decision is invalid: the first is not kept either
+            store.record_study("/data", "s2", {"Effusion": ("reject", 0.2, False), "Mass": ("maybe", 0.1, False)})
+        latest = store.latest("/data")
+        assert set(latest) == {("s1", "Effusion"), ("s1", "Mass")}
