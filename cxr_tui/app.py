@@ -38,7 +38,7 @@ from cxr_tui.messages import (
     RootChosen,
     ThresholdsChanged,
 )
-from cxr_tui.state import Workspace, save_session
+from cxr_tui.state import Workspace, remembered_model, save_session
 
 
 class ScreenCommands(Provider):
@@ -89,6 +89,8 @@ class CxrApp(App):
     """Bumped when the workspace's thresholds changed."""
     progress: var[tuple[int, int]] = var((0, 0))
     """(done, total) of the running prediction."""
+    blind_version: var[int] = var(0)
+    """Bumped when blind reading changes (Workspace.blind)."""
     reviewed: var[tuple[int, str]] = var((0, ""))
     """(count, study) of the latest recorded decision: the worklist re-reads that study's status."""
 
@@ -103,6 +105,8 @@ class CxrApp(App):
                  image_protocol: str = "auto", show_phi: bool = False, runs_dir: Path | None = None,
                  use_cache: bool = True) -> None:
         super().__init__()
+        if root is not None and model is None:
+            model = remembered_model(root)  # `cxr-tui ROOT` reviews with the model last used on that root
         self.workspace = Workspace(root=root, model=model, thresholds_path=thresholds, show_phi=show_phi,
                                    runs_dir=runs_dir)
         self.image_protocol = image_protocol
@@ -158,6 +162,7 @@ class CxrApp(App):
         path = resolve_checkpoint(workspace.model)
         if self.predictor is None or self.predictor.loaded.path != path:
             self.predictor = Predictor(load_model(path), device="auto", cache=self.use_cache, processes=False)
+        self.call_from_thread(self._model_loaded, path, self.predictor.fingerprint)
         self._load_thresholds(path, self.predictor.fingerprint)
         with self.model_lock:
             result = predict_root(self.predictor, indexed, cancel=cancel, use_cache=self.use_cache,
@@ -166,6 +171,19 @@ class CxrApp(App):
             return
         self.post_message(PredictionsReady(result.predictions, result.errors, result.cached, result.computed,
                                            result.seconds))
+
+    def _model_loaded(self, checkpoint: Path, fingerprint: str) -> None:
+        """The header names the model every screen is showing: its run id (or file) and fingerprint."""
+        from cxr_core.runs import RunDir
+
+        run = RunDir.of_checkpoint(checkpoint)
+        name = f"run {run.id}" if run is not None else checkpoint.name
+        self.sub_title = visible(f"model {name} · {fingerprint[:8]}")
+
+    def set_blind(self, level: int) -> None:
+        """Blind reading for every screen: 1 hides the data set's labels, 2 the model's output as well."""
+        self.workspace.blind = level
+        self.blind_version += 1
 
     def _load_thresholds(self, checkpoint: Path, fingerprint: str) -> None:
         from cxr_core.eval import load_thresholds, thresholds_path_for

@@ -44,6 +44,7 @@ class Workspace:
     study_probs: np.ndarray | None = None  # (n studies, K) in study_order: each study's score (max over images)
     image_rows: dict[str, list[int]] = field(default_factory=dict)  # study -> its rows of predictions
     last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
+    blind: int = 0  # blind reading: 1 hides the data set's labels, 2 the model's output as well
 
     def study_probabilities(self, study_id: str) -> np.ndarray | None:
         """(n images, K) probabilities of a study's images, or None before predictions arrive."""
@@ -63,10 +64,22 @@ def load_session() -> dict:
         return {}
 
 
+def remembered_model(root: Path) -> Path | None:
+    """The model last used on ``root`` (when its file still exists)."""
+    models = load_session().get("models")
+    model = models.get(str(root)) if isinstance(models, dict) else None
+    return Path(model) if isinstance(model, str) and Path(model).is_file() else None
+
+
 def save_session(workspace: Workspace) -> None:
+    models = load_session().get("models")
+    models = dict(models) if isinstance(models, dict) else {}
+    if workspace.root is not None and workspace.model is not None:
+        models[str(workspace.root)] = str(workspace.model)
     data = {"root": str(workspace.root) if workspace.root else None,
             "model": str(workspace.model) if workspace.model else None,
-            "thresholds": str(workspace.thresholds_path) if workspace.thresholds_path else None}
+            "thresholds": str(workspace.thresholds_path) if workspace.thresholds_path else None,
+            "models": dict(list(models.items())[-50:])}  # the last model of each of the last 50 roots
     try:
         atomic_write_text(data_dir() / SESSION_FILE, json.dumps(data) + "\n")
     except OSError:

@@ -33,7 +33,8 @@ from cxr_core.text import visible
 if TYPE_CHECKING:
     from cxr_core.data import Study
 
-SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status"]
+SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status", "finding"]
+"""``finding``: one finding's probability (:meth:`StudyList.sort` names which); the others are columns."""
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)
 REVIEW_STATES: tuple[str, ...] = ("", "partial", "uncertain", "reviewed", "missing")
 """Review status of a study: not started, some findings reviewed, a finding left uncertain, every finding
@@ -51,6 +52,8 @@ class StudyFilter:
     finding: str | None = None
     unreviewed_only: bool = False
     split: str | None = None
+    with_image_only: bool = False
+    """Hide studies whose image is not on disk (labels only: a partial download)."""
 
 
 class RowText(NamedTuple):
@@ -64,6 +67,7 @@ class RowText(NamedTuple):
     max_prob: str
     findings: str
     status: str
+    known: str = ""
 
 
 class StudyList:
@@ -71,11 +75,12 @@ class StudyList:
 
     def __init__(self, study_ids: Sequence[str], patients: Sequence[str] | None = None,
                  views: Sequence[str] | None = None, splits: Sequence[str | None] | None = None,
-                 labels: Sequence[str] = ()) -> None:
+                 labels: Sequence[str] = (), known: Sequence[str] | None = None) -> None:
         """Build from parallel sequences (one item per study); study ids must be unique.
 
         ``labels`` names the finding columns before any predictions arrive (so a finding filter can be
-        offered); :meth:`update_predictions` may replace them.
+        offered); :meth:`update_predictions` may replace them. ``known`` is each study's positive labels from
+        the data set as text ("Effusion, Mass"; "" when none or unlabelled).
         """
         ids = np.asarray(list(study_ids), dtype=str)
         n = ids.size
@@ -90,6 +95,10 @@ class StudyList:
         self._views, self._view_codes = _categories(_column(views, n, "views"))
         self._splits, self._split_codes = _categories(_column(splits, n, "splits"))
         self._status = np.zeros(n, dtype=np.int8)
+        self._known = np.asarray([visible(k) for k in known], dtype=object) if known is not None else None
+        if self._known is not None and self._known.size != n:
+            raise ValueError(f"known has {self._known.size} items for {n} studies")
+        self._sort_finding: str | None = None
         self.labels: list[str] = list(labels)
         self._probs = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
         self._thresholds = np.full(len(self.labels), np.nan, dtype=np.float32)
@@ -109,15 +118,34 @@ class StudyList:
         self._view = self._order
 
     @classmethod
-    def from_studies(cls, studies: Iterable[Study], labels: Sequence[str] = ()) -> StudyList:
-        """A model over index records (:class:`cxr_core.data.study.Study`), in the order given."""
-        ids, patients, views, splits = [], [], [], []
+    def from_studies(cls, studies: Iterable[Study], labels: Sequence[str] = (),
+                     findings: Sequence[str] | None = None) -> StudyList:
+        """A model over index records (:class:`cxr_core.data.study.Study`), in the order given. ``findings``
+        (the label space's names) decodes each study's known labels; without it none are shown."""
+        ids, patients, views, splits, known = [], [], [], [], []
+        texts: dict[str, str] = {}
         for study in studies:
             ids.append(study.id)
             patients.append(study.patient_id)
             views.append(study.view)
             splits.append(study.split or "")
-        return cls(ids, patients, views, splits, labels)
+            if findings is not None:
+                code = study.labels or ""
+                if code not in texts:
+                    texts[code] = ", ".join(name for name, state in zip(findings, code, strict=False) if state == "1")
+                known.append(texts[code])
+        has_known = findings is not None and any(known)
+        return cls(ids, patients, views, splits, labels, known if has_known else None)
+
+    @property
+    def has_known(self) -> bool:
+        """Whether the data set gave any study a positive label (the worklist then shows them)."""
+        return self._known is not None
+
+    @property
+    def sort_finding(self) -> str | None:
+        """The finding whose probability orders the view (sort key ``finding``)."""
+        return self._sort_finding if self._sort_key == "finding" else None
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -201,6 +229,14 @@ class StudyList:
         """Highest probability of the study at a view position (NaN: not predicted)."""
         return float(self._max_prob[self._view[self._check(pos)]])
 
+    def shown_prob_at(self, pos: int) -> float:
+        """The probability the row shows: the sorted finding's when sorting by one, else the highest."""
+        i = self._view[self._check(pos)]
+        finding = self.sort_finding
+        if finding is not None and finding in self.labels:
+            return float(self._probs[i, self.labels.index(finding)])
+        return float(self._max_prob[i])
+
     def status_at(self, pos: int) -> str:
         """Review status of the study at a view position."""
         return REVIEW_STATES[self._status[self._view[self._check(pos)]]]
@@ -210,15 +246,17 @@ class StudyList:
         i = int(self._view[self._check(pos)])
         prob = self._max_prob[i]
         predicted = not np.isnan(prob)
+        shown = self.shown_prob_at(pos)
         return RowText(  # outside text shown, never acted on (an ESC in a file name is drawn as \x1b)
             study=visible(str(self._ids[i])),
             patient=visible(str(self._patients[i])),
             view=visible(self._views[self._view_codes[i]]),
             split=visible(self._splits[self._split_codes[i]]),
             n_flagged=str(self._n_flagged[i]) if predicted else NOT_PREDICTED,
-            max_prob=f"{prob:.2f}" if predicted else NOT_PREDICTED,
+            max_prob=f"{shown:.2f}" if not np.isnan(shown) else NOT_PREDICTED,
             findings=self._text_of(int(self._pattern[i])),
             status=REVIEW_STATES[self._status[i]],
+            known=str(self._known[i]) if self._known is not None else "",
         )
 
     def row_index(self, study_id: str) -> int | None:
@@ -253,16 +291,20 @@ class StudyList:
 
     # -- view -----------------------------------------------------------------------------------------------
 
-    def sort(self, key: SortKey | str, descending: bool = False) -> None:
-        """Order the view by a column (ties: study id ascending); rows without predictions sort last by
-        ``max_prob`` and ``n_flagged`` whichever the direction. Keeps the filter."""
+    def sort(self, key: SortKey | str, descending: bool = False, finding: str | None = None) -> None:
+        """Order the view by a column (ties: study id ascending), or with key ``finding`` by that finding's
+        probability; rows without predictions sort last by ``max_prob``, ``n_flagged`` and ``finding`` whichever
+        the direction. Keeps the filter."""
         if key not in SORT_KEYS:
             raise ValueError(f"unknown sort key {key!r}; choose from {', '.join(SORT_KEYS)}")
+        if key == "finding" and finding not in self.labels:
+            raise ValueError(f"unknown finding {finding!r}; labels are {', '.join(self.labels) or 'none yet'}")
+        self._sort_finding = finding if key == "finding" else None
         self._sort_key, self._descending = key, descending  # type: ignore[assignment]
         self._resort()
 
     def filter(self, flagged_only: bool = False, finding: str | None = None, unreviewed_only: bool = False,
-               split: str | None = None) -> None:
+               split: str | None = None, with_image_only: bool = False) -> None:
         """Keep the rows that pass every given condition (replacing the previous filter). Keeps the sort.
 
         ``finding`` keeps rows where that label is flagged; ``split`` rows of that split;
@@ -270,7 +312,7 @@ class StudyList:
         """
         if finding is not None and finding not in self.labels:
             raise ValueError(f"unknown finding {finding!r}; labels are {', '.join(self.labels) or 'none yet'}")
-        self._filter = StudyFilter(flagged_only, finding, unreviewed_only, split)
+        self._filter = StudyFilter(flagged_only, finding, unreviewed_only, split, with_image_only)
         self._refilter()
 
     def _resort(self) -> None:
@@ -281,13 +323,17 @@ class StudyList:
             primary = self._sort_values(key)
             if descending:
                 primary = -primary
-            if key in ("max_prob", "n_flagged"):
+            if key in ("max_prob", "n_flagged", "finding"):
                 # Unpredicted rows last in both directions: NaN sorts last, and -NaN is NaN.
                 primary = np.where(np.isnan(self._max_prob), np.nan, primary.astype(np.float64))
             self._order = np.lexsort((self._id_rank, primary))
         self._view = self._order[self._keep[self._order]]
 
     def _sort_values(self, key: str) -> np.ndarray:
+        if key == "finding":
+            if self._sort_finding not in self.labels:  # new predictions without it: back to the highest
+                return self._max_prob.astype(np.float64)
+            return self._probs[:, self.labels.index(self._sort_finding)].astype(np.float64)
         if key == "max_prob":
             return self._max_prob.astype(np.float64)
         if key == "n_flagged":
@@ -320,6 +366,8 @@ class StudyList:
             keep &= self._flags[:, self.labels.index(f.finding)]
         if f.unreviewed_only:
             keep &= (self._status != REVIEW_STATES.index("reviewed")) & (self._status != REVIEW_STATES.index("missing"))
+        if f.with_image_only:
+            keep &= self._status != REVIEW_STATES.index("missing")
         if f.split is not None:
             code = self._splits.index(f.split) if f.split in self._splits else -1
             keep &= self._split_codes == code
@@ -340,7 +388,7 @@ class StudyList:
             raise ValueError(f"probabilities of shape {probs.shape}; expected ({self._ids.size}, {len(names)})")
         if self._filter.finding is not None and self._filter.finding not in names:
             self._filter = StudyFilter(self._filter.flagged_only, None, self._filter.unreviewed_only,
-                                          self._filter.split)
+                                       self._filter.split, self._filter.with_image_only)
         self.labels, self._probs = names, probs
         self._max_prob = (np.fmax.reduce(probs, axis=1).astype(np.float32) if names
                           else np.full(self._ids.size, np.nan, dtype=np.float32))

@@ -56,6 +56,7 @@ class StudyScreen(CxrScreen[None]):
         Binding("0", "read_study('normal')", "Normal", id="study.normal"),
         Binding("A", "read_study('agree')", "Agree all", key_display="A", id="study.agree"),
         Binding("f", "next_flagged", "Next flag", id="study.next_flagged"),
+        Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="study.blind"),
         Binding("e", "note", "Note", id="study.note"),
         Binding("c", "toggle_cam", "CAM", id="study.cam"),
         Binding("w", "window", "Window", id="study.window"),
@@ -103,6 +104,7 @@ class StudyScreen(CxrScreen[None]):
         table.focus()
         self.watch(self.app, "predictions_version", lambda _: self._fill_findings(), init=False)
         self.watch(self.app, "thresholds_version", lambda _: self._fill_findings(), init=False)
+        self.watch(self.app, "blind_version", lambda _: self.load_study(), init=False)
 
     # -- content ------------------------------------------------------------------------------------------------
 
@@ -135,7 +137,14 @@ class StudyScreen(CxrScreen[None]):
         space = self.app.workspace.label_space
         return list(space.findings) if space is not None else []
 
+    @property
+    def model_hidden(self) -> bool:
+        """Blind reading at level 2: the model's output is not shown (nor used by a study-level read)."""
+        return self.app.workspace.blind >= 2
+
     def _probs(self) -> np.ndarray | None:
+        if self.model_hidden:
+            return None
         rows = self.app.workspace.study_probabilities(self.study_id)
         if rows is None or not len(rows):
             return None
@@ -143,6 +152,8 @@ class StudyScreen(CxrScreen[None]):
 
     def _study_scores(self) -> np.ndarray | None:
         """The study's score per finding (max over its images; what the worklist flags), or None."""
+        if self.model_hidden:
+            return None
         rows = self.app.workspace.study_probabilities(self.study_id)
         if rows is None or not len(rows):
             return None
@@ -199,6 +210,13 @@ class StudyScreen(CxrScreen[None]):
                               f"{visible(study.split or '')}")
         if len(study.images) > 1:
             title.append(f"  image {self.image_index + 1}/{len(study.images)} (m: next)")
+        space = self.app.workspace.label_space
+        if self.app.workspace.blind:
+            title.append("\nBLIND" + (": labels and model hidden" if self.model_hidden else ": labels hidden"),
+                         style="bold")
+        elif space is not None and "1" in (study.labels or ""):
+            known = [name for name, state in zip(space.labels, study.labels, strict=False) if state == "1"]
+            title.append("\nknown: " + ", ".join(visible(name) for name in known), style="italic")
         self.query_one("#study-title", Static).update(title)
         info = Text()
 
@@ -297,6 +315,9 @@ class StudyScreen(CxrScreen[None]):
         label = self.selected_finding()
         if self.pixels is None or label is None:
             return
+        if self.model_hidden:
+            self.notify("blind reading hides the model's output, Grad-CAM included (B on the worklist)", timeout=3)
+            return
         if self.app.predictor is None:
             self.notify("Grad-CAM needs a model (start with --model, or pick one on the training screen)",
                         severity="warning")
@@ -354,6 +375,9 @@ class StudyScreen(CxrScreen[None]):
     def action_previous_study(self) -> None:
         self._go(-1)
 
+    def action_cycle_blind(self) -> None:
+        self.app.set_blind((self.app.workspace.blind + 1) % 3)
+
     def action_next_unreviewed(self) -> None:
         self._go(1, unreviewed=True)
 
@@ -376,7 +400,8 @@ class StudyScreen(CxrScreen[None]):
         if not labels:
             return
         if read == "agree" and scores is None:
-            self.notify("no predictions for this study: nothing to agree with", severity="warning")
+            self.notify("the model's output is hidden (blind reading)" if self.model_hidden
+                        else "no predictions for this study: nothing to agree with", severity="warning")
             return
         workspace = self.app.workspace
         decisions: dict[str, tuple[str, float | None, bool | None]] = {}

@@ -28,7 +28,9 @@ class WorklistScreen(CxrScreen[None]):
         Binding("enter", "open", "Open study", show=False, id="worklist.open_study"),
         Binding("f", "toggle_flagged", "Flagged only", id="worklist.flagged"),
         Binding("o", "cycle_sort", "Sort", id="worklist.sort"),
-        Binding("d", "cycle_finding", "By finding", show=False, id="worklist.finding"),
+        Binding("d", "cycle_finding", "Sort by a finding", show=False, id="worklist.finding"),
+        Binding("m", "toggle_missing", "Studies without image", show=False, id="worklist.missing"),
+        Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="worklist.blind"),
         Binding("r", "toggle_unreviewed", "Unreviewed", show=False, id="worklist.unreviewed"),
         Binding("v", "cycle_split", "Split", show=False, id="worklist.split"),
         Binding("slash", "search", "Search", key_display="/", id="worklist.search"),
@@ -45,6 +47,8 @@ class WorklistScreen(CxrScreen[None]):
         self.finding: str | None = None
         self.split: str | None = None
         self.missing = 0
+        self.hide_missing = False
+        """Studies without an image are hidden (on by default when they are most of the rows)."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -70,20 +74,25 @@ class WorklistScreen(CxrScreen[None]):
         self.watch(app, "predictions_version", lambda _: self.predictions_ready(), init=False)
         self.watch(app, "thresholds_version", lambda _: self.thresholds_changed(), init=False)
         self.watch(app, "reviewed", lambda event: self.review_changed(event[1]), init=False)
+        self.watch(app, "blind_version", lambda _: self.blind_changed(), init=False)
         self.query_one(WorklistTable).focus()
 
     # -- the workspace changed (watched on the app) -------------------------------------------------------------
 
     def studies_loaded(self) -> None:
         studies = list(self.app.workspace.studies.values())
-        self.study_list = StudyList.from_studies(studies)
+        space = self.app.workspace.label_space
+        self.study_list = StudyList.from_studies(studies, findings=space.labels if space is not None else None)
         missing = {s.id: "missing" for s in studies if not s.images}
         self.missing = len(missing)
+        self.hide_missing = len(missing) > len(studies) / 2  # a partial download: show what can be read
         if missing:
             self.study_list.update_status(missing)
         self._refresh_reviews()
         self._apply()
-        self.query_one(WorklistTable).set_study_list(self.study_list)
+        table = self.query_one(WorklistTable)
+        table.blind = self.app.workspace.blind
+        table.set_study_list(self.study_list)
         model = self.app.workspace.model
         self._status(f"{len(studies):,} studies" + (f" ({len(missing):,} without an image: ∅)" if missing else "")
                      + ("" if model else " · no model: press g to train one, or start with --model"))
@@ -108,6 +117,10 @@ class WorklistScreen(CxrScreen[None]):
             self.study_list.update_thresholds(self.app.workspace.thresholds)
             self._apply()
 
+    def blind_changed(self) -> None:
+        self.query_one(WorklistTable).set_blind(self.app.workspace.blind)
+        self._status()
+
     def review_changed(self, study_id: str) -> None:
         self._refresh_reviews(study_id)
         self.query_one(WorklistTable).refresh_view()
@@ -115,22 +128,27 @@ class WorklistScreen(CxrScreen[None]):
     # -- filters and sort ---------------------------------------------------------------------------------------
 
     def _apply(self) -> None:
-        key, descending, _ = SORTS[self.sort_index]
-        self.study_list.sort(key, descending)
-        self.study_list.filter(self.flagged_only, self.finding if self.finding in self.study_list.labels else None,
-                          self.unreviewed_only, self.split)
+        if self.finding is not None and self.finding in self.study_list.labels:
+            self.study_list.sort("finding", True, self.finding)
+        else:
+            key, descending, _ = SORTS[self.sort_index]
+            self.study_list.sort(key, descending)
+        self.study_list.filter(self.flagged_only, None, self.unreviewed_only, self.split, self.hide_missing)
         self.query_one(WorklistTable).refresh_view()
         self._status()
 
     def _status(self, text: str | None = None) -> None:
         if text is None:
-            parts = [f"{len(self.study_list):,} of {self.study_list.total:,} studies", f"sorted by {SORTS[self.sort_index][2]}"]
+            order = f"p({self.finding})" if self.finding else SORTS[self.sort_index][2]
+            parts = [f"{len(self.study_list):,} of {self.study_list.total:,} studies", f"sorted by {order}"]
             if self.missing:
-                parts.append(f"{self.missing:,} without an image (∅)")
+                parts.append(f"{self.missing:,} without an image " + ("hidden (m shows)" if self.hide_missing
+                                                                       else "(∅; m hides)"))
             if self.flagged_only:
                 parts.append("flagged only")
-            if self.finding:
-                parts.append(f"finding {self.finding}")
+            blind = self.app.workspace.blind
+            if blind:
+                parts.append("BLIND: labels hidden" + (", model hidden" if blind > 1 else ""))
             if self.unreviewed_only:
                 parts.append("unreviewed")
             if self.split:
@@ -174,6 +192,15 @@ class WorklistScreen(CxrScreen[None]):
         options = [None, *labels]
         self.finding = options[(options.index(self.finding) + 1) % len(options)] if self.finding in options else None
         self._apply()
+        self.query_one(WorklistTable).move_cursor(0)  # the most probable study for that finding
+
+    def action_toggle_missing(self) -> None:
+        self.hide_missing = not self.hide_missing
+        self._apply()
+
+    def action_cycle_blind(self) -> None:
+        """Blind reading: hide the data set's labels, then the model's output too, then show all again."""
+        self.app.set_blind((self.app.workspace.blind + 1) % 3)
 
     def action_cycle_split(self) -> None:
         options = [None, *self.study_list.splits]

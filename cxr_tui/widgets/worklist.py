@@ -53,11 +53,14 @@ class Column:
     align: Align = "left"
 
 
-def column_layout(width: int, id_width: int = 16, patient_width: int = 8, split_width: int = 5) -> list[Column]:
-    """Columns for a table ``width`` cells wide: natural widths for the fixed columns, the rest to findings.
+def column_layout(width: int, id_width: int = 16, patient_width: int = 8, split_width: int = 5, *,
+                  known: bool = False, model: bool = True, prob_title: str = "Max p") -> list[Column]:
+    """Columns for a table ``width`` cells wide: natural widths for the fixed columns, the rest to findings
+    (shared with the data set's known labels when ``known``).
 
     When findings would get fewer than 12 cells the patient, split, bar and view columns are dropped in that
-    order; on wide terminals the bar grows to 16 cells. 80 columns show everything.
+    order; on wide terminals the bar grows to 16 cells. 80 columns show everything. ``model=False`` (blind
+    reading) leaves out every column of the model's output.
     """
     spec: list[tuple[str, str, int, Align]] = [
         ("status", "", 1, "left"),
@@ -65,10 +68,9 @@ def column_layout(width: int, id_width: int = 16, patient_width: int = 8, split_
         ("patient", "Patient", min(max(patient_width, 7), 12), "left"),
         ("view", "View", 4, "left"),
         ("split", "Split", min(max(split_width, 5), 9), "left"),
-        ("n_flagged", "#", 2, "right"),
-        ("max_prob", "Max p", 5, "right"),
-        ("bar", "", 8, "left"),
     ]
+    if model:
+        spec += [("n_flagged", "#", 2, "right"), ("max_prob", prob_title[:5], 5, "right"), ("bar", "", 8, "left")]
     minimum_findings = 12
     for drop in (None, "patient", "split", "bar", "view"):
         if drop is not None:
@@ -83,7 +85,15 @@ def column_layout(width: int, id_width: int = 16, patient_width: int = 8, split_
     for key, title, w, align in spec:
         columns.append(Column(key, title, x, w, align))
         x += w + 1
-    columns.append(Column("findings", "Findings", x, max(width - x, 0)))
+    rest = max(width - x, 0)
+    if known and model:
+        half = rest // 2
+        columns.append(Column("findings", "Flagged", x, max(half - 1, 0)))
+        columns.append(Column("known", "Known labels", x + half, rest - half))
+    elif known:
+        columns.append(Column("known", "Known labels", x, rest))
+    elif model:
+        columns.append(Column("findings", "Findings", x, rest))
     return columns
 
 
@@ -216,6 +226,8 @@ class WorklistTable(ScrollView, can_focus=True):
         self._layout: tuple[int, list[Column]] | None = None
         self._styles: dict[str | None, tuple[Style, Style]] | None = None
         self._line_cache: LRUCache[tuple[int, bool, int, Style], Strip] = LRUCache(256)
+        self.blind = 0
+        """0: everything shown; 1: the data set's labels hidden; 2: the model's output hidden as well."""
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -249,6 +261,11 @@ class WorklistTable(ScrollView, can_focus=True):
         self._scroll_cursor_into_view()
         self._announce()
         self.refresh()
+
+    def set_blind(self, level: int) -> None:
+        """Blind reading: hide the known labels (1), and the model's output too (2)."""
+        self.blind = level
+        self.refresh_view()
 
     def move_cursor(self, position: int) -> None:
         """Put the cursor on a view position (clamped to the view)."""
@@ -337,7 +354,10 @@ class WorklistTable(ScrollView, can_focus=True):
     def _columns(self, width: int) -> list[Column]:
         if self._layout is None or self._layout[0] != width:
             model = self._list
-            self._layout = (width, column_layout(width, model.id_width, model.patient_width, model.split_width))
+            finding = model.sort_finding
+            self._layout = (width, column_layout(width, model.id_width, model.patient_width, model.split_width,
+                                                 known=model.has_known and self.blind == 0, model=self.blind < 2,
+                                                 prob_title=f"p {finding}" if finding else "Max p"))
         return self._layout[1]
 
     def render_lines(self, crop: Region) -> list[Strip]:
@@ -383,6 +403,8 @@ class WorklistTable(ScrollView, can_focus=True):
 
     def _render_header(self, width: int, style: Style) -> Strip:
         sorted_column = self._list.sort_key  # columns are keyed by the model's sort keys
+        if sorted_column == "finding":
+            sorted_column = "max_prob"  # which shows that finding's probability
         arrow = "▼" if self._list.descending else "▲"
         text = [" "] * width
         for column in self._columns(width):
@@ -417,7 +439,7 @@ class WorklistTable(ScrollView, can_focus=True):
                 text = STATUS_GLYPHS.get(row.status, " ")
                 component = _STATUS_COMPONENTS.get(row.status)
             elif column.key == "bar":
-                text = probability_bar(model.max_prob_at(position), column.width)
+                text = probability_bar(model.shown_prob_at(position), column.width)
                 component = "worklist-table--bar"
             else:
                 text = getattr(row, column.key)
