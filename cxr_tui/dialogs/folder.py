@@ -8,7 +8,7 @@ from rich.text import Text, TextType
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import ModalScreen
-from textual.widgets import DirectoryTree, Static
+from textual.widgets import DirectoryTree, Input, Static
 
 from cxr_core.text import visible
 
@@ -21,21 +21,51 @@ class FolderTree(DirectoryTree):
 
 
 class FolderPicker(ModalScreen[Path | None]):
-    """Browse to another study root (enter on a folder opens it; escape cancels)."""
+    """Browse to another study root, or type its path (enter on a folder opens it; escape cancels)."""
 
-    BINDINGS = [Binding("escape", "dismiss_none", "Cancel"), Binding("o", "open_highlighted", "Open this folder")]
+    BINDINGS = [
+        Binding("escape", "dismiss_none", "Cancel"),
+        Binding("o", "open_highlighted", "Open this folder"),
+        Binding("u,backspace", "up", "Parent folder"),
+        Binding("slash", "type_path", "Type a path", key_display="/"),
+    ]
 
     def __init__(self, start: Path) -> None:
         super().__init__()
         self.start = start
 
     def compose(self) -> ComposeResult:
-        yield Static("Choose a data set root: move with the arrows, [b]o[/] opens the highlighted folder, escape cancels",
-                     id="picker-title")
+        yield Static("Choose a data set root: arrows move, [b]o[/] opens the highlighted folder, [b]u[/] goes up, "
+                     "[b]/[/] types a path, escape cancels", id="picker-title")
+        yield Input(value=str(self.start), placeholder="a folder (or .tgz / .npz): enter opens it", id="picker-path")
         yield FolderTree(self.start, id="picker-tree")
+
+    def on_mount(self) -> None:
+        self.query_one(FolderTree).focus()
 
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
+
+    def action_up(self) -> None:
+        """Show the parent of the tree's folder."""
+        tree = self.query_one(FolderTree)
+        current = Path(tree.path)
+        if current.parent != current:
+            tree.path = current.parent
+            self.query_one("#picker-path", Input).value = str(current.parent)
+
+    def action_type_path(self) -> None:
+        path_input = self.query_one("#picker-path", Input)
+        path_input.focus()
+        path_input.cursor_position = len(path_input.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """A typed path: a folder or a data set file opens; anything else is one line, and the picker stays."""
+        path = Path(event.value.strip()).expanduser()
+        if path.is_dir() or (path.is_file() and path.suffix.lower() in (".tgz", ".npz")):
+            self.dismiss(path)
+        else:
+            self.notify(f"{visible(str(path))}: not a folder or a data set file", severity="warning")
 
     def action_open_highlighted(self) -> None:
         node = self.query_one(DirectoryTree).cursor_node
