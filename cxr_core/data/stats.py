@@ -40,6 +40,10 @@ class DatasetReport:
     label_fraction: dict[str, float] = field(default_factory=dict)
     imbalance_ratio: float | None = None
     labels_without_positives: list[str] = field(default_factory=list)
+    studies_present: int | None = None
+    """Studies with at least one image on disk (a partial NIH download: far fewer than the table's rows)."""
+    labels_present: dict[str, int] = field(default_factory=dict)
+    """``labels`` counted over the studies present only (what training on this copy actually sees)."""
     unreadable_files: list[dict[str, str]] = field(default_factory=list)
     missing_examples: list[str] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
@@ -76,10 +80,12 @@ def summarise(
     splits: Counter[str] = Counter()
     images = missing = 0
     missing_examples: list[str] = []
-    for study in studies:
+    has_image = np.zeros(len(studies), dtype=bool)
+    for i, study in enumerate(studies):
         for image in study.images:
             if image.path in present:
                 images += 1
+                has_image[i] = True
                 splits[study.split or "unassigned"] += 1
             elif image.path not in unreadable:
                 missing += 1
@@ -88,6 +94,7 @@ def summarise(
     table = label_matrix([s.labels for s in studies], len(space))
     positive = table == b"1"
     positives = positive.sum(axis=0)
+    positives_present = positive[has_image].sum(axis=0)
     images_per_study = np.fromiter((len(s.images) for s in studies), dtype=np.int64, count=len(studies))
     by_image = (positive * images_per_study[:, None]).sum(axis=0)
     uncertain = (table == b"u").sum(axis=0)
@@ -111,6 +118,8 @@ def summarise(
         label_fraction={label: (n / len(studies) if studies else 0.0) for label, n in labels.items()},
         imbalance_ratio=(max(nonzero) / min(nonzero)) if nonzero else None,
         labels_without_positives=[f for f in space.findings if labels[f] == 0],
+        studies_present=int(has_image.sum()),
+        labels_present={label: int(n) for label, n in zip(space.labels, positives_present, strict=True)},
         unreadable_files=[{"path": p, "reason": r} for p, r in sorted(unreadable.items())],
         missing_examples=missing_examples,
         problems=[{"path": p.path, "reason": p.reason, "severity": p.severity} for p in problems],

@@ -64,8 +64,11 @@ def print_summary(result: ScanResult) -> None:
     r = result.report
     how = f" ({result.detected_because})" if result.detected_because else ""
     say((r.format, "bold"), f"  {r.root}{how}")
+    present = ""
+    if r.studies_present is not None and r.studies_present != r.studies:
+        present = f" ({r.studies_present:,} with an image present)"
     stdout.print(
-        f"studies {r.studies:,} · images {r.images:,} · missing {r.images_missing:,} · "
+        f"studies {r.studies:,}{present} · images {r.images:,} · missing {r.images_missing:,} · "
         f"unreadable {r.unreadable:,} · patients {r.patients:,}"
     )
     splits = " · ".join(f"{k} {v:,}" for k, v in r.splits.items()) or "none"
@@ -77,15 +80,20 @@ def print_summary(result: ScanResult) -> None:
 def print_labels(report: DatasetReport) -> None:
     table = Table(title=f"Labels ({report.label_space})", title_justify="left")
     table.add_column("label")
-    table.add_column("studies", justify="right")
-    table.add_column("%", justify="right")
+    partial = report.studies_present is not None and report.studies_present != report.studies
+    if partial:  # a partial download: what this copy holds first, the whole table beside it
+        table.add_column("present", justify="right")
+    table.add_column("table rows" if partial else "studies", justify="right")
+    table.add_column("% of rows" if partial else "%", justify="right")
     per_image = report.labels_by_image != report.labels
     if per_image:
         table.add_column("images", justify="right")
     if report.labels_uncertain:
         table.add_column("uncertain", justify="right")
-    for label, count in sorted(report.labels.items(), key=lambda kv: -kv[1]):
-        row = [label, f"{count:,}", f"{100 * report.label_fraction.get(label, 0):.2f}"]
+    order = report.labels_present if partial else report.labels
+    for label, count in sorted(report.labels.items(), key=lambda kv: (-order.get(kv[0], 0), -kv[1])):
+        row = [label, *([f"{report.labels_present.get(label, 0):,}"] if partial else []), f"{count:,}",
+               f"{100 * report.label_fraction.get(label, 0):.2f}"]
         if per_image:
             row.append(f"{report.labels_by_image.get(label, 0):,}")
         if report.labels_uncertain:

@@ -84,3 +84,16 @@ def test_real_nih_table_reads_all_rows(real_data):
     assert sum(s.split == "test" for s in result.studies) == 25596
     assert not [p for p in result.problems if p.severity == "error"]
     assert result.notes["boxes"] == "BBox_List_2017.csv"
+
+
+def test_stats_of_a_partial_download_count_present_studies_apart_from_table_rows(tmp_path):
+    from cxr_core.data.stats import summarise
+
+    _write(tmp_path)
+    present = ["images_001/images/00000001_000.png", "images_001/images/00000002_000.png"]
+    result = NIHSource.read(tmp_path, _catalog(tmp_path, present), SourceOptions())
+    report = summarise("nih", str(tmp_path), result.space, result.studies, set(present), {}, [], None, {})
+    assert report.studies == 4 and report.studies_present == 2
+    assert report.labels["Cardiomegaly"] == 2 and report.labels_present["Cardiomegaly"] == 1
+    assert report.labels["Hernia"] == 1 and report.labels_present["Hernia"] == 0
+    assert report.labels_present["No Finding"] == 1
