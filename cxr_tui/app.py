@@ -113,6 +113,7 @@ class CxrApp(App):
         self.use_cache = use_cache
         # Resources, not state: the loaded model (shared with Grad-CAM under model_lock) and the reviews store.
         self.predictor = None
+        self.model_name: str | None = None  # the loaded model's run id (or file name), recorded with decisions
         self.model_lock = threading.Lock()
         self._reviews = None  # ReviewStore, opened on first use (see `reviews`)
 
@@ -177,8 +178,8 @@ class CxrApp(App):
         from cxr_core.runs import RunDir
 
         run = RunDir.of_checkpoint(checkpoint)
-        name = f"run {run.id}" if run is not None else checkpoint.name
-        self.sub_title = visible(f"model {name} · {fingerprint[:8]}")
+        self.model_name = run.id if run is not None else checkpoint.name
+        self.sub_title = visible(f"model {'run ' if run is not None else ''}{self.model_name} · {fingerprint[:8]}")
 
     def set_blind(self, level: int) -> None:
         """Blind reading for every screen: 1 hides the data set's labels, 2 the model's output as well."""

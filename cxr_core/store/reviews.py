@@ -59,7 +59,10 @@ DECIDE, NOTE = "decision", "note"
 REVIEWED, UNCERTAIN_STUDY, PARTIAL, UNREVIEWED = "reviewed", "uncertain", "partial", "unreviewed"
 """Study statuses from :meth:`ReviewStore.status_by_study` (studies without any decision are absent)."""
 
-EXPORT_COLUMNS = ("study", "finding", "decision", "note", "reviewer", "at", "probability", "flagged", "model", "root")
+EXPORT_COLUMNS = ("study", "finding", "decision", "note", "reviewer", "at", "probability", "flagged", "model", "root",
+                  "model_name")
+"""``model`` is the checkpoint's fingerprint; ``model_name`` its run id (or file name), last so scripts reading
+the earlier columns by position keep working."""
 
 DEFAULT_RETRY_SECONDS = 300.0
 _DECIDED_BY_STUDY = " AND c.decision != 'clear' GROUP BY c.study"
@@ -93,9 +96,16 @@ MIGRATIONS = (
     ) WITHOUT ROWID;
     CREATE VIEW latest AS SELECT a.* FROM latest_action AS c JOIN actions AS a ON a.id = c.last_id;
     """,
+    # 2: the model by name (its run id, or its file's name) beside its fingerprint, for exports people read.
+    """
+    ALTER TABLE actions ADD COLUMN model_name TEXT;
+    DROP VIEW latest;
+    CREATE VIEW latest AS SELECT a.* FROM latest_action AS c JOIN actions AS a ON a.id = c.last_id;
+    """,
 )
 
-_COLUMNS = "id, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability"
+_COLUMNS = ("id, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability,"
+            " model_name")
 _A_COLUMNS = ", ".join(f"a.{c}" for c in _COLUMNS.split(", "))
 
 T = TypeVar("T")
@@ -118,6 +128,7 @@ class Review:
     model: str | None = None
     flagged: bool | None = None
     probability: float | None = None
+    model_name: str | None = None
 
     @property
     def decided(self) -> bool:
@@ -190,9 +201,9 @@ def _latest_sql(columns: str, where: str | None) -> str:
 
 
 def _row(row: tuple) -> Review:
-    rid, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability = row
+    rid, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability, name = row
     return Review(rid, action_id, fs_text(root), fs_text(study), finding, kind, decision, fs_text(note),
-                  fs_text(reviewer), at, model, None if flagged is None else bool(flagged), probability)
+                  fs_text(reviewer), at, model, None if flagged is None else bool(flagged), probability, fs_text(name))
 
 
 class ReviewStore:
@@ -288,6 +299,7 @@ class ReviewStore:
         probability: float | None = None,
         flagged: bool | None = None,
         model: str | None = None,
+        model_name: str | None = None,
         action_id: str | None = None,
     ) -> Review:
         """Store a decision for (root, study, finding) and return the committed row (the acknowledgement).
@@ -298,7 +310,7 @@ class ReviewStore:
         """
         decision = check_decision(decision)
         return self._append(root, study, finding, DECIDE, decision, note, reviewer,
-                            (model, flagged, probability), action_id)
+                            (model, flagged, probability, model_name), action_id)
 
     def set_note(
         self,
@@ -312,7 +324,7 @@ class ReviewStore:
     ) -> Review:
         """Set (``""``/None: remove) the note of (root, study, finding), keeping its decision; committed on return."""
         return self._append(root, study, finding, NOTE, None, "" if note is None else note, reviewer,
-                            (None, None, None), action_id)
+                            (None, None, None, None), action_id)
 
     def record_study(
         self,
@@ -322,29 +334,31 @@ class ReviewStore:
         *,
         reviewer: str | None = None,
         model: str | None = None,
+        model_name: str | None = None,
     ) -> list[Review]:
         """Store one decision per finding of a study (finding -> (decision, probability, flagged)) in one
         transaction: a study-level read ("normal", "agree with the model") is all stored or none of it."""
         steps = [self._action(root, study, finding, DECIDE, check_decision(decision), None, reviewer,
-                              (model, flagged, probability), None)
+                              (model, flagged, probability, model_name), None)
                  for finding, (decision, probability, flagged) in decisions.items()]
         return self._run(lambda conn: [step(conn) for step in steps], write=True)
 
     def _append(self, root: str | os.PathLike[str], study: str, finding: str, kind: str, decision: str | None,
-                note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None],
+                note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None, str | None],
                 action_id: str | None) -> Review:
         return self._run(self._action(root, study, finding, kind, decision, note, reviewer, model_view, action_id),
                          write=True)
 
     def _action(self, root: str | os.PathLike[str], study: str, finding: str, kind: str, decision: str | None,
-                note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None],
+                note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None, str | None],
                 action_id: str | None) -> Callable[[sqlite3.Connection], Review]:
         """The checked inputs of one action and the function that appends it inside a transaction."""
         key = root_key(root)
         study, finding = _text("study", study), _text("finding", finding)
         reviewer = _text("reviewer", reviewer) if reviewer is not None else current_user()
         action_id = _text("action id", action_id) if action_id is not None else uuid.uuid4().hex
-        model, flagged, probability = model_view
+        model, flagged, probability, model_name = model_view
+        model_name = _text("model name", model_name) if model_name is not None else None
         if probability is not None:
             probability = float(probability)
             if not 0.0 <= probability <= 1.0:  # also catches NaN, which SQLite would store as NULL
@@ -365,13 +379,14 @@ class ReviewStore:
             prev = _row(previous) if previous is not None else None
             new_decision = decision if decision is not None else (prev.decision if prev else CLEAR)
             new_note = _note(note) if note is not None else (prev.note if prev else None)
-            view = (model, flagged_int, probability)
-            if view == (None, None, None) and prev is not None:
-                view = (prev.model, None if prev.flagged is None else int(prev.flagged), prev.probability)
+            view = (model, flagged_int, probability, db_value(model_name))
+            if view == (None, None, None, None) and prev is not None:
+                view = (prev.model, None if prev.flagged is None else int(prev.flagged), prev.probability,
+                        db_value(prev.model_name))
             at = time.time()
             cursor = conn.execute(
                 "INSERT INTO actions (action_id, root, study, finding, kind, decision, note, reviewer, at, model,"
-                " flagged, probability) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " flagged, probability, model_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (action_id, db_value(key), db_value(study), finding, kind, new_decision, db_value(new_note),
                  db_value(reviewer), at, *view))
             conn.execute("INSERT INTO latest_action (root, study, finding, last_id, decision) VALUES (?,?,?,?,?)"
@@ -505,7 +520,7 @@ class ReviewStore:
                                          text(r.reviewer), r.when,
                                          "" if r.probability is None else repr(r.probability),
                                          "" if r.flagged is None else int(r.flagged), text(r.model or ""),
-                                         text(r.root)])
+                                         text(r.root), text(r.model_name or "")])
         except OSError as exc:
             raise CxrError(f"{target}: cannot write ({exc.strerror or exc})") from None
         return len(rows)

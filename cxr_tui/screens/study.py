@@ -414,7 +414,8 @@ class StudyScreen(CxrScreen[None]):
         try:
             reviews = self.app.reviews.record_study(workspace.root, self.study_id, decisions,
                                                     reviewer=workspace.reviewer,
-                                                    model=predictor.fingerprint if predictor else None)
+                                                    model=predictor.fingerprint if predictor else None,
+                                                    model_name=self.app.model_name if predictor else None)
         except CxrError as err:
             self.notify(str(err), severity="error")
             return
@@ -461,7 +462,8 @@ class StudyScreen(CxrScreen[None]):
                 review = store.record(workspace.root, self.study_id, label, decision, note=note,
                                       reviewer=workspace.reviewer, probability=prob,
                                       flagged=None if prob is None else prob >= workspace.threshold(label),
-                                      model=self.app.predictor.fingerprint if self.app.predictor else None)
+                                      model=self.app.predictor.fingerprint if self.app.predictor else None,
+                                      model_name=self.app.model_name if self.app.predictor else None)
         except CxrError as err:
             self.notify(str(err), severity="error")
             return False

@@ -221,6 +221,7 @@ def _writer(path: str, worker: int, count: int, start, out) -> None:
         out.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_two_processes_record_concurrently(tmp_path: Path):
     path = tmp_path / "reviews.sqlite"
     ctx = mp.get_context("fork")
@@ -278,6 +279,7 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_action_loses_nothing_acknowledged(tmp_path: Path):
     path = tmp_path / "reviews.sqlite"
     ctx = mp.get_context("fork")
@@ -336,6 +338,7 @@ def _plan_child(path: str, fd: int, start: int) -> None:
             os.write(fd, f"A {i}\n".encode())
 
 
+@pytest.mark.slow
 def test_thousand_actions_survive_random_sigkills(tmp_path: Path):
     """The TUI's code path (ReviewStore.record) applying 1,000 actions, killed at random points until done."""
     path = tmp_path / "reviews.sqlite"
@@ -549,3 +552,28 @@ def test_a_study_level_read_is_stored_whole_or_not_at_all(tmp_path: Path) -> Non
             store.record_study("/data", "s2", {"Effusion": ("reject", 0.2, False), "Mass": ("maybe", 0.1, False)})
         latest = store.latest("/data")
         assert set(latest) == {("s1", "Effusion"), ("s1", "Mass")}
+
+
+def test_a_database_from_before_model_names_opens_and_exports_the_run(tmp_path: Path) -> None:
+    from cxr_core.store.reviews import MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("INSERT INTO actions (action_id, root, study, finding, kind, decision, note, reviewer, at, model)"
+                 " VALUES ('x1', '/data', 's1', 'Mass', 'decision', 'accept', NULL, 'ann', 1.0, 'abc123')")
+    conn.execute("INSERT INTO latest_action VALUES ('/data', 's1', 'Mass', 1, 'accept')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with ReviewStore(path) as store:
+        old = store.latest("/data")[("s1", "Mass")]
+        assert old.model == "abc123" and old.model_name is None  # kept, nothing invented
+        store.record("/data", "s2", "Mass", "reject", model="def456", model_name="20261205-resnet10t")
+        out = tmp_path / "export.csv"
+        store.export_csv(out)
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert list(rows[0]) == list(EXPORT_COLUMNS) and EXPORT_COLUMNS[-1] == "model_name"
+    by_study = {row["study"]: row for row in rows}
+    assert by_study["s2"]["model_name"] == "20261205-resnet10t" and by_study["s2"]["model"] == "def456"
+    assert by_study["s1"]["model_name"] == ""
