@@ -52,6 +52,23 @@ class Workspace:
             return None
         return self.predictions.probs[self.image_rows[study_id]]
 
+    def prior_of(self, study_id: str) -> Study | None:
+        """The same patient's study just before this one (by follow-up number, else by id), with an image."""
+        study = self.studies.get(study_id)
+        if study is None:
+            return None
+        same = [s for s in self.studies.values() if s.patient_id == study.patient_id and s.images]
+        if study not in same:
+            same.append(study)
+
+        def order(s: Study) -> tuple[int, str]:
+            follow_up = (s.meta or {}).get("follow_up")
+            return (follow_up if isinstance(follow_up, int) else -1, s.id)
+
+        same.sort(key=order)
+        position = same.index(study)
+        return same[position - 1] if position > 0 else None
+
     def threshold(self, label: str) -> float:
         return float(self.thresholds.get(label, 0.5))
 

@@ -70,6 +70,7 @@ class StudyScreen(CxrScreen[None]):
         Binding("j", "finding(1)", "Next finding", show=False, id="study.finding_down"),
         Binding("k", "finding(-1)", "Previous finding", show=False, id="study.finding_up"),
         Binding("m", "next_image", "Next image", show=False, id="study.image"),
+        Binding("b", "toggle_prior", "Prior study", show=False, id="study.prior"),
     ]
 
     def __init__(self, study_id: str, neighbour: Neighbour | None = None) -> None:
@@ -88,6 +89,7 @@ class StudyScreen(CxrScreen[None]):
         yield Header()
         with Horizontal(id="study-body"):
             yield XRayView(self.app.image_protocol, id="study-image")
+            yield XRayView(self.app.image_protocol, id="study-prior")
             with Vertical(id="study-side"):
                 yield Static("", id="study-title")
                 yield DataTable(id="findings", cursor_type="row", zebra_stripes=False)
@@ -100,6 +102,7 @@ class StudyScreen(CxrScreen[None]):
         table = self.query_one("#findings", DataTable)
         table.add_columns("finding", "probability", "flag", "review")
         self.query_one("#study-note", Input).display = False
+        self.query_one("#study-prior", XRayView).display = False
         self.load_study()
         table.focus()
         self.watch(self.app, "predictions_version", lambda _: self._fill_findings(), init=False)
@@ -124,10 +127,13 @@ class StudyScreen(CxrScreen[None]):
         self._cursor_to(self._top_flag())
         self._fill_info()
         self.pixels = None
+        if self.query_one("#study-prior", XRayView).display:
+            self._show_prior()
         if not study.images:
-            self.query_one(XRayView).show(None, "no image on disk for this study (labels only: a partial download?)")
+            self.query_one("#study-image", XRayView).show(None, "no image on disk for this study (labels only: a "
+                                                                "partial download?)")
             return
-        self.query_one(XRayView).show(None, "loading image…")
+        self.query_one("#study-image", XRayView).show(None, "loading image…")
         self.load_image(self.study_id, self.image_index)
 
     def _labels(self) -> list[str]:
@@ -291,15 +297,52 @@ class StudyScreen(CxrScreen[None]):
         if dicom:
             self.dicom_fields = dicom
             self._fill_info()
-        view = self.query_one(XRayView)
+        view = self.query_one("#study-image", XRayView)
         view.show(pixels)
         if view.state.cam:
             self._request_cam()
 
+    # -- the prior study of the same patient, side by side ---------------------------------------------------------
+
+    def action_toggle_prior(self) -> None:
+        view = self.query_one("#study-prior", XRayView)
+        view.display = not view.display
+        if view.display:
+            self._show_prior()
+
+    def _show_prior(self) -> None:
+        view = self.query_one("#study-prior", XRayView)
+        prior = self.app.workspace.prior_of(self.study_id)
+        if prior is None:
+            view.caption_extra = ""
+            view.show(None, "no earlier study of this patient in this data set")
+            return
+        follow_up = (prior.meta or {}).get("follow_up")
+        view.caption_extra = f"prior {prior.id}" + (f" (follow-up {follow_up})" if follow_up is not None else "")
+        view.show(None, f"loading prior study {prior.id}…")
+        self.load_prior(self.study_id, prior.id)
+
+    @work(thread=True, exclusive=True, group="study-prior", exit_on_error=False)
+    def load_prior(self, study_id: str, prior_id: str) -> None:
+        from cxr_core.data import image_base
+        from cxr_core.images import read_xray
+
+        prior = self.app.workspace.studies[prior_id]
+        try:
+            pixels = read_xray(image_base(self.app.workspace.root) / prior.images[0].path).as_uint8()
+        except CxrError as err:
+            self.app.call_from_thread(self._prior_loaded, study_id, None, str(err))
+            return
+        self.app.call_from_thread(self._prior_loaded, study_id, pixels, "")
+
+    def _prior_loaded(self, study_id: str, pixels: np.ndarray | None, message: str) -> None:
+        if study_id == self.study_id:
+            self.query_one("#study-prior", XRayView).show(pixels, message)
+
     def _image_failed(self, study_id: str, message: str) -> None:
         if study_id == self.study_id:
             self.pixels = None
-            self.query_one(XRayView).show(None, message)
+            self.query_one("#study-image", XRayView).show(None, message)
 
     # -- Grad-CAM -----------------------------------------------------------------------------------------------
 
@@ -311,7 +354,7 @@ class StudyScreen(CxrScreen[None]):
         return labels[min(table.cursor_row, len(labels) - 1)]
 
     def _request_cam(self) -> None:
-        view = self.query_one(XRayView)
+        view = self.query_one("#study-image", XRayView)
         label = self.selected_finding()
         if self.pixels is None or label is None:
             return
@@ -341,10 +384,10 @@ class StudyScreen(CxrScreen[None]):
     def _cam_ready(self, key: tuple[str, int, str], cam: np.ndarray) -> None:
         self.cams[key] = cam
         if key == (self.study_id, self.image_index, self.selected_finding()):
-            self.query_one(XRayView).set_cam(cam, key[2])
+            self.query_one("#study-image", XRayView).set_cam(cam, key[2])
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if self.query_one(XRayView).state.cam:
+        if self.query_one("#study-image", XRayView).state.cam:
             self._request_cam()
 
     # -- actions ------------------------------------------------------------------------------------------------
@@ -495,20 +538,20 @@ class StudyScreen(CxrScreen[None]):
             self._record(label, None, event.value)
 
     def action_toggle_cam(self) -> None:
-        if self.query_one(XRayView).toggle_cam():
+        if self.query_one("#study-image", XRayView).toggle_cam():
             self._request_cam()
 
     def action_window(self) -> None:
-        self.query_one(XRayView).next_window()
+        self.query_one("#study-image", XRayView).next_window()
 
     def action_invert(self) -> None:
-        self.query_one(XRayView).toggle_invert()
+        self.query_one("#study-image", XRayView).toggle_invert()
 
     def action_zoom(self, factor: float) -> None:
-        self.query_one(XRayView).zoom(factor)
+        self.query_one("#study-image", XRayView).zoom(factor)
 
     def action_pan(self, dx: int, dy: int) -> None:
-        self.query_one(XRayView).pan(dx, dy)
+        self.query_one("#study-image", XRayView).pan(dx, dy)
 
     # -- from the app -------------------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ async def test_review_flow(phantom_set, checkpoint):
         assert saved[(first, label)].decision == "accept"
 
         await pilot.press("c")
-        await until(pilot, lambda: study.query_one(XRayView).has_cam)
+        await until(pilot, lambda: study.query_one("#study-image", XRayView).has_cam)
 
         await pilot.press("n")
         assert study.study_id != first
