@@ -97,8 +97,8 @@ class CxrApp(App):
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
-        Binding("t", "thresholds", "Thresholds", id="app.thresholds"),
-        Binding("g", "training", "Training", id="app.training"),
+        Binding("t", "thresholds", "Thresholds", show=False, id="app.thresholds"),
+        Binding("g", "training", "Training", show=False, id="app.training"),
     ]
 
     def __init__(self, root: Path | None = None, model: Path | None = None, thresholds: Path | None = None, *,

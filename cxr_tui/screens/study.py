@@ -23,13 +23,15 @@ from cxr_tui.screens.base import CxrScreen
 from cxr_tui.widgets.xray import XRayView
 
 DECISION_GLYPH = {"accept": "✓ accept", "reject": "✗ reject", "uncertain": "? unsure", "clear": "", None: ""}
+"""Decisions as the findings table shows them (at most 8 cells, 10 with the note mark: nothing clipped at 100
+columns with NIH's longest finding name)."""
 STUDY_READS = {
     "normal": "normal: every finding rejected",
     "agree": "agreed with the model: flags accepted, the rest rejected",
 }
 """Study-level reads (one key each) and how the screen reports them."""
 Neighbour = Callable[[str, int, bool], "str | None"]
-BAR = 10
+BAR = 8
 
 
 def probability_cell(prob: float, threshold: float) -> Text:
@@ -46,23 +48,23 @@ def probability_cell(prob: float, threshold: float) -> Text:
 
 class StudyScreen(CxrScreen[None]):
     BINDINGS = [
-        Binding("escape", "back", "Back", id="study.back"),
-        Binding("n", "next_study", "Next", id="study.next"),
-        Binding("p", "previous_study", "Previous", id="study.previous"),
-        Binding("N", "next_unreviewed", "Next unreviewed", key_display="N", id="study.next_unreviewed"),
+        Binding("escape", "back", "Back", show=False, id="study.back"),
+        Binding("n", "next_study", "Next", show=False, id="study.next"),
+        Binding("p", "previous_study", "Previous", show=False, id="study.previous"),
+        Binding("N", "next_unreviewed", "Next unread", key_display="N", id="study.next_unreviewed"),
         Binding("a", "decide('accept')", "Accept", id="study.accept"),
         Binding("x", "decide('reject')", "Reject", id="study.reject"),
-        Binding("u", "decide('uncertain')", "Uncertain", id="study.uncertain"),
+        Binding("u", "decide('uncertain')", "Unsure", id="study.uncertain"),
         Binding("0", "read_study('normal')", "Normal", id="study.normal"),
-        Binding("A", "read_study('agree')", "Agree all", key_display="A", id="study.agree"),
-        Binding("f", "next_flagged", "Next flag", id="study.next_flagged"),
+        Binding("A", "read_study('agree')", "Agree", key_display="A", id="study.agree"),
+        Binding("f", "next_flagged", "Next flag", show=False, id="study.next_flagged"),
         Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="study.blind"),
-        Binding("e", "note", "Note", id="study.note"),
+        Binding("e", "note", "Note", show=False, id="study.note"),
         Binding("c", "toggle_cam", "CAM", id="study.cam"),
-        Binding("w", "window", "Window", id="study.window"),
-        Binding("i", "invert", "Invert", id="study.invert"),
-        Binding("plus,equals_sign", "zoom(2)", "Zoom in", key_display="+", id="study.zoom_in"),
-        Binding("minus", "zoom(0.5)", "Zoom out", key_display="-", id="study.zoom_out"),
+        Binding("w", "window", "Window", show=False, id="study.window"),
+        Binding("i", "invert", "Invert", show=False, id="study.invert"),
+        Binding("plus,equals_sign", "zoom(2)", "Zoom in", key_display="+", show=False, id="study.zoom_in"),
+        Binding("minus", "zoom(0.5)", "Zoom out", key_display="-", show=False, id="study.zoom_out"),
         Binding("shift+left", "pan(-1, 0)", "Pan left", show=False, id="study.pan_left"),
         Binding("shift+right", "pan(1, 0)", "Pan right", show=False, id="study.pan_right"),
         Binding("shift+up", "pan(0, -1)", "Pan up", show=False, id="study.pan_up"),
@@ -100,7 +102,7 @@ class StudyScreen(CxrScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#findings", DataTable)
-        table.add_columns("finding", "probability", "flag", "review")
+        table.add_columns("finding", "p", "flag", "review")
         self.query_one("#study-note", Input).display = False
         self.query_one("#study-prior", XRayView).display = False
         self.load_study()
@@ -204,7 +206,7 @@ class StudyScreen(CxrScreen[None]):
             review = self.decisions.get(label)
             decision = getattr(review, "decision", None)
             note = " ✎" if getattr(review, "note", None) else ""
-            table.add_row(Text(visible(label)), probability_cell(prob, threshold), "⚑" if flagged else "",
+            table.add_row(Text(visible(label)), probability_cell(prob, threshold), " ●" if flagged else "",
                           Text(DECISION_GLYPH.get(decision, decision or "") + note), key=label)
         if labels:
             table.move_cursor(row=min(max(keep, 0), len(labels) - 1))

@@ -36,6 +36,8 @@ class WorklistScreen(CxrScreen[None]):
         Binding("slash", "search", "Search", key_display="/", id="worklist.search"),
         Binding("b", "browse", "Folder", show=False, id="worklist.browse"),
         Binding("escape", "clear", "Clear filters", show=False, id="worklist.clear"),
+        Binding("t", "app.thresholds", "Thresholds", id="worklist.thresholds"),  # the app's keys, shown here
+        Binding("g", "app.training", "Training", id="worklist.training"),
     ]
 
     def __init__(self) -> None:
