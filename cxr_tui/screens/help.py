@@ -13,8 +13,13 @@ NOTES = """
 **Image.** `+`/`-` zoom, shift+arrows pan when zoomed, `w` cycles window presets (full, lung, mediastinum,
 bone), `i` inverts, `c` toggles the Grad-CAM of the selected finding (computed in the background).
 
-**Review.** `j`/`k` or the arrows select a finding; `a` accept, `x` reject, `u` uncertain, `e` note. Each
-decision is saved to the reviews database at once, with your login name and the time.
+**Review.** A study opens on its most probable flag. `a` accept, `x` reject, `u` unsure (the cursor then
+moves to the next flag still undecided), `e` note; `f` next flag, `j`/`k` or the arrows any finding.
+One key for a whole study: `0` normal (every finding rejected), `A` agree with the model (flags accepted,
+the rest rejected), `X` reject every finding still undecided; the next unreviewed study then opens (`N` goes
+there at any time). `b` shows the patient's prior study beside the film; `B` blind reading (hide the data
+set's labels, then the model's output too). Each decision is saved to the reviews database at once, with
+your login name, the time and the model.
 
 **Thresholds.** left/right fine (±0.01), `[`/`]` coarse (±0.05), `1` max-F1, `2` sensitivity 0.80,
 `3` Youden; `s` saves (thresholds JSON + a history row), `r` reverts. The worklist's flags follow.

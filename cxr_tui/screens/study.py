@@ -28,6 +28,7 @@ columns with NIH's longest finding name)."""
 STUDY_READS = {
     "normal": "normal: every finding rejected",
     "agree": "agreed with the model: flags accepted, the rest rejected",
+    "rest": "every finding still undecided rejected",
 }
 """Study-level reads (one key each) and how the screen reports them."""
 Neighbour = Callable[[str, int, bool], "str | None"]
@@ -57,6 +58,7 @@ class StudyScreen(CxrScreen[None]):
         Binding("u", "decide('uncertain')", "Unsure", id="study.uncertain"),
         Binding("0", "read_study('normal')", "Normal", id="study.normal"),
         Binding("A", "read_study('agree')", "Agree", key_display="A", id="study.agree"),
+        Binding("X", "read_study('rest')", "Reject the rest", key_display="X", show=False, id="study.rest"),
         Binding("f", "next_flagged", "Next flag", show=False, id="study.next_flagged"),
         Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="study.blind"),
         Binding("e", "note", "Note", show=False, id="study.note"),
@@ -438,8 +440,9 @@ class StudyScreen(CxrScreen[None]):
 
     def action_read_study(self, read: str) -> None:
         """One key for the whole study: ``normal`` rejects every finding; ``agree`` accepts what the model flags
-        (at the thresholds in force, on the study's score) and rejects the rest. Stored in one transaction,
-        then the next unreviewed study opens."""
+        (at the thresholds in force, on the study's score) and rejects the rest; ``rest`` rejects every finding
+        not yet decided (after accepting the true ones). Stored in one transaction, then the next unreviewed
+        study opens."""
         labels = self._labels()
         scores = self._study_scores()
         if not labels:
@@ -453,9 +456,14 @@ class StudyScreen(CxrScreen[None]):
         for k, label in enumerate(labels):
             score = None if scores is None or np.isnan(scores[k]) else float(scores[k])
             flagged = None if score is None else score >= workspace.threshold(label)
+            if read == "rest" and getattr(self.decisions.get(label), "decision", None) not in (None, "clear"):
+                continue  # decided already: kept as it is
             decision = "accept" if read == "agree" and flagged else "reject"
             decisions[label] = (decision, score, flagged)
         predictor = self.app.predictor
+        if not decisions:
+            self._go(1, unreviewed=True)
+            return
         try:
             reviews = self.app.reviews.record_study(workspace.root, self.study_id, decisions,
                                                     reviewer=workspace.reviewer,

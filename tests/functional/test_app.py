@@ -111,10 +111,18 @@ async def test_a_normal_film_takes_one_key_and_the_next_unreviewed_study_one(pha
         assert third not in (first, second)
 
         await pilot.press("N")  # next unreviewed: one key, skipping the two read ones
-        assert study.study_id not in (first, second, third)
+        fourth = study.study_id
+        assert fourth not in (first, second, third)
+        top = study.selected_finding()
+        await pilot.press("a", "X")  # the top flag is true, the rest false: two keys
+        with ReviewStore() as store:
+            saved = store.latest(app.workspace.root, fourth)
+        assert {finding: review.decision for (_, finding), review in saved.items()} == {
+            label: "accept" if label == top else "reject" for label in labels}
+        assert study.study_id not in (first, second, fourth)
         await pilot.press("escape")
         assert app.screen is worklist
-        for done in (first, second):
+        for done in (first, second, fourth):
             assert worklist.study_list.status_at(worklist.study_list.position_of(done)) == "reviewed"
 
 
