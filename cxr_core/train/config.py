@@ -1,7 +1,8 @@
 """The training configuration: one flat dataclass, read from TOML and/or options, saved resolved in the run.
 
-Flat on purpose: every field is a command-line option of the same name (``image_size`` <-> ``--image-size``)
-and a key of the run's ``config.toml``, so a run can be re-created from its directory alone.
+Flat on purpose: every field is a key of the run's ``config.toml``, so a run can be re-created from its directory
+alone, and a command-line option of the same name (``image_size`` <-> ``--image-size``) that ``cxr-tui train``
+builds from the field: its help text and how the option is shown live in the field's metadata (:func:`setting`).
 """
 
 from __future__ import annotations
@@ -32,55 +33,79 @@ class ConfigError(CxrError):
     """A configuration value or file is not usable."""
 
 
+def setting(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
+    """A :class:`TrainConfig` field with its help text in the field's metadata, where every front-end reads it.
+
+    ``cli`` says how the command line shows the setting: ``flag`` (the option's name when it is not ``--`` and the
+    field name with dashes), ``alias`` (an older name still accepted, not listed), ``hidden`` (accepted, not
+    listed), ``path`` (a file or folder: made absolute, as a detached job does not run in the current folder),
+    ``default_text`` (what a ``None`` default means) and ``internal`` (set by cxr itself: no option at all)."""
+    return field(default=default, default_factory=factory, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
     # data
-    data: str = ""
-    format: str | None = None
-    labels_csv: str | None = None
-    uncertainty: str = "ignore"
-    iu_mapping: str = "published"
-    labels: list[str] = field(default_factory=list)  # empty: every finding of the data set's label space
-    val_fraction: float = 0.1  # carved from the training part by patient when the data set has no val split
-    split_seed: int = 0
-    subset: int | None = None  # train on a label-stratified subset of this many training images
-    cache: bool = True  # read the preprocessed uint8 cache instead of decoding images every epoch
-    workers: int | None = None  # loader/preprocessing processes; None: one per spare core on GPU, 0 on CPU
+    data: str = setting("", help="Data set root (as for `data index`).", path=True)
+    format: str | None = setting(None, help="Data set layout; detected when omitted.")
+    labels_csv: str | None = setting(None, help="Labels CSV for the folder layout (default: ROOT/labels.csv).",
+                                     path=True)
+    uncertainty: str = setting("ignore", help="CheXpert uncertain labels become: ones, zeros, or ignore (masked).")
+    iu_mapping: str = setting("published", help="IU MeSH mapping: published (reproduces the published IU-35 counts) "
+                                                "or clinical (docs/iu-labels.md).")
+    labels: list[str] = setting(factory=list, flag="--findings", alias="--labels",
+                                help="Comma-separated findings to train (default: every finding of the data set's "
+                                     "label space).")
+    val_fraction: float = setting(0.1, help="Validation patients carved from training when the data set has no val "
+                                            "split.")
+    split_seed: int = setting(0, help="Seed of the patient split that carves validation and of --subset.")
+    subset: int | None = setting(None, help="Train on a label-stratified subset of N training images.")
+    cache: bool = setting(True, help="Read a preprocessed uint8 cache instead of decoding images every epoch.")
+    workers: int | None = setting(None, help="Data loader and preprocessing processes.",
+                                  default_text="one per spare core on a GPU, 0 on a CPU")
     # model
-    model: str = "efficientnet_b0"
-    image_size: int | None = None  # None: the model's own input size
-    pretrained: bool = False
-    weights: str | None = None
-    unfreeze_layers: int | None = None
+    model: str = setting("efficientnet_b0", help="Registered model name (see `cxr-tui train --list-models`).")
+    image_size: int | None = setting(None, help="Input side in pixels.", default_text="the model's own")
+    pretrained: bool = setting(False, help="Start from published ImageNet / hub weights (needs them cached or "
+                                           "online).")
+    weights: str | None = setting(None, help="Local weights file to start from (.safetensors, .pth, .bin); wins "
+                                             "over --pretrained.", path=True)
+    unfreeze_layers: int | None = setting(None, help="BiomedCLIP / ViT: the last transformer blocks to train.",
+                                          default_text="the model's")
     # optimisation
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None  # None: 2e-3 from scratch, 3e-4 when starting from pretrained weights
-    weight_decay: float = 1e-4
-    loss: str = "bce"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    sampler: str = "none"
-    mixup: float = 0.0  # Beta(a, a) mixing; 0 turns it off
-    hflip: bool = False
-    augment: bool = False  # small affine + exposure jitter; off by default: it slows convergence of short runs
-    scheduler: str = "cosine"
-    warmup_epochs: float = 1.0
-    restart_epochs: int = 10
-    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off (ViT fine-tuning usually wants 1.0)
-    grad_accum: int = 1
-    early_stopping: int = 0  # patience in epochs on val macro AUC; 0 turns it off
-    amp: bool = True  # bf16 (or fp16) autocast on CUDA; ignored on CPU
-    channels_last: bool = True
-    max_steps_per_epoch: int | None = None
+    epochs: int = setting(10, help="Passes over the training set.")
+    batch_size: int = setting(32, help="Images per batch (per process under torchrun).")
+    lr: float | None = setting(None, help="Peak learning rate (AdamW).",
+                               default_text="2e-3 from scratch, 3e-4 from pretrained weights")
+    weight_decay: float = setting(1e-4, help="AdamW weight decay (not on norms and biases).")
+    loss: str = setting("bce", help=" | ".join(LOSSES))
+    focal_alpha: float = setting(0.25, help="With --loss focal: the weight of positives, from 0 to 1.")
+    focal_gamma: float = setting(2.0, help="With --loss focal: the focusing exponent (0 is plain BCE).")
+    sampler: str = setting("none", help=f"{' | '.join(SAMPLERS)} (draw images with rare findings more often).")
+    mixup: float = setting(0.0, help="Mixup Beta(a, a); 0 turns it off.")
+    hflip: bool = setting(False, help="Random horizontal flips.")
+    augment: bool = setting(False, help="Small affine and exposure jitter while training (slows the convergence "
+                                        "of short runs).")
+    scheduler: str = setting("cosine", help=" | ".join(SCHEDULERS))
+    warmup_epochs: float = setting(1.0, help="With --scheduler cosine: linear warmup, in epochs (fractions allowed).")
+    restart_epochs: int = setting(10, help="With --scheduler cosine-restarts: epochs per cycle.")
+    grad_clip: float = setting(0.0, help="Max gradient norm; 0 turns clipping off (ViT fine-tuning usually wants "
+                                         "1.0).")
+    grad_accum: int = setting(1, help="Batches whose gradients add up to one optimiser step.")
+    early_stopping: int = setting(0, help="Patience in epochs on val macro AUC; 0 turns it off.")
+    amp: bool = setting(True, help="bf16 (or fp16) autocast on CUDA; ignored on CPU.")
+    channels_last: bool = setting(True, help="channels_last memory layout on CUDA and CPU (faster convolutions).")
+    max_steps_per_epoch: int | None = setting(None, help="End every epoch after N steps (quick checks).",
+                                              hidden=True)
     # run
-    seed: int = 0
-    device: str = "auto"
-    gpus: str | None = None
-    name: str | None = None
-    cv: int = 0
-    epochs_grid: list[int] = field(default_factory=list)
-    cv_fold: int | None = None  # set by cross-validation on its fold runs: validate on this fold
+    seed: int = setting(0, help="Seed of initialisation, sampling and augmentation.")
+    device: str = setting("auto", help="auto | cpu | cuda | cuda:N | mps")
+    gpus: str | None = setting(None, help="GPUs for a detached job, e.g. 0,1 (two or more: DDP).")
+    name: str | None = setting(None, help="Appended to the run id.")
+    cv: int = setting(0, help="k-fold cross-validation by patient: the number of folds (0: off).")
+    epochs_grid: list[int] = setting(factory=list, help="With --cv: epoch counts to compare, e.g. 30,50,75.")
+    cv_fold: int | None = setting(None, help="Validate on this fold (set by cross-validation on its fold runs).",
+                                  internal=True)
 
     def validate(self) -> TrainConfig:
         """Check every setting against :data:`RULES` (its type and its range): the one schema that options,

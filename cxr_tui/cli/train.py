@@ -1,77 +1,127 @@
-"""``cxr-tui train``: train a model, in the foreground, detached (``--detach``), or under torchrun."""
+"""``cxr-tui train``: train a model, in the foreground, detached (``--detach``), or under torchrun.
+
+The training settings' options are not written here: :data:`SETTINGS` (TrainConfig's fields) become typer options
+through the command's signature (``train.__signature__``), each with the help text, flag name and display hints of
+its field's metadata (:func:`cxr_core.train.config.setting`). A new TrainConfig field is a new option.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
+import typing
+from copy import copy
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cxr_core.runs import RunDir
-from cxr_core.train import LOSSES, SAMPLERS, SCHEDULERS, TrainConfig, load_config, read_run_config
+from cxr_core.train import TrainConfig, load_config, read_run_config
+from cxr_tui.cli.options import DeviceOpt, FormatOpt, IUMappingOpt, JsonOpt, RunsDirOpt, UncertainOpt
 from cxr_tui.cli.output import print_json, stdout
 
+SHARED = {"format": FormatOpt, "uncertainty": UncertainOpt, "iu_mapping": IUMappingOpt, "device": DeviceOpt}
+"""Settings whose option other commands have too: the flag and its help are declared once, in options.py (the type,
+default and validation stay the setting's)."""
 
-def _ints(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of whole numbers") from None
+SETTINGS = tuple(f for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal"))
+"""The settings that are options of ``train``; the others are set by cxr itself (``cv_fold``)."""
 
-
-def _labels(text: str | None) -> list[str] | None:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+_TYPES = typing.get_type_hints(TrainConfig)
+_KIND = inspect.Parameter.KEYWORD_ONLY
 
 
-def train(
-    data: Annotated[str | None, typer.Option("--data", help="Data set root (as for `data index`).")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Data set layout; detected when omitted.")] = None,
+def flag(setting: dataclasses.Field) -> str:
+    """The option of a setting: ``--image-size`` for ``image_size``, unless the metadata names another."""
+    return setting.metadata.get("flag", "--" + setting.name.replace("_", "-"))
+
+
+def _value_type(setting: dataclasses.Field) -> type:
+    """bool, int, float or str; a list setting is comma-separated text on the command line."""
+    if _is_list(setting):
+        return str
+    hint = _TYPES[setting.name]  # int, or int | None
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
+def _shown_default(setting: dataclasses.Field, kind: type) -> str | bool:
+    """The default ``--help`` shows: the dataclass default, or what a None default means (``default_text``)."""
+    default = setting.default
+    if default is None:
+        return setting.metadata.get("default_text", False)
+    if kind is bool:
+        return flag(setting)[2:] if default else "no-" + flag(setting)[2:]
+    if default is dataclasses.MISSING or default == "":
+        return False  # an empty list or text: the help says what that means
+    return str(default)
+
+
+def _setting_parameters(setting: dataclasses.Field) -> list[inspect.Parameter]:
+    """The typer option(s) of one setting, None by default: only what the command line gives overrides the
+    ``--config`` file and the defaults."""
+    kind = _value_type(setting)
+    shared = SHARED.get(setting.name)
+    if shared is not None:
+        option = copy(typing.get_args(shared)[1])
+    else:
+        name = flag(setting)
+        option = typer.Option(f"{name}/--no-{name[2:]}" if kind is bool else name, help=setting.metadata["help"])
+    option.show_default = _shown_default(setting, kind)
+    option.hidden = bool(setting.metadata.get("hidden"))
+    parameters = [inspect.Parameter(setting.name, _KIND, default=None, annotation=Annotated[kind | None, option])]
+    if "alias" in setting.metadata:  # the old name: accepted, not listed
+        alias = typer.Option(setting.metadata["alias"], hidden=True, help=f"Old name of {flag(setting)}.")
+        parameters.append(inspect.Parameter(_alias(setting), _KIND, default=None, annotation=Annotated[kind | None, alias]))
+    return parameters
+
+
+def _alias(setting: dataclasses.Field) -> str:
+    return f"{setting.name}_alias"
+
+
+def train_config(options: dict[str, Any], config_file: Path | None = None) -> TrainConfig:
+    """The settings of a new run, resolved and validated: an option given on the command line wins over the
+    ``--config`` file, which wins over the defaults. ``options`` are the command's parameters by name (None: not
+    given); a setting's new name wins over its old one (``--findings`` over ``--labels``)."""
+    given: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = options.get(setting.name)
+        if value is None:
+            value = options.get(_alias(setting))
+        if value is None or (value == "" and _is_list(setting)):
+            continue
+        if _is_list(setting):  # comma-separated, read the way config.toml reads a list given as one string
+            value = getattr(TrainConfig.from_dict({setting.name: value}, flag(setting)), setting.name)
+        given[setting.name] = value
+    base = load_config(config_file) if config_file else TrainConfig()
+    config = base.replace(**given)
+    paths = {s.name: str(Path(getattr(config, s.name)).expanduser().resolve())
+             for s in SETTINGS if s.metadata.get("path") and getattr(config, s.name)}
+    return config.replace(**paths).resolve().validate()
+
+
+def _is_list(setting: dataclasses.Field) -> bool:
+    return typing.get_origin(_TYPES[setting.name]) is list
+
+
+def _run_options(
+    *,
     config_file: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these settings; options override it.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Registered model name (see `cxr-tui train --list-models`).")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Input side in pixels (default: the model's).")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW); default 2e-3 from scratch, 3e-4 from pretrained weights.")] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
-    loss: Annotated[str | None, typer.Option("--loss", help=" | ".join(LOSSES))] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help=" | ".join(SAMPLERS))] = None,
-    mixup: Annotated[float | None, typer.Option("--mixup", help="Mixup Beta(a, a); 0 is off.")] = None,
-    scheduler: Annotated[str | None, typer.Option("--scheduler", help=" | ".join(SCHEDULERS))] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA.")] = None,
-    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Small affine and exposure jitter while training.")] = None,
-    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels to train (default: every finding).")] = None,
-    uncertainty: Annotated[str | None, typer.Option("--uncertainty", help="ones | zeros | ignore (CheXpert -1 labels).")] = None,
-    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Validation patients carved from training when the data has no val split.")] = None,
-    subset: Annotated[int | None, typer.Option("--subset", help="Train on a label-stratified subset of N images.")] = None,
-    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet / hub weights (needs them cached or online).")] = None,
-    weights: Annotated[str | None, typer.Option("--weights", help="Local weights file (.safetensors, .pth, .bin).")] = None,
-    unfreeze_layers: Annotated[int | None, typer.Option("--unfreeze-layers", help="BiomedCLIP: transformer blocks to train.")] = None,
-    grad_accum: Annotated[int | None, typer.Option("--grad-accum")] = None,
-    grad_clip: Annotated[float | None, typer.Option("--grad-clip")] = None,
-    early_stopping: Annotated[int | None, typer.Option("--early-stopping", help="Patience in epochs on val macro AUC (0: off).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Data loader and preprocessing processes.")] = None,
-    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Read a preprocessed uint8 cache instead of decoding every epoch.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps-per-epoch", hidden=True)] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs for a detached job, e.g. 0,1 (two: DDP).")] = None,
-    cv: Annotated[int | None, typer.Option("--cv", help="k-fold cross-validation by patient.")] = None,
-    epochs_grid: Annotated[str | None, typer.Option("--epochs-grid", help="With --cv: epoch counts to compare, e.g. 30,50,75.")] = None,
-    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where runs live (default: the user data dir).")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Appended to the run id.")] = None,
+    runs_dir: RunsDirOpt = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue RUN (id or path) from its last checkpoint.")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run as a background job that survives the terminal; print the run id.")] = False,
     list_models_: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Train a multi-label classifier; the run directory holds config, status, metrics, log and checkpoints."""
-    from cxr_core.distributed import init_distributed, shutdown_distributed
-    from cxr_core.train import create_run, resume_job, run_training, start_job
+    """The options of ``train`` that are not training settings (their signature is the command's tail)."""
 
+
+def train(**options: Any) -> None:
+    """Train a multi-label classifier; the run directory holds config, status, metrics, log and checkpoints."""
+    config_file, runs_dir, resume = options.pop("config_file"), options.pop("runs_dir"), options.pop("resume")
+    detach, list_models_, json_out = options.pop("detach"), options.pop("list_models_"), options.pop("json_out")
     if list_models_:
         from cxr_core.models import list_models
 
@@ -84,30 +134,26 @@ def train(
     if resume:
         run = RunDir.open(resume, runs_dir)
         if detach:
-            pid = resume_job(run, gpus)
+            from cxr_core.train import resume_job
+
+            pid = resume_job(run, options["gpus"])
             _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
             return
         config = read_run_config(run)
     else:
-        base = load_config(config_file) if config_file else TrainConfig()
-        config = base.replace(
-            data=data, format=fmt, model=model, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, loss=loss, sampler=sampler, mixup=mixup, scheduler=scheduler, amp=amp,
-            hflip=hflip, augment=augment, labels=_labels(labels), uncertainty=uncertainty, val_fraction=val_fraction, subset=subset,
-            pretrained=pretrained, weights=weights, unfreeze_layers=unfreeze_layers, grad_accum=grad_accum,
-            grad_clip=grad_clip, early_stopping=early_stopping, workers=workers, cache=cache,
-            max_steps_per_epoch=max_steps, seed=seed, device=device, gpus=gpus, cv=cv,
-            epochs_grid=_ints(epochs_grid), name=name,
-        )
-        if config.data:
-            config = config.replace(data=str(Path(config.data).expanduser().resolve()))
-        config = config.resolve().validate()
+        config = train_config(options, config_file)
         run = None
 
     if run is None and detach and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not under torchrun
+        from cxr_core.train import start_job
+
         run, pid = start_job(config, runs_dir)
         _report({"run": run.id, "path": str(run.path), "pid": pid, "state": "queued"}, json_out)
         return
+    # torch: imported only now, not for a mistake in the settings nor for --detach
+    from cxr_core.distributed import init_distributed, shutdown_distributed
+    from cxr_core.train import create_run, run_training
+
     dist = init_distributed()
     try:
         if run is None:
@@ -133,3 +179,9 @@ def _report(data: dict, json_out: bool) -> None:
         return
     for key, value in data.items():
         stdout.print(f"{key}: {value}")
+
+
+train.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *(parameter for setting in SETTINGS for parameter in _setting_parameters(setting)),
+    *inspect.signature(_run_options, eval_str=True).parameters.values(),
+])
