@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from cxr_core.data.augment import train_transform
 from cxr_core.data.dataset import Item, XRayDataset
-from cxr_core.data.image_cache import MIN_IMAGES_PER_WORKER, ImageCache
+from cxr_core.data.image_cache import ImageCache
 from cxr_core.data.preprocess import Normalizer, Preprocess, load_letterboxed
 from cxr_core.train.losses import make_loss
 from cxr_core.train.sampling import RareLabelSampler
@@ -92,12 +92,12 @@ def source_images(tmp: Path, count: int) -> tuple[Path, list[str], str]:
 
 
 def measure_cache(base: Path, names: list[str], size: int, workers: int, root: Path) -> tuple[ImageCache, dict]:
-    """Build in this process and with ``workers`` processes (start-up included), re-open, read rows."""
+    """Build in this thread and with ``workers`` threads, re-open, read rows."""
     builds = {}
     for processes in sorted({0, workers}):
         start = time.perf_counter()
         cache = ImageCache.open_or_build(base, names, size, workers=processes, root=root / f"w{processes}")
-        builds[min(processes, len(names) // MIN_IMAGES_PER_WORKER)] = len(names) / (time.perf_counter() - start)
+        builds[processes] = len(names) / (time.perf_counter() - start)
         assert cache.decoded == len(names) and not cache.failures, cache.failures
     start = time.perf_counter()
     cache = ImageCache.open_or_build(base, names, size, root=root / f"w{workers}")

@@ -24,11 +24,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +43,7 @@ except ImportError:  # Windows: no flock; concurrent builds of one cache are the
     fcntl = None  # type: ignore[assignment]
 
 _INDEX_FORMAT = 1
-_CHUNK = 16  # images per worker task: amortises inter-process overhead, keeps cancel responsive
-# A spawned worker is a fresh interpreter that re-imports the caller's __main__ script: 2-10 s when that
-# imports torch. Worth it only with this many images (~3 s of decoding) for each of at least two workers.
-MIN_IMAGES_PER_WORKER = 256
+_CHUNK = 16  # images per worker task: keeps cancel and progress responsive
 Progress = Callable[[int, int], None]
 
 
@@ -90,8 +86,10 @@ class ImageCache:
     ) -> ImageCache:
         """Open the cache of ``relpaths`` (relative to ``base``), decoding only files new or changed since.
 
-        ``workers >= 2`` decodes in up to that many processes (spawned, so safe beside torch and UI threads;
-        at most one per :data:`MIN_IMAGES_PER_WORKER` images to decode, else in this process). Unreadable
+        ``workers >= 2`` decodes in that many threads, each writing its rows of the memmap in place: Pillow
+        decodes, and resizes, with the GIL released, so threads scale with cores from the first chunk and cost
+        nothing to start (spawned processes re-imported torch: seconds each, no gain below a few thousand
+        images), and they are safe beside torch's and the UI's threads where fork is not. Unreadable
         files are recorded in
         :attr:`failures` with their reason and never stop the build. ``progress(done, total)`` is called
         as images land; setting ``cancel`` stops the build with :class:`CacheBuildCancelled`, keeping the
@@ -212,19 +210,17 @@ def _decode_into(pixels_path: Path, base: Path, size: int, rows: int, jobs: list
     chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
     if progress:
         progress(0, len(jobs))
-    workers = min(workers, len(jobs) // MIN_IMAGES_PER_WORKER)
+    pixels = np.memmap(pixels_path, np.uint8, "r+", shape=(rows, size, size))
+    workers = min(workers, len(chunks))
     if workers < 2:
-        pixels = np.memmap(pixels_path, np.uint8, "r+", shape=(rows, size, size))
         for chunk in chunks:
             _check_cancel(cancel, done, len(jobs))
             done.update(_decode_rows(pixels, str(base), size, chunk))
             if progress:
                 progress(len(done), len(jobs))
         return
-    context = multiprocessing.get_context("spawn")  # fork is unsafe once torch or UI threads are running
-    with ProcessPoolExecutor(workers, context, initializer=_open_worker_pixels,
-                             initargs=(str(pixels_path), rows, size)) as pool:
-        pending = {pool.submit(_decode_chunk, str(base), size, chunk) for chunk in chunks}
+    with ThreadPoolExecutor(workers, thread_name_prefix="cxr-cache") as pool:
+        pending = {pool.submit(_decode_rows, pixels, str(base), size, chunk) for chunk in chunks}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -240,19 +236,6 @@ def _decode_into(pixels_path: Path, base: Path, size: int, rows: int, jobs: list
 def _check_cancel(cancel: threading.Event | None, done: dict, total: int) -> None:
     if cancel is not None and cancel.is_set():
         raise CacheBuildCancelled(f"image cache build cancelled after {len(done)} of {total} images")
-
-
-_worker_pixels: np.ndarray | None = None
-
-
-def _open_worker_pixels(path: str, rows: int, size: int) -> None:
-    global _worker_pixels
-    _worker_pixels = np.memmap(path, np.uint8, "r+", shape=(rows, size, size))
-
-
-def _decode_chunk(base: str, size: int, chunk: list[tuple[str, int]]) -> dict[str, str | None]:
-    assert _worker_pixels is not None
-    return _decode_rows(_worker_pixels, base, size, chunk)
 
 
 def _decode_rows(pixels: np.ndarray, base: str, size: int, chunk: list[tuple[str, int]]) -> dict[str, str | None]:

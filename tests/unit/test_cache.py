@@ -188,9 +188,8 @@ def test_cancel_keeps_finished_rows(folder, monkeypatch):
     assert ImageCache.open_or_build(base, names, SIZE).decoded == len(names) - 4
 
 
-def test_parallel_build_matches_serial(folder, tmp_path, monkeypatch):
+def test_parallel_build_matches_serial(folder, tmp_path):
     base, names = folder
-    monkeypatch.setattr(cache_mod, "MIN_IMAGES_PER_WORKER", 1)
     seen = []
     parallel = ImageCache.open_or_build(base, names, SIZE, workers=2, root=tmp_path / "p",
                                         progress=lambda done, total: seen.append((done, total)))
