@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from typing import Annotated
@@ -12,6 +13,8 @@ from cxr_core import __version__
 from cxr_core.errors import CxrError, database_error_text, os_error_text
 from cxr_tui.cli import cam, data, demo, evaluate, jobs, open, predict, reviews, thresholds, train
 from cxr_tui.cli.output import error_line
+
+ENV_COLOR = "CXR_COLOR"  # cxr_tui.terminal.ENV_VAR (not imported here: the light commands stay light)
 
 app = typer.Typer(
     name="cxr-tui",
@@ -43,17 +46,27 @@ def _version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    color: Annotated[str | None, typer.Option("--color", help="Colours for every command that opens the app (open, demo): auto | truecolor | 256 | 16; the same as CXR_COLOR.", show_default=False)] = None,
 ) -> None:
+    if color is not None:
+        from cxr_tui.cli.open import check_color
+
+        os.environ[ENV_COLOR] = check_color(color)  # read by cxr_tui.terminal when a command opens the app
     if ctx.invoked_subcommand is None:  # only reachable programmatically: run() implies `open`
         print(ctx.get_help())
 
 
 def with_default_command(args: list[str]) -> list[str]:
-    """``cxr-tui``, ``cxr-tui ROOT`` and ``cxr-tui --model X`` open the app: the ``open`` command is implied."""
+    """``cxr-tui``, ``cxr-tui ROOT`` and ``cxr-tui --model X`` open the app: the ``open`` command is implied.
+    A leading global ``--color X`` stays in front (``cxr-tui --color 256 demo``)."""
+    front: list[str] = []
+    while args and (args[0] == "--color" or args[0].startswith("--color=")):
+        take = 1 if "=" in args[0] else 2
+        front, args = front + args[:take], args[take:]
     commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     if args and (args[0] in commands or args[0] in ("--version", "-h", "--help")):
-        return args
-    return ["open", *args]
+        return [*front, *args]
+    return [*front, "open", *args]
 
 
 def run() -> None:

@@ -13,10 +13,33 @@ from cxr_core.errors import CxrError
 PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode")
 
 
+def check_color(color: str | None) -> str:
+    """``--color``'s value, normalised (``auto | truecolor | 256 | 16``); CxrError for anything else."""
+    from cxr_tui.terminal import parse_choice
+
+    try:
+        return parse_choice(color)
+    except ValueError as exc:
+        raise CxrError(f"--color: {exc}") from None
+
+
+def choose_colors(color: str | None = "auto") -> None:
+    """Decide the colour system (``--color``, CXR_COLOR, else what the terminal shows: cxr_tui.terminal) and make
+    Textual use it. Before the app starts: the terminal may be asked, and Textual reads the choice at start."""
+    from cxr_tui.terminal import apply_color_system, resolve_color
+
+    try:
+        support = resolve_color(color)
+    except ValueError as exc:
+        raise CxrError(str(exc)) from None
+    apply_color_system(support)
+
+
 def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, image_protocol: str = "auto",
-           show_phi: bool = False, runs_dir: Path | None = None) -> None:
+           show_phi: bool = False, runs_dir: Path | None = None, color: str | None = "auto") -> None:
     if image_protocol not in PROTOCOLS:
         raise CxrError(f"--image-protocol {image_protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    check_color(color)
     if root is not None:
         from cxr_core.data import detect_format
 
@@ -27,6 +50,7 @@ def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, im
         from cxr_core.infer import resolve_checkpoint
 
         model = resolve_checkpoint(model)
+    choose_colors(color)  # before cxr_tui.app: Textual (and textual-image's terminal queries) come with it
     from cxr_tui.app import CxrApp
 
     CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir).run()
@@ -39,6 +63,7 @@ def open_app(
     image_protocol: Annotated[str, typer.Option("--image-protocol", help="auto | kitty | sixel | halfcell | unicode")] = "auto",
     show_phi: Annotated[bool, typer.Option("--show-phi", help="Show DICOM patient identifiers (hidden by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where training runs live (default: the user data dir).")] = None,
+    color: Annotated[str, typer.Option("--color", help="auto | truecolor | 256 | 16 (default: CXR_COLOR, else what the terminal shows, tmux asked).")] = "auto",
 ) -> None:
     """Open the app: worklist, study viewer with Grad-CAM, thresholds, training."""
     from cxr_tui.state import load_session
@@ -50,4 +75,4 @@ def open_app(
             model = Path(session["model"]) if session.get("model") and os.path.exists(session["model"]) else None
             if thresholds is None and session.get("thresholds") and os.path.exists(session["thresholds"]):
                 thresholds = Path(session["thresholds"])
-    launch(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir)
+    launch(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir, color=color)
