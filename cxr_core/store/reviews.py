@@ -4,7 +4,8 @@ Every action is one row appended to ``actions`` in its own committed transaction
 only after the commit: that return is the acknowledgement. A killed terminal therefore loses nothing it was
 told was saved, and a crash mid-transaction leaves no trace (WAL, ``synchronous = FULL``).
 
-``latest_action`` holds, per (root, study, finding), the id and decision of its last action, written in the same
+``latest_action`` holds, per (root, study, finding, reviewer, role), the id and decision of its last action — each
+reader's reading is their own; an adjudicator's decision where readers disagree is kept apart — written in the same
 transaction as the action: it is derived (``rebuild_latest`` recomputes it from ``actions``) and makes the
 worklist's status of 112k studies one sequential read instead of a max() per key.
 
@@ -60,7 +61,7 @@ REVIEWED, UNCERTAIN_STUDY, PARTIAL, UNREVIEWED = "reviewed", "uncertain", "parti
 """Study statuses from :meth:`ReviewStore.status_by_study` (studies without any decision are absent)."""
 
 EXPORT_COLUMNS = ("study", "finding", "decision", "note", "reviewer", "at", "probability", "flagged", "model", "root",
-                  "model_name")
+                  "model_name", "role")
 """``model`` is the checkpoint's fingerprint; ``model_name`` its run id (or file name), last so scripts reading
 the earlier columns by position keep working."""
 
@@ -102,10 +103,33 @@ MIGRATIONS = (
     DROP VIEW latest;
     CREATE VIEW latest AS SELECT a.* FROM latest_action AS c JOIN actions AS a ON a.id = c.last_id;
     """,
+    # 3: several readers. Each reader's (and an adjudicator's) last action per (root, study, finding) is its own
+    # current state: two radiologists reading the same study no longer overwrite each other.
+    """
+    ALTER TABLE actions ADD COLUMN role TEXT NOT NULL DEFAULT 'reader' CHECK (role IN ('reader', 'adjudicator'));
+    CREATE TABLE latest_by_reader (
+        root TEXT NOT NULL,
+        study TEXT NOT NULL,
+        finding TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        role TEXT NOT NULL,
+        last_id INTEGER NOT NULL REFERENCES actions(id),
+        decision TEXT NOT NULL,
+        PRIMARY KEY (root, study, finding, reviewer, role)
+    ) WITHOUT ROWID;
+    INSERT INTO latest_by_reader SELECT root, study, finding, reviewer, role, id, decision FROM actions
+        WHERE id IN (SELECT max(id) FROM actions GROUP BY root, study, finding, reviewer, role);
+    DROP VIEW latest;
+    DROP TABLE latest_action;
+    ALTER TABLE latest_by_reader RENAME TO latest_action;
+    CREATE VIEW latest AS SELECT a.* FROM latest_action AS c JOIN actions AS a ON a.id = c.last_id;
+    """,
 )
+READER, ADJUDICATOR = "reader", "adjudicator"
+"""Roles of an action: a reader's own read, or an adjudicator's decision where readers disagreed."""
 
 _COLUMNS = ("id, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability,"
-            " model_name")
+            " model_name, role")
 _A_COLUMNS = ", ".join(f"a.{c}" for c in _COLUMNS.split(", "))
 
 T = TypeVar("T")
@@ -129,6 +153,7 @@ class Review:
     flagged: bool | None = None
     probability: float | None = None
     model_name: str | None = None
+    role: str = READER
 
     @property
     def decided(self) -> bool:
@@ -200,10 +225,24 @@ def _latest_sql(columns: str, where: str | None) -> str:
     return f"SELECT {columns} FROM latest_action AS c{join} WHERE " + (where or "1")
 
 
+def _reader_filter(root: str | os.PathLike[str] | None, study: str | None, reviewer: str | None, role: str | None,
+                   prefix: str = "c.") -> tuple[str, tuple]:
+    """A WHERE clause (never empty) and its arguments for a root, a study, a reviewer and a role, each optional."""
+    parts, args = [], []
+    for column, value in (("root", None if root is None else db_value(root_key(root))),
+                          ("study", None if study is None else db_value(study)),
+                          ("reviewer", None if reviewer is None else db_value(reviewer)), ("role", role)):
+        if value is not None:
+            parts.append(f"{prefix}{column} = ?")
+            args.append(value)
+    return " AND ".join(parts) or "1", tuple(args)
+
+
 def _row(row: tuple) -> Review:
-    rid, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability, name = row
+    rid, action_id, root, study, finding, kind, decision, note, reviewer, at, model, flagged, probability, name, role = row
     return Review(rid, action_id, fs_text(root), fs_text(study), finding, kind, decision, fs_text(note),
-                  fs_text(reviewer), at, model, None if flagged is None else bool(flagged), probability, fs_text(name))
+                  fs_text(reviewer), at, model, None if flagged is None else bool(flagged), probability, fs_text(name),
+                  role)
 
 
 class ReviewStore:
@@ -300,6 +339,7 @@ class ReviewStore:
         flagged: bool | None = None,
         model: str | None = None,
         model_name: str | None = None,
+        role: str = READER,
         action_id: str | None = None,
     ) -> Review:
         """Store a decision for (root, study, finding) and return the committed row (the acknowledgement).
@@ -310,7 +350,7 @@ class ReviewStore:
         """
         decision = check_decision(decision)
         return self._append(root, study, finding, DECIDE, decision, note, reviewer,
-                            (model, flagged, probability, model_name), action_id)
+                            (model, flagged, probability, model_name), action_id, role)
 
     def set_note(
         self,
@@ -320,11 +360,12 @@ class ReviewStore:
         note: str | None,
         *,
         reviewer: str | None = None,
+        role: str = READER,
         action_id: str | None = None,
     ) -> Review:
         """Set (``""``/None: remove) the note of (root, study, finding), keeping its decision; committed on return."""
         return self._append(root, study, finding, NOTE, None, "" if note is None else note, reviewer,
-                            (None, None, None, None), action_id)
+                            (None, None, None, None), action_id, role)
 
     def record_study(
         self,
@@ -335,28 +376,31 @@ class ReviewStore:
         reviewer: str | None = None,
         model: str | None = None,
         model_name: str | None = None,
+        role: str = READER,
     ) -> list[Review]:
         """Store one decision per finding of a study (finding -> (decision, probability, flagged)) in one
         transaction: a study-level read ("normal", "agree with the model") is all stored or none of it."""
         steps = [self._action(root, study, finding, DECIDE, check_decision(decision), None, reviewer,
-                              (model, flagged, probability, model_name), None)
+                              (model, flagged, probability, model_name), None, role)
                  for finding, (decision, probability, flagged) in decisions.items()]
         return self._run(lambda conn: [step(conn) for step in steps], write=True)
 
     def _append(self, root: str | os.PathLike[str], study: str, finding: str, kind: str, decision: str | None,
                 note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None, str | None],
-                action_id: str | None) -> Review:
-        return self._run(self._action(root, study, finding, kind, decision, note, reviewer, model_view, action_id),
-                         write=True)
+                action_id: str | None, role: str = READER) -> Review:
+        return self._run(self._action(root, study, finding, kind, decision, note, reviewer, model_view, action_id,
+                                      role), write=True)
 
     def _action(self, root: str | os.PathLike[str], study: str, finding: str, kind: str, decision: str | None,
                 note: str | None, reviewer: str | None, model_view: tuple[str | None, bool | None, float | None, str | None],
-                action_id: str | None) -> Callable[[sqlite3.Connection], Review]:
+                action_id: str | None, role: str = READER) -> Callable[[sqlite3.Connection], Review]:
         """The checked inputs of one action and the function that appends it inside a transaction."""
         key = root_key(root)
         study, finding = _text("study", study), _text("finding", finding)
         reviewer = _text("reviewer", reviewer) if reviewer is not None else current_user()
         action_id = _text("action id", action_id) if action_id is not None else uuid.uuid4().hex
+        if role not in (READER, ADJUDICATOR):
+            raise CxrError(f"reviews: role {role!r} is not {READER!r} or {ADJUDICATOR!r}")
         model, flagged, probability, model_name = model_view
         model_name = _text("model name", model_name) if model_name is not None else None
         if probability is not None:
@@ -373,9 +417,10 @@ class ReviewStore:
                         decision is not None and review.decision != decision):
                     raise CxrError(f"reviews: action id {action_id!r} was already used for a different action")
                 return review
-            previous = conn.execute(
-                f"SELECT {_COLUMNS} FROM actions WHERE root = ? AND study = ? AND finding = ? ORDER BY id DESC LIMIT 1",
-                (db_value(key), db_value(study), finding)).fetchone()
+            previous = conn.execute(  # this reader's own last action on the key (one index probe)
+                f"SELECT {_A_COLUMNS} FROM latest_action AS c JOIN actions AS a ON a.id = c.last_id"
+                " WHERE c.root = ? AND c.study = ? AND c.finding = ? AND c.reviewer = ? AND c.role = ?",
+                (db_value(key), db_value(study), finding, db_value(reviewer), role)).fetchone()
             prev = _row(previous) if previous is not None else None
             new_decision = decision if decision is not None else (prev.decision if prev else CLEAR)
             new_note = _note(note) if note is not None else (prev.note if prev else None)
@@ -386,28 +431,28 @@ class ReviewStore:
             at = time.time()
             cursor = conn.execute(
                 "INSERT INTO actions (action_id, root, study, finding, kind, decision, note, reviewer, at, model,"
-                " flagged, probability, model_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " flagged, probability, model_name, role) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (action_id, db_value(key), db_value(study), finding, kind, new_decision, db_value(new_note),
-                 db_value(reviewer), at, *view))
-            conn.execute("INSERT INTO latest_action (root, study, finding, last_id, decision) VALUES (?,?,?,?,?)"
-                         " ON CONFLICT (root, study, finding) DO UPDATE SET last_id = excluded.last_id,"
-                         " decision = excluded.decision",
-                         (db_value(key), db_value(study), finding, cursor.lastrowid, new_decision))
+                 db_value(reviewer), at, *view, role))
+            conn.execute("INSERT INTO latest_action (root, study, finding, reviewer, role, last_id, decision)"
+                         " VALUES (?,?,?,?,?,?,?) ON CONFLICT (root, study, finding, reviewer, role)"
+                         " DO UPDATE SET last_id = excluded.last_id, decision = excluded.decision",
+                         (db_value(key), db_value(study), finding, db_value(reviewer), role, cursor.lastrowid,
+                          new_decision))
             return _row((cursor.lastrowid, action_id, key, study, finding, kind, new_decision, new_note, reviewer,
-                         at, *view))
+                         at, *view, role))
 
         return work
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def latest(self, root: str | os.PathLike[str], study: str | None = None) -> dict[tuple[str, str], Review]:
-        """The current state of every (study, finding) of ``root`` (one ``study`` only if given), cleared included."""
-        key = root_key(root)
-        if study is None:
-            sql, args = _latest_sql(_A_COLUMNS, "c.root = ?") + " ORDER BY a.id", (db_value(key),)
-        else:
-            sql, args = (_latest_sql(_A_COLUMNS, "c.root = ? AND c.study = ?") + " ORDER BY a.id",
-                         (db_value(key), db_value(study)))
+    def latest(self, root: str | os.PathLike[str], study: str | None = None, *, reviewer: str | None = None,
+               role: str | None = READER) -> dict[tuple[str, str], Review]:
+        """The current state of every (study, finding) of ``root`` (one ``study`` only if given), cleared
+        included, as ``reviewer`` left it (default: the current user) in ``role`` (None: any role, the latest
+        action of each key winning)."""
+        where, args = _reader_filter(root, study, current_user() if reviewer is None else reviewer, role)
+        sql = _latest_sql(_A_COLUMNS, where) + " ORDER BY a.id"
         rows = self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)
         return {(r.study, r.finding): r for r in map(_row, rows)}
 
@@ -420,18 +465,27 @@ class ReviewStore:
         return [_row(r) for r in rows]
 
     def reviews(self, root: str | os.PathLike[str] | None = None, *, history: bool = False,
-                include_cleared: bool = False) -> list[Review]:
-        """Current decisions (or, with ``history``, every action) of one root or all, oldest first.
+                include_cleared: bool = False, reviewer: str | None = None, role: str | None = None) -> list[Review]:
+        """Current decisions (or, with ``history``, every action) of one root or all, oldest first: every
+        reader's and adjudicator's, or only ``reviewer``'s / ``role``'s.
 
         Cleared decisions are left out of the current ones unless ``include_cleared``.
         """
-        args = () if root is None else (db_value(root_key(root)),)
+        where, args = _reader_filter(root, None, reviewer, role, prefix="" if history else "c.")
         if history:
-            sql = f"SELECT {_COLUMNS} FROM actions" + (" WHERE root = ?" if args else "") + " ORDER BY id"
+            sql = f"SELECT {_COLUMNS} FROM actions WHERE {where} ORDER BY id"
         else:
-            sql = (_latest_sql(_A_COLUMNS, "c.root = ?" if args else None)
+            sql = (_latest_sql(_A_COLUMNS, where)
                    + ("" if include_cleared else " AND c.decision != 'clear'") + " ORDER BY a.id")
         return [_row(r) for r in self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)]
+
+    def readers(self, root: str | os.PathLike[str] | None = None) -> list[str]:
+        """Everyone with a current reader's decision (on ``root``, or any), in name order."""
+        where, args = _reader_filter(root, None, None, READER)
+        rows = self._run(lambda conn: conn.execute(
+            f"SELECT DISTINCT c.reviewer FROM latest_action AS c WHERE {where} AND c.decision != 'clear'",
+            args).fetchall(), write=False)
+        return sorted(fs_text(r[0]) for r in rows)
 
     def roots(self) -> list[str]:
         """Every root with at least one action, in name order."""
@@ -444,7 +498,7 @@ class ReviewStore:
 
     def status_by_study(self, root: str | os.PathLike[str],
                         expected: Mapping[str, Collection[str]] | None = None, *,
-                        study: str | None = None) -> dict[str, str]:
+                        study: str | None = None, reviewer: str | None = None) -> dict[str, str]:
         """Review status of every study of ``root`` with at least one decision (one query).
 
         ``expected`` maps a study to the findings that need a decision (e.g. those the model flags). A study is
@@ -452,11 +506,10 @@ class ReviewStore:
         more is uncertain, ``partial`` when some are still undecided. Without ``expected`` (or for a study not
         in it), the findings that have a decision are all that is asked. Studies without any decision are not
         in the result: ``status.get(study, UNREVIEWED)``. ``study`` narrows the query to that one study (what a
-        screen needs after one decision, instead of the whole root).
+        screen needs after one decision, instead of the whole root). The status is ``reviewer``'s own reading
+        (default: the current user's).
         """
-        key = root_key(root)
-        where, args = (("c.root = ? AND c.study = ?", (db_value(key), db_value(study))) if study is not None
-                       else ("c.root = ?", (db_value(key),)))
+        where, args = _reader_filter(root, study, current_user() if reviewer is None else reviewer, READER)
         if expected is None:  # no finding names to carry: the cheaper aggregate
             sql = _latest_sql("c.study, max(c.decision = 'uncertain')", where) + _DECIDED_BY_STUDY
             rows = self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)
@@ -486,9 +539,9 @@ class ReviewStore:
         """Recompute ``latest_action`` from ``actions`` (the source of truth), in one transaction."""
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM latest_action")
-            conn.execute("INSERT INTO latest_action (root, study, finding, last_id, decision)"
-                         " SELECT root, study, finding, id, decision FROM actions WHERE id IN"
-                         " (SELECT max(id) FROM actions GROUP BY root, study, finding)")
+            conn.execute("INSERT INTO latest_action (root, study, finding, reviewer, role, last_id, decision)"
+                         " SELECT root, study, finding, reviewer, role, id, decision FROM actions WHERE id IN"
+                         " (SELECT max(id) FROM actions GROUP BY root, study, finding, reviewer, role)")
         self._run(work, write=True)
 
     # -- export -------------------------------------------------------------------------------------
@@ -520,7 +573,7 @@ class ReviewStore:
                                          text(r.reviewer), r.when,
                                          "" if r.probability is None else repr(r.probability),
                                          "" if r.flagged is None else int(r.flagged), text(r.model or ""),
-                                         text(r.root), text(r.model_name or "")])
+                                         text(r.root), text(r.model_name or ""), r.role])
         except OSError as exc:
             raise CxrError(f"{target}: cannot write ({exc.strerror or exc})") from None
         return len(rows)

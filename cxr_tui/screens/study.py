@@ -274,7 +274,7 @@ class StudyScreen(CxrScreen[None]):
 
     def _load_decisions(self) -> None:
         try:
-            latest = self.app.reviews.latest(self.app.workspace.root, self.study_id)
+            latest = self.app.reviews.latest(self.app.workspace.root, self.study_id, reviewer=self.app.workspace.reviewer)
         except CxrError as err:
             self.notify(str(err), severity="error")
             latest = {}

@@ -612,7 +612,8 @@ accept/reject decisions; uncertain ones are left out.
         reviewed = ReviewedStudies.empty(len(preds.labels))
         if root is not None:
             try:  # the app's own store: one connection to the reviews database per process
-                reviewed = ReviewedStudies.build(preds, self.app.reviews.reviews(root))
+                reviewed = ReviewedStudies.build(preds, self.app.reviews.reviews(
+                    root, reviewer=self.workspace.reviewer, role="reader"))
             except CxrError as err:
                 self.app.call_from_thread(self.notify, str(err), title="Reviews", severity="warning")
         self.app.call_from_thread(self._reviews_loaded, preds, reviewed)

@@ -166,7 +166,7 @@ class WorklistScreen(CxrScreen[None]):
         if root is None:
             return
         try:
-            status = self.app.reviews.status_by_study(root, study=study)
+            status = self.app.reviews.status_by_study(root, study=study, reviewer=self.app.workspace.reviewer)
         except Exception as err:  # a damaged reviews database must not block the worklist
             self.notify(f"reviews unavailable: {err}", severity="warning")
             return

@@ -60,21 +60,27 @@ def test_record_latest_history(store: ReviewStore):
     assert first.flagged is True and first.probability == 0.83 and first.model == "densenet121@abc"
     assert abs(first.at - time.time()) < 60 and first.root == root_key(ROOT)
     store.record(ROOT, "s1", "Mass", "uncertain", reviewer="ana")
-    second = store.record(ROOT, "s1", "Effusion", "reject", reviewer="bo")  # note and model view carried over
+    second = store.record(ROOT, "s1", "Effusion", "reject", reviewer="ana")  # note and model view carried over
     assert (second.decision, second.note, second.reviewer, second.probability, second.flagged) == (
-        "reject", "blunted angle", "bo", 0.83, True)
-    noted = store.set_note(ROOT, "s1", "Effusion", "small effusion after all?")
+        "reject", "blunted angle", "ana", 0.83, True)
+    other = store.record(ROOT, "s1", "Effusion", "accept", reviewer="bo")  # another reader: their own reading
+    assert (other.decision, other.note, other.probability) == ("accept", None, None)
+    noted = store.set_note(ROOT, "s1", "Effusion", "small effusion after all?", reviewer="ana")
     assert (noted.kind, noted.decision, noted.note) == ("note", "reject", "small effusion after all?")
-    store.record(ROOT, "s2", "Effusion", "ACCEPT ")  # case and spaces forgiven
+    store.record(ROOT, "s2", "Effusion", "ACCEPT ", reviewer="ana")  # case and spaces forgiven
 
-    latest = store.latest(ROOT)
+    latest = store.latest(ROOT, reviewer="ana")
     assert set(latest) == {("s1", "Effusion"), ("s1", "Mass"), ("s2", "Effusion")}
     assert latest[("s1", "Effusion")] == noted
-    assert set(store.latest(ROOT, "s1")) == {("s1", "Effusion"), ("s1", "Mass")}
-    assert store.latest("/elsewhere") == {}
-    assert [h.decision for h in store.history(ROOT, "s1", "Effusion")] == ["accept", "reject", "reject"]
-    assert [h.kind for h in store.history(ROOT, "s1", "Effusion")] == ["decision", "decision", "note"]
-    assert store.count() == 5 and store.roots() == [root_key(ROOT)]
+    assert store.latest(ROOT, reviewer="bo")[("s1", "Effusion")] == other  # ana's later note did not touch it
+    assert set(store.latest(ROOT, "s1", reviewer="ana")) == {("s1", "Effusion"), ("s1", "Mass")}
+    assert store.latest("/elsewhere", reviewer="ana") == {}
+    assert [h.decision for h in store.history(ROOT, "s1", "Effusion")] == ["accept", "reject", "accept", "reject"]
+    assert [h.kind for h in store.history(ROOT, "s1", "Effusion")] == ["decision", "decision", "decision", "note"]
+    assert store.count() == 6 and store.roots() == [root_key(ROOT)]
+    assert store.readers(ROOT) == ["ana", "bo"]
+    assert len(store.reviews(ROOT)) == 4  # every reader's current decisions
+    assert {r.reviewer for r in store.reviews(ROOT, reviewer="bo")} == {"bo"}
 
 
 def test_clear_note_and_reviewer_default(store: ReviewStore):
@@ -237,7 +243,8 @@ def test_two_processes_record_concurrently(tmp_path: Path):
     rows = _rows(path)
     assert len(rows) == 1000 and len({r[0] for r in rows}) == 1000
     with ReviewStore(path) as store:
-        assert len(store.latest(ROOT)) == 1000
+        assert len(store.reviews(ROOT)) == 1000
+        assert len(store.latest(ROOT, reviewer="r0")) == len(store.latest(ROOT, reviewer="r1")) == 500
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
@@ -550,7 +557,7 @@ def test_a_study_level_read_is_stored_whole_or_not_at_all(tmp_path: Path) -> Non
                                                                         ("Mass", "reject", False)]
         with pytest.raises(CxrError):  # the second decision is invalid: the first is not kept either
             store.record_study("/data", "s2", {"Effusion": ("reject", 0.2, False), "Mass": ("maybe", 0.1, False)})
-        latest = store.latest("/data")
+        latest = store.latest("/data", reviewer="ann")
         assert set(latest) == {("s1", "Effusion"), ("s1", "Mass")}
 
 
@@ -567,13 +574,13 @@ def test_a_database_from_before_model_names_opens_and_exports_the_run(tmp_path: 
     conn.commit()
     conn.close()
     with ReviewStore(path) as store:
-        old = store.latest("/data")[("s1", "Mass")]
+        old = store.latest("/data", reviewer="ann")[("s1", "Mass")]
         assert old.model == "abc123" and old.model_name is None  # kept, nothing invented
         store.record("/data", "s2", "Mass", "reject", model="def456", model_name="20261205-resnet10t")
         out = tmp_path / "export.csv"
         store.export_csv(out)
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
-    assert list(rows[0]) == list(EXPORT_COLUMNS) and EXPORT_COLUMNS[-1] == "model_name"
+    assert list(rows[0]) == list(EXPORT_COLUMNS) and EXPORT_COLUMNS[-2:] == ("model_name", "role")
     by_study = {row["study"]: row for row in rows}
     assert by_study["s2"]["model_name"] == "20261205-resnet10t" and by_study["s2"]["model"] == "def456"
     assert by_study["s1"]["model_name"] == ""
