@@ -10,8 +10,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
 NOTES = """
-**Image.** `+`/`-` zoom, shift+arrows pan when zoomed, `w` cycles window presets (full, lung, mediastinum,
-bone), `i` inverts, `c` toggles the Grad-CAM of the selected finding (computed in the background).
+**Image.** `+`/`-` zoom (1.25x steps; the mouse wheel zooms at the pointer), `z` the whole film again,
+shift+arrows or a left drag pan, `[`/`]` narrower / wider window and `{`/`}` level down / up (or a right drag),
+`w` window presets (full, lung, mediastinum, bone), `i` inverts, `F` full screen (escape returns), `c` the
+Grad-CAM of the selected finding (computed in the background), `b` the patient's prior study beside it.
+The film uses 24-bit colour whenever the terminal can (`--color` overrides the detection).
 
 **Review.** A study opens on its most probable flag. `a` accept, `x` reject, `u` unsure (the cursor then
 moves to the next flag still undecided), `e` note; `f` next flag, `j`/`k` or the arrows any finding.

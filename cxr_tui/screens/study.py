@@ -65,8 +65,15 @@ class StudyScreen(CxrScreen[None]):
         Binding("c", "toggle_cam", "CAM", id="study.cam"),
         Binding("w", "window", "Window", show=False, id="study.window"),
         Binding("i", "invert", "Invert", show=False, id="study.invert"),
-        Binding("plus,equals_sign", "zoom(2)", "Zoom in", key_display="+", show=False, id="study.zoom_in"),
-        Binding("minus", "zoom(0.5)", "Zoom out", key_display="-", show=False, id="study.zoom_out"),
+        Binding("plus,equals_sign", "zoom(1)", "Zoom in", key_display="+", show=False, id="study.zoom_in"),
+        Binding("minus", "zoom(-1)", "Zoom out", key_display="-", show=False, id="study.zoom_out"),
+        Binding("z", "reset_view", "Whole film", show=False, id="study.reset_view"),
+        Binding("left_square_bracket", "adjust_window(-16, 0)", "Window narrower", show=False,
+                id="study.window_narrower"),
+        Binding("right_square_bracket", "adjust_window(16, 0)", "Window wider", show=False, id="study.window_wider"),
+        Binding("left_curly_bracket", "adjust_window(0, -8)", "Level down", show=False, id="study.level_down"),
+        Binding("right_curly_bracket", "adjust_window(0, 8)", "Level up", show=False, id="study.level_up"),
+        Binding("F", "fullscreen", "Full screen", key_display="F", show=False, id="study.fullscreen"),
         Binding("shift+left", "pan(-1, 0)", "Pan left", show=False, id="study.pan_left"),
         Binding("shift+right", "pan(1, 0)", "Pan right", show=False, id="study.pan_right"),
         Binding("shift+up", "pan(0, -1)", "Pan up", show=False, id="study.pan_up"),
@@ -397,6 +404,10 @@ class StudyScreen(CxrScreen[None]):
     # -- actions ------------------------------------------------------------------------------------------------
 
     def action_back(self) -> None:
+        view = self.query_one("#study-image", XRayView)
+        if view.fullscreen:  # escape leaves full screen first
+            view.toggle_fullscreen()
+            return
         note = self.query_one("#study-note", Input)
         if note.display:
             note.display = False
@@ -557,8 +568,18 @@ class StudyScreen(CxrScreen[None]):
     def action_invert(self) -> None:
         self.query_one("#study-image", XRayView).toggle_invert()
 
-    def action_zoom(self, factor: float) -> None:
-        self.query_one("#study-image", XRayView).zoom(factor)
+    def action_zoom(self, direction: int) -> None:
+        view = self.query_one("#study-image", XRayView)
+        view.zoom_in() if direction > 0 else view.zoom_out()
+
+    def action_reset_view(self) -> None:
+        self.query_one("#study-image", XRayView).reset_view()
+
+    def action_adjust_window(self, d_width: float, d_level: float) -> None:
+        self.query_one("#study-image", XRayView).adjust_window(d_width, d_level)
+
+    def action_fullscreen(self) -> None:
+        self.query_one("#study-image", XRayView).toggle_fullscreen()
 
     def action_pan(self, dx: int, dy: int) -> None:
         self.query_one("#study-image", XRayView).pan(dx, dy)

@@ -222,3 +222,24 @@ async def test_nih_sample_lists_every_label_row_and_marks_missing_images(real_da
         assert len(screen.study_list) == 100
         position = screen.study_list.position_of(app.workspace.predictions.study[0])
         assert position is not None and screen.study_list.row(position).max_prob != "–"
+
+
+async def test_film_keys_zoom_window_level_and_full_screen(phantom_set, checkpoint):
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.workspace.last_load is not None)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        study = app.screen
+        await until(pilot, lambda: study.pixels is not None)
+        view = study.query_one("#study-image", XRayView)
+        before = view.state
+        await pilot.press("plus", "right_square_bracket", "right_curly_bracket")
+        assert view.state.zoom == pytest.approx(1.25 * before.zoom)  # fine steps, not 2x
+        assert view.state.width > before.width and view.state.center > before.center
+        await pilot.press("z")
+        assert view.state.zoom == 1.0
+        await pilot.press("F")
+        assert view.fullscreen
+        await pilot.press("escape")  # leaves full screen, stays on the study
+        assert not view.fullscreen and app.screen is study
