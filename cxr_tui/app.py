@@ -103,12 +103,14 @@ class CxrApp(App):
 
     def __init__(self, root: Path | None = None, model: Path | None = None, thresholds: Path | None = None, *,
                  image_protocol: str = "auto", show_phi: bool = False, runs_dir: Path | None = None,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, reader: str | None = None) -> None:
         super().__init__()
         if root is not None and model is None:
             model = remembered_model(root)  # `cxr-tui ROOT` reviews with the model last used on that root
         self.workspace = Workspace(root=root, model=model, thresholds_path=thresholds, show_phi=show_phi,
                                    runs_dir=runs_dir)
+        if reader is not None:
+            self.workspace.reviewer = reader
         self.image_protocol = image_protocol
         self.use_cache = use_cache
         # Resources, not state: the loaded model (shared with Grad-CAM under model_lock) and the reviews store.

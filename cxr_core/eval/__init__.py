@@ -35,5 +35,10 @@ __getattr__, __all__ = lazy(__name__, {
     "tuning_choices": "cxr_core.eval.thresholds_file",
     "tuning_rows": "cxr_core.eval.thresholds_file",
     "Agreement": "cxr_core.eval.agreement",
+    "ReaderAgreement": "cxr_core.eval.readers",
+    "Disagreement": "cxr_core.eval.readers",
+    "reader_agreement": "cxr_core.eval.readers",
+    "disagreements": "cxr_core.eval.readers",
+    "fleiss_kappa": "cxr_core.eval.readers",
     "ReviewedStudies": "cxr_core.eval.agreement",
 })

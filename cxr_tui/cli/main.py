@@ -18,8 +18,11 @@ ENV_COLOR = "CXR_COLOR"  # cxr_tui.terminal.ENV_VAR (not imported here: the ligh
 
 app = typer.Typer(
     name="cxr-tui",
-    help="cxr: a chest X-ray workbench. Review what a model flags, tune thresholds, train and evaluate.",
+    help="cxr: a chest X-ray workbench. Review what a model flags, tune thresholds, train and evaluate.\n\n"
+         "cxr-tui [ROOT] [--model RUN] opens the app on a data set root (see `cxr-tui open --help`); the commands "
+         "below do the same work for scripts.",
     no_args_is_help=False,
+    subcommand_metavar="[ROOT] | COMMAND [ARGS]...",  # `cxr-tui [ROOT]` opens the app (the implied `open`)
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -36,10 +36,12 @@ def choose_colors(color: str | None = "auto") -> None:
 
 
 def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, image_protocol: str = "auto",
-           show_phi: bool = False, runs_dir: Path | None = None, color: str | None = "auto") -> None:
+           show_phi: bool = False, runs_dir: Path | None = None, color: str | None = "auto",
+           reader: str | None = None) -> None:
     if image_protocol not in PROTOCOLS:
         raise CxrError(f"--image-protocol {image_protocol!r}: choose from {', '.join(PROTOCOLS)}")
     check_color(color)
+    reader = check_reader(reader)
     if root is not None:
         from cxr_core.data import detect_format
 
@@ -53,7 +55,20 @@ def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, im
     choose_colors(color)  # before cxr_tui.app: Textual (and textual-image's terminal queries) come with it
     from cxr_tui.app import CxrApp
 
-    CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir).run()
+    CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir,
+           reader=reader).run()
+
+
+def check_reader(reader: str | None) -> str | None:
+    """``--reader`` (or ``CXR_READER``): the name decisions are recorded under; default the login name."""
+    from cxr_core.text import visible
+
+    reader = reader if reader is not None else os.environ.get("CXR_READER") or None
+    if reader is None:
+        return None
+    if not reader.strip() or visible(reader) != reader or len(reader) > 100:
+        raise CxrError(f"--reader {visible(reader)!r}: a name of printable characters, at most 100 of them")
+    return reader.strip()
 
 
 def open_app(
@@ -64,6 +79,7 @@ def open_app(
     show_phi: Annotated[bool, typer.Option("--show-phi", help="Show DICOM patient identifiers (hidden by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where training runs live (default: the user data dir).")] = None,
     color: Annotated[str, typer.Option("--color", help="auto | truecolor | 256 | 16 (default: CXR_COLOR, else what the terminal shows, tmux asked).")] = "auto",
+    reader: Annotated[str | None, typer.Option("--reader", help="Record decisions under this name (several readers of one data set each get their own; default: CXR_READER, else your login name).", show_default=False)] = None,
 ) -> None:
     """Open the app: worklist, study viewer with Grad-CAM, thresholds, training."""
     from cxr_tui.state import load_session
@@ -75,4 +91,5 @@ def open_app(
             model = Path(session["model"]) if session.get("model") and os.path.exists(session["model"]) else None
             if thresholds is None and session.get("thresholds") and os.path.exists(session["thresholds"]):
                 thresholds = Path(session["thresholds"])
-    launch(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir, color=color)
+    launch(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir, color=color,
+           reader=reader)

@@ -84,3 +84,93 @@ def list_cmd(
     stdout.print(table)
     if total > len(reviews):
         stdout.print(f"{total - len(reviews)} more: --limit 0 for all, or `reviews export`")
+
+
+def _kappa(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+@app.command("agreement")
+def agreement_cmd(
+    root: RootOpt = None,
+    db: ReviewsDbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Agreement between readers per finding: Cohen's kappa for each pair, Fleiss' kappa for three or more."""
+    from cxr_core.eval import reader_agreement
+
+    with ReviewStore(db) as store:
+        reviews = store.reviews(root, role="reader")
+    tables = reader_agreement(reviews)
+    readers = sorted({r.reviewer for r in reviews})
+    if json_out:
+        print_json({"readers": readers, "findings": [t.to_dict() for t in tables.values()]})
+        return
+    if len(readers) < 2:
+        stdout.print(f"{len(readers)} reader{'s' if len(readers) != 1 else ''} so far: agreement needs two "
+                     "(cxr-tui ROOT --reader NAME records under another name)")
+        return
+    pairs = [f"{a}~{b}" for a, b in next(iter(tables.values())).pairs] if tables else []
+    table = Table(title=plain(f"Agreement between {len(readers)} readers: {', '.join(readers)}"), title_justify="left")
+    table.add_column("finding")
+    table.add_column("items", justify="right")
+    table.add_column("disagree", justify="right")
+    if len(readers) >= 3:
+        table.add_column("Fleiss κ (n)", justify="right")
+    for pair in pairs:
+        table.add_column(plain(f"Cohen κ {pair}"), justify="right")
+    for finding, t in tables.items():
+        cells = [finding, str(t.called), str(t.disagreements)]
+        if len(readers) >= 3:
+            cells.append(f"{_kappa(t.fleiss)} ({t.fleiss_items})")
+        cells += [f"{_kappa(p.kappa)} ({p.n})" for p in t.pairs.values()]
+        table.add_row(*(plain(c) for c in cells))
+    stdout.print(table)
+
+
+@app.command("disagreements")
+def disagreements_cmd(
+    root: RootOpt = None,
+    db: ReviewsDbOpt = None,
+    unsettled: Annotated[bool, typer.Option("--unsettled", help="Only those no adjudicator has decided yet.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The findings readers called both ways (accept and reject), with each reader's call and any adjudication."""
+    from cxr_core.eval import disagreements
+
+    with ReviewStore(db) as store:
+        found = disagreements(store.reviews(root), unsettled_only=unsettled)
+    if json_out:
+        print_json([d.to_dict() for d in found])
+        return
+    if not found:
+        stdout.print("no disagreements" + (" left to adjudicate" if unsettled else ""))
+        return
+    table = Table(title=f"{len(found)} disagreements", title_justify="left")
+    for column in ("study", "finding", "calls", "adjudicated"):
+        table.add_column(column)
+    for d in found:
+        calls = ", ".join(f"{reader}: {call}" for reader, call in d.calls.items())
+        table.add_row(*(plain(c) for c in (d.study, d.finding, calls, d.adjudicated or "—")))
+    stdout.print(table)
+
+
+@app.command("adjudicate")
+def adjudicate_cmd(
+    root: Annotated[str, typer.Option("--root", help="The data set root the studies belong to.")],
+    study: Annotated[str, typer.Option("--study", help="Study id.")],
+    finding: Annotated[str, typer.Option("--finding", help="Finding name.")],
+    decision: Annotated[str, typer.Option("--decision", help="accept | reject | uncertain | clear")],
+    reader: Annotated[str | None, typer.Option("--reader", help="Who adjudicates (default: your login name).")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="Why (kept with the decision).")] = None,
+    db: ReviewsDbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Store an adjudicated decision for a (study, finding): it settles the readers' disagreement and is what
+    training with --with-reviews takes first."""
+    with ReviewStore(db) as store:
+        review = store.record(root, study, finding, decision, note=note, reviewer=reader, role="adjudicator")
+    if json_out:
+        print_json(review.to_dict())
+    else:
+        stdout.print(plain(f"adjudicated {review.study} {review.finding}: {review.decision} ({review.reviewer})"))
