@@ -5,6 +5,9 @@ and metrics, so ``Predictor.from_checkpoint(path)`` needs nothing else. Nothing 
 in the safetensors body and everything else is JSON in its header metadata. A ``last`` checkpoint also holds the
 training state (optimizer, scheduler, AMP scaler, sampler, RNG), stored the same way: tensors by key, the
 surrounding structure as JSON with references to them, so resuming continues exactly where it stopped.
+A checkpoint may also carry :class:`~cxr_core.ood.TrainingStats` of its training images (``ood.*`` tensors and
+an ``ood`` JSON entry), which prediction compares new images with; :func:`add_ood_stats` adds them to a
+checkpoint already written.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from safetensors.torch import save_file
 
 from cxr_core.atomic import atomic_path
 from cxr_core.errors import CxrError
+from cxr_core.ood import TrainingStats
 
 FORMAT = "cxr-checkpoint/1"
-_MODEL, _STATE = "model.", "state."
+_MODEL, _STATE, _OOD = "model.", "state.", "ood."
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
@@ -41,6 +45,7 @@ class Checkpoint:
     epoch: int = 0
     train_state: dict[str, Any] | None = None
     path: Path | None = None
+    ood: TrainingStats | None = None  # statistics of the training images (None: an older checkpoint)
 
 
 def save_checkpoint(
@@ -52,6 +57,7 @@ def save_checkpoint(
     metrics: Mapping[str, Any] | None = None,
     epoch: int = 0,
     train_state: Mapping[str, Any] | None = None,
+    ood: TrainingStats | None = None,
 ) -> None:
     """Write atomically: a crash (or a full disk) mid-write leaves the previous file as it was."""
     tensors: dict[str, torch.Tensor] = {}
@@ -64,8 +70,36 @@ def save_checkpoint(
     metadata = {"format": FORMAT, "cxr": json.dumps(info)}
     if structure is not None:
         metadata["train_state"] = json.dumps(structure)
+    if ood is not None:
+        _put_ood(ood, tensors, metadata, seen)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def add_ood_stats(path: str | os.PathLike[str], stats: TrainingStats, *, mode: int | None = None) -> None:
+    """Rewrite a checkpoint with ``stats`` (replacing any it had), every other tensor and entry kept as they are.
+
+    ``mode`` defaults to the file's own permissions."""
+    path = Path(path)
+    with _open(path) as (reader, _):
+        metadata = dict(reader.metadata() or {})
+        try:
+            tensors = {k: reader.get_tensor(k) for k in reader.keys() if not k.startswith(_OOD)}
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+    metadata.pop("ood", None)
+    _put_ood(stats, tensors, metadata, set())
+    mode = path.stat().st_mode & 0o777 if mode is None else mode
+    with atomic_path(path, mode=mode) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors writes the file anew
+
+
+def _put_ood(stats: TrainingStats, tensors: dict[str, torch.Tensor], metadata: dict[str, str], seen: set[int]) -> None:
+    meta, arrays = stats.to_checkpoint()
+    metadata["ood"] = json.dumps(meta)
+    for key, value in arrays.items():
+        tensors[_OOD + key] = _own(value, seen)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -86,10 +120,33 @@ def load_checkpoint(path: str | os.PathLike[str], *, train_state: bool = False) 
                     raise CheckpointError(f"{path}: holds weights only (a 'best' checkpoint?); resume needs 'last'")
                 tensors = {k: reader.get_tensor(k) for k in reader.keys() if k.startswith(_STATE)}
                 state = _join(json.loads(meta["train_state"]), tensors)
+            ood = _read_ood(reader, meta)
         except (SafetensorError, ValueError, KeyError, OSError) as exc:
             raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
     return Checkpoint(info["model_config"], weights, info.get("train_config", {}), info.get("metrics", {}),
-                      int(info.get("epoch", 0)), state, Path(path))
+                      int(info.get("epoch", 0)), state, Path(path), ood)
+
+
+def read_ood_stats(path: str | os.PathLike[str]) -> TrainingStats | None:
+    """The training-image statistics a checkpoint carries (None when it has none), without its weights."""
+    with _open(path) as (reader, _):
+        try:
+            return _read_ood(reader, reader.metadata() or {})
+        except (SafetensorError, ValueError, KeyError, OSError) as exc:
+            raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+
+
+def _read_ood(reader: Any, meta: Mapping[str, str]) -> TrainingStats | None:
+    if "ood" not in meta:
+        return None
+    info = json.loads(meta["ood"])
+    if not isinstance(info, dict):
+        raise ValueError("out-of-distribution stats: metadata is not an object")
+    tensors = {k[len(_OOD):]: reader.get_tensor(k) for k in reader.keys() if k.startswith(_OOD)}
+    try:
+        return TrainingStats.from_checkpoint(info, tensors)
+    except ValueError as err:
+        raise ValueError(f"out-of-distribution stats: {err}") from None
 
 
 class _open:

@@ -8,7 +8,12 @@ different seed from the demo set (seed 0), so what the demo shows is held out. R
     python -m cxr_core.demo export RUN_DIR assets/models/demo_resnet10t.safetensors
 
 ``export`` keeps the best checkpoint's weights in float16 (half the size; the model is rebuilt in float32
-when loaded) with its model config, training config and metrics, and no optimiser state.
+when loaded) with its model config, training config and metrics, and no optimiser state. The shipped model
+predates training-image statistics in checkpoints; ``ood-stats`` adds them (out-of-distribution warning,
+:mod:`cxr_core.ood`), computed on 512 phantoms of its training distribution (seed 1, 256 px), not on the demo set
+it is shown on::
+
+    python -m cxr_core.demo ood-stats assets/models/demo_resnet10t.safetensors
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ DEMO_N = 600
 DEMO_SIZE = 256
 DEMO_SEED = 0
 DEMO_MODEL = "models/demo_resnet10t.safetensors"
+TRAIN_SEED = 1  # the demo model's training phantoms
 
 
 def demo_root() -> Path:
@@ -62,7 +68,35 @@ def export(run_or_checkpoint: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
+def add_training_stats(checkpoint: str | Path, *, n: int = 512, size: int = DEMO_SIZE, seed: int = TRAIN_SEED):
+    """Rewrite ``checkpoint`` (the demo model) with the out-of-distribution stats of ``n`` phantoms drawn as its
+    training set was (same weights and metadata); returns the stats."""
+    import tempfile
+
+    import numpy as np
+
+    from cxr_core.checkpoint import add_ood_stats
+    from cxr_core.data.preprocess import load_letterboxed
+    from cxr_core.infer.loading import load_model
+    from cxr_core.ood import stats_for_model
+    from cxr_core.phantoms import write_phantoms
+
+    loaded = load_model(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="cxr-demo-stats-") as tmp:
+        write_phantoms(Path(tmp), n, size, seed)
+        files = sorted((Path(tmp) / "images").glob("*.png"))
+        pixels = np.stack([load_letterboxed(f, loaded.config.input_size) for f in files])
+    stats = stats_for_model(loaded.model, loaded.config, pixels)
+    add_ood_stats(checkpoint, stats)
+    return stats
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "export":
-        sys.exit("usage: python -m cxr_core.demo export RUN_OR_CHECKPOINT OUT.safetensors")
-    print(export(sys.argv[2], sys.argv[3]))
+    if len(sys.argv) == 3 and sys.argv[1] == "ood-stats":
+        found = add_training_stats(sys.argv[2])
+        print(f"{sys.argv[2]}: stats of {found.n_images} phantoms, thresholds {found.thresholds()}")
+    elif len(sys.argv) == 4 and sys.argv[1] == "export":
+        print(export(sys.argv[2], sys.argv[3]))
+    else:
+        sys.exit("usage: python -m cxr_core.demo export RUN_OR_CHECKPOINT OUT.safetensors\n"
+                 "       python -m cxr_core.demo ood-stats CHECKPOINT")

@@ -2,7 +2,8 @@
 
 :func:`evaluate_run` predicts the split (cache first), scores it at the model's thresholds with patient
 bootstrap CIs, optionally scores Grad-CAM localisation against boxes, says when the thresholds were tuned on
-the split it scores, and writes the report folder. The front-ends only choose the arguments and show the
+the split it scores, says when the images lie far from the model's training images (when its checkpoint carries
+their statistics), and writes the report folder. The front-ends only choose the arguments and show the
 :class:`Evaluation` it returns.
 """
 
@@ -30,6 +31,7 @@ from cxr_core.eval.thresholds_file import (
 )
 from cxr_core.infer.engine import Predictor
 from cxr_core.infer.studies import predict_root
+from cxr_core.ood import OodReport
 from cxr_core.predictions import Predictions
 from cxr_core.runs import RunDir, detach
 
@@ -58,6 +60,8 @@ class Evaluation:
     errors: dict[str, str] = field(default_factory=dict)
     unmatched_labels: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ood: OodReport | None = None
+    """Distance of the evaluated images from the training images (None: the checkpoint has no stats)."""
 
     def to_json(self) -> dict[str, Any]:
         tuned = self.thresholds_file.tuned_on if self.thresholds_file else None
@@ -66,7 +70,8 @@ class Evaluation:
                 "unlabelled_findings": self.unmatched_labels, "warnings": self.warnings,
                 "thresholds": None if self.thresholds is None else str(self.thresholds),
                 "thresholds_tuned_on": tuned.to_json() if tuned else None, "same_split": self.same_split,
-                "files": [str(f) for f in self.files], "out": str(self.out), "model": str(self.model)}
+                "files": [str(f) for f in self.files], "out": str(self.out), "model": str(self.model),
+                **({"ood": self.ood.to_json()} if self.ood is not None else {})}
 
 
 def default_out(checkpoint: Path, split: str) -> Path:
@@ -114,16 +119,19 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
     preds.meta["thresholds"] = str(thresholds) if thresholds else "0.5 for every label"
     if tuned is not None:
         preds.meta["thresholds_tuned_on"] = tuned.tuned_on.describe() if tuned.tuned_on else "not recorded"
-    warnings = list(result.warnings)
+    warnings = list(result.warnings)  # with the out-of-distribution message when the images lie far
     if same_split and not allow_same_split:
         warnings.insert(0, same_split)
+    caveats = [same_split] if same_split else []
+    if result.ood is not None and result.ood.far:
+        caveats.append(result.ood.message)
     run = RunDir.of_checkpoint(checkpoint)
     title = f"{run.id if run else checkpoint.name} on {Path(preds.meta['root']).name} ({split})"
     files = [preds.write(target / "predictions.csv", values)]
     files += write_report(metrics, preds, target, title=title, localisation=localisation,
-                          caveats=[same_split] if same_split else [])
+                          caveats=caveats, ood=result.ood)
     return Evaluation(metrics, preds, target, files, checkpoint, thresholds, tuned, same_split, allow_same_split,
-                      localisation, result.errors, result.unmatched_labels, warnings)
+                      localisation, result.errors, result.unmatched_labels, warnings, result.ood)
 
 
 def evaluation_command(run: RunDir, split: str = "test") -> list[str]:

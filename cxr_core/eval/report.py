@@ -20,6 +20,7 @@ import numpy as np
 
 from cxr_core.atomic import atomic_path, atomic_write_text
 from cxr_core.eval.evaluate import pr_curve, roc_curve
+from cxr_core.ood import FAR_SHARE, PERCENTILE, OodReport
 from cxr_core.predictions import Predictions
 from cxr_core.text import spreadsheet_safe, visible
 
@@ -31,11 +32,12 @@ CSV_COLUMNS = ("label", "n", "support", "auc", "auc_lo", "auc_hi", "ap", "ap_lo"
 
 def write_report(result: Mapping[str, Any], preds: Predictions, out_dir: str | os.PathLike[str], *, title: str,
                  localisation: Mapping[str, Mapping[str, Any]] | None = None,
-                 caveats: Sequence[str] = ()) -> list[Path]:
+                 caveats: Sequence[str] = (), ood: OodReport | None = None) -> list[Path]:
     """Write ``report.md``, ``per_class.csv`` and the plots into ``out_dir``; return the paths written.
 
     ``localisation`` (optional): ``{label: {"pointing_game": x, "iou": y, "n": n}}`` adds a table. ``caveats``:
-    lines a reader must see before the numbers (e.g. thresholds tuned on the split evaluated).
+    lines a reader must see before the numbers (e.g. thresholds tuned on the split evaluated). ``ood``: how far
+    the images lie from the model's training images, a section with each measure.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,8 @@ def write_report(result: Mapping[str, Any], preds: Predictions, out_dir: str | o
     figures = write_plots(result, preds, out)
     md_path = out / "report.md"
     atomic_write_text(md_path, render_markdown(result, preds, title=title, localisation=localisation,
-                                               figures=[p.name for p in figures], caveats=caveats), mode=FILE_MODE)
+                                               figures=[p.name for p in figures], caveats=caveats, ood=ood),
+                       mode=FILE_MODE)
     return [md_path, csv_path, *figures]
 
 
@@ -86,7 +89,7 @@ def per_class_csv(result: Mapping[str, Any]) -> str:
 
 def render_markdown(result: Mapping[str, Any], preds: Predictions, *, title: str,
                     localisation: Mapping[str, Mapping[str, Any]] | None = None,
-                    figures: Sequence[str] = (), caveats: Sequence[str] = ()) -> str:
+                    figures: Sequence[str] = (), caveats: Sequence[str] = (), ood: OodReport | None = None) -> str:
     """The Markdown text of ``report.md``."""
     labels = result["labels"]
     excluded = result["excluded"]
@@ -168,6 +171,18 @@ def render_markdown(result: Mapping[str, Any], preds: Predictions, *, title: str
             n = loc.get("n")
             lines.append(f"| {_cell(label)} | {'—' if n is None else f'{int(n):,}'} | "
                          f"{_f(loc.get('pointing_game'))} | {_f(loc.get('iou'))} |")
+
+    if ood is not None:
+        lines += ["", "## Distance from the training images", "", ood.message[0].upper() + ood.message[1:] + ".", "",
+                  f"Each image's distance to statistics of the model's training images, stored in its checkpoint; "
+                  f"the training percentiles are those of training images scored against statistics fitted "
+                  f"without them. The images count as far when at least {FAR_SHARE:.0%} of them lie beyond the "
+                  f"{PERCENTILE:.0f}th percentile on some measure.", "",
+                  "| Measure | Images | Beyond training p99 | Median distance | Training p95 | Training p99 |",
+                  "|---|--:|--:|--:|--:|--:|"]
+        for m in ood.measures.values():
+            lines.append(f"| {m.name}: {m.description} | {m.n:,} | {m.beyond:,} ({m.share_beyond:.0%}) | "
+                         f"{_f(m.median)} | {_f(m.p95)} | {_f(m.p99)} |")
 
     if figures:
         lines += ["", "## Figures", ""]

@@ -10,6 +10,12 @@ model, so reopening a folder costs nothing. ``cancel`` (a ``threading.Event``) s
 images still to compute are sharded across ranks and the results gathered, so every GPU of a node works.
 
 A file that cannot be read is reported with its reason (``errors``) and gets a NaN row; the rest go on.
+
+When the checkpoint carries statistics of its training images (:mod:`cxr_core.ood`), every computed image also
+gets its distances to them: the intensity histogram from the uint8 batch, the pooled features from a hook on the
+model's head during the forward that makes the probabilities (no second pass). They are cached beside the
+probabilities (``PredictionCache.get_distances``); cached images stored before that are scored on a sample of at most
+:data:`~cxr_core.ood.PREDICT_SAMPLE` decoded again. ``PredictResult.ood`` says whether the images lie far.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from cxr_core.distributed import Dist, init_distributed
 from cxr_core.errors import CxrError
 from cxr_core.infer.loading import LoadedModel, load_model
 from cxr_core.infer.prediction_cache import PredictionCache
+from cxr_core.ood import PREDICT_SAMPLE, FeatureTap, OodReport, sample_indices
 from cxr_core.text import visible
 
 TTA_CHOICES = ("hflip", "scale")
@@ -87,6 +94,8 @@ class PredictResult:
     seconds: float = 0.0
     cancelled: bool = False
     warnings: list[str] = field(default_factory=list)
+    ood_distances: np.ndarray | None = None  # (N, measures): distances to the training images (NaN: not scored)
+    ood: OodReport | None = None  # None when the checkpoint has no training stats
 
     @property
     def ok(self) -> np.ndarray:
@@ -148,6 +157,9 @@ class Predictor:
         self.cache: PredictionCache | None = cache or None
         background = -torch.tensor(self.config.mean) / torch.tensor(self.config.std)  # letterbox black, normalised
         self._background = background.view(1, -1, 1, 1).to(self.device)
+        self.ood_stats = loaded.ood
+        self._tap = FeatureTap(self.model, self.config, always=compile) if (
+            self.ood_stats is not None and self.ood_stats.has_features) else None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str = "auto", **kwargs) -> Predictor:
@@ -200,35 +212,60 @@ class Predictor:
         probs = np.full((n, k), np.nan, dtype=np.float32)
         result = PredictResult(self.labels, paths, probs)
         cache = self.cache if use_cache else None
+        stats = self.ood_stats
+        measures = list(stats.measures) if stats is not None else []
+        distances = np.full((n, len(measures)), np.nan, dtype=np.float32) if stats is not None else None
         hashes: list[str | None] = [None] * n
         todo = list(range(n))
         if cache is not None and n:
             hashes = cache.hashes(paths)
-            stored = cache.get([h for h in hashes if h], self.fingerprint, self.variant, self.labels)
+            known = [h for h in hashes if h]
+            stored = cache.get(known, self.fingerprint, self.variant, self.labels)
+            far = cache.get_distances(known, self.fingerprint, measures) if distances is not None else {}
             todo = []
             for i, digest in enumerate(hashes):
                 if digest is not None and digest in stored:
                     probs[i] = stored[digest]
+                    if digest in far:
+                        distances[i] = far[digest]
                 else:
                     todo.append(i)
             result.cached = n - len(todo)
         if progress:
             progress(result.cached, n)
-        mine = todo[self.dist.rank::self.dist.world] if self.dist.enabled else todo
 
-        def keep(rows: dict[int, np.ndarray]) -> None:  # each batch cached as it completes: a kill loses one batch
+        def keep(rows: dict[int, np.ndarray], far: dict[int, np.ndarray]) -> None:
+            # each batch cached as it completes: a kill loses one batch
             if cache is not None:
-                cache.put(((hashes[i], row) for i, row in rows.items() if hashes[i]), self.fingerprint, self.variant,
-                          self.labels)
+                if rows:
+                    cache.put(((hashes[i], row) for i, row in rows.items() if hashes[i]), self.fingerprint,
+                              self.variant, self.labels)
+                if far:
+                    cache.put_distances(((hashes[i], row) for i, row in far.items() if hashes[i]), self.fingerprint,
+                                        measures)
 
-        computed, errors, cancelled = self._run(paths, mine, cancel, progress, result.cached, n, len(todo), keep)
-        if self.dist.enabled:
-            parts = self.dist.gather((computed, errors, cancelled))
-            computed = {i: p for part in parts for i, p in part[0].items()}
-            errors = {i: e for part in parts for i, e in part[1].items()}
-            cancelled = any(part[2] for part in parts)
+        computed, errors, cancelled, scored = self._sharded(paths, todo, cancel, progress, result.cached, n, keep)
         for i, row in computed.items():
             probs[i] = row
+        if stats is not None and distances is not None:
+            for i, row in scored.items():
+                distances[i] = row
+            predicted = ~np.isnan(probs).any(axis=1)
+            # Predictions cached before their distances were: score a sample of those images (decoded again).
+            unscored = np.flatnonzero(predicted & np.isnan(distances).all(axis=1))
+            wanted = bool(len(unscored)) and not cancelled
+            if self.dist.enabled:  # every rank takes part in the gather, or none does
+                wanted = not self.dist.all_true(not wanted)
+            if wanted:
+                sample = unscored[sample_indices(len(unscored), PREDICT_SAMPLE)].tolist()
+                _, _, _, more = self._sharded(paths, sample, cancel, None, 0, 0,
+                                              lambda rows, far: keep({}, far), scores_only=True)
+                for i, row in more.items():
+                    distances[i] = row
+            distances[~predicted] = np.nan  # a cancelled run's images, unreadable files: not scored
+            result.ood_distances = distances
+            if np.isfinite(distances).any():
+                result.ood = stats.report(distances)  # per image in row order; NaN where not scored
         result.errors = {paths[i]: reason for i, reason in sorted(errors.items())}
         result.computed = len(computed)
         result.cancelled = cancelled
@@ -236,13 +273,32 @@ class Predictor:
         result.seconds = time.perf_counter() - started
         return result
 
+    def _sharded(self, paths: list[str], todo: list[int], cancel: threading.Event | None,
+                 progress: Progress | None, done: int, total: int,
+                 keep: Callable[[dict[int, np.ndarray], dict[int, np.ndarray]], None] | None,
+                 scores_only: bool = False,
+                 ) -> tuple[dict[int, np.ndarray], dict[int, str], bool, dict[int, np.ndarray]]:
+        """:meth:`_run` on this rank's share of ``todo`` (all of it without torchrun), gathered from every rank."""
+        mine = todo[self.dist.rank::self.dist.world] if self.dist.enabled else todo
+        out = self._run(paths, mine, cancel, progress, done, total, len(todo), keep, scores_only)
+        if self.dist.enabled:
+            parts = self.dist.gather(out)
+            out = ({i: p for part in parts for i, p in part[0].items()},
+                   {i: e for part in parts for i, e in part[1].items()},
+                   any(part[2] for part in parts),
+                   {i: d for part in parts for i, d in part[3].items()})
+        return out
+
     def _run(self, paths: list[str], indices: list[int], cancel: threading.Event | None, progress: Progress | None,
-             done: int, total: int, todo: int, keep: Callable[[dict[int, np.ndarray]], None] | None = None,
-             ) -> tuple[dict[int, np.ndarray], dict[int, str], bool]:
+             done: int, total: int, todo: int,
+             keep: Callable[[dict[int, np.ndarray], dict[int, np.ndarray]], None] | None = None,
+             scores_only: bool = False,
+             ) -> tuple[dict[int, np.ndarray], dict[int, str], bool, dict[int, np.ndarray]]:
         computed: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
+        scored: dict[int, np.ndarray] = {}
         if not indices:
-            return computed, errors, False
+            return computed, errors, False, scored
         dataset = PredictDataset([paths[i] for i in indices], size=self.config.input_size, preprocess=self.config)
         scale = self.dist.world if self.dist.enabled else 1  # progress counts every rank's share
         with contextlib.ExitStack() as stack:
@@ -256,13 +312,16 @@ class Predictor:
                                      pin_memory=self.device.type == "cuda", persistent_workers=False,
                                      prefetch_factor=4 if workers else None)
             done, cancelled = self._consume(batches, dataset.normalizer, indices, computed, errors, cancel, progress,
-                                            done, total, scale, keep, paths)
-        return computed, errors, cancelled
+                                            done, total, scale, keep, paths, scored)
+        if scores_only:
+            computed = {}
+        return computed, errors, cancelled, scored
 
     def _consume(self, batches: Iterable[dict[str, Any]], normalizer: Normalizer, indices: list[int],
                  computed: dict[int, np.ndarray], errors: dict[int, str], cancel: threading.Event | None,
                  progress: Progress | None, done: int, total: int, scale: int,
-                 keep: Callable[[dict[int, np.ndarray]], None] | None, paths: list[str]) -> tuple[int, bool]:
+                 keep: Callable[[dict[int, np.ndarray], dict[int, np.ndarray]], None] | None, paths: list[str],
+                 scored: dict[int, np.ndarray]) -> tuple[int, bool]:
         for batch in batches:
             if cancel is not None and cancel.is_set():
                 return done, True
@@ -273,7 +332,16 @@ class Predictor:
                     errors[rows[m]] = reason
             if good:
                 pixels = batch["pixels"].to(self.device, non_blocking=True)  # uint8, pinned on CUDA
-                out = self.predict_batch(normalizer.batch(pixels[good] if len(good) < len(rows) else pixels))
+                if len(good) < len(rows):
+                    pixels = pixels[good]
+                with self._tap.capture() if self._tap is not None else contextlib.nullcontext():
+                    out = self.predict_batch(normalizer.batch(pixels))
+                far: dict[int, np.ndarray] = {}
+                if self.ood_stats is not None:
+                    features = self._tap.take(len(good)) if self._tap is not None else None
+                    far = {rows[m]: row for m, row in zip(good, self.ood_stats.distances(pixels, features),
+                                                            strict=True)}
+                    scored.update(far)
                 if not np.isfinite(out).all():  # never a silent "0 images predicted"
                     first = rows[good[int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])]]
                     raise CxrError(f"{visible(self.loaded.path)}: the model gives NaN or infinite scores (first on "
@@ -281,7 +349,7 @@ class Predictor:
                 fresh = {rows[m]: row for m, row in zip(good, out, strict=True)}
                 computed.update(fresh)
                 if keep is not None:
-                    keep(fresh)
+                    keep(fresh, far)
             done += len(rows) * scale
             if progress:
                 progress(min(done, total), total)

@@ -19,6 +19,7 @@ from torch import nn
 from cxr_core.checkpoint import CheckpointError, load_checkpoint
 from cxr_core.errors import CxrError
 from cxr_core.models import ModelConfig, apply_state_dict, build_model
+from cxr_core.ood import TrainingStats
 
 CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
 _fingerprints: dict[tuple[str, int, int], str] = {}
@@ -33,6 +34,7 @@ class LoadedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
+    ood: TrainingStats | None = None  # statistics of the training images (older checkpoints: None)
 
 
 def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
@@ -93,4 +95,4 @@ def load_model(ref: str | os.PathLike[str], device: torch.device | str = "cpu") 
     apply_state_dict(model, checkpoint.weights, str(path))
     model.eval().to(device)
     return LoadedModel(model, config, path, fingerprint(path), dict(checkpoint.metrics),
-                       dict(checkpoint.train_config), checkpoint.epoch)
+                       dict(checkpoint.train_config), checkpoint.epoch, checkpoint.ood)

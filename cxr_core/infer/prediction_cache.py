@@ -2,7 +2,8 @@
 
 Reopening a folder costs a ``stat`` per file: a file whose (size, mtime) did not change keeps its stored
 content hash, and a known (hash, model, variant) pair keeps its probabilities, so nothing is decoded or
-run again. Keying by content, not path, means a moved or copied image is still a hit, and an image edited in
+run again; the image's distances to the model's training images (:mod:`cxr_core.ood`) are kept beside them, in
+their own table. Keying by content, not path, means a moved or copied image is still a hit, and an image edited in
 place (new content) is a miss. ``variant`` separates settings that change the numbers (e.g. TTA).
 """
 
@@ -27,6 +28,13 @@ MIGRATIONS = (
         hash TEXT NOT NULL, model TEXT NOT NULL, variant TEXT NOT NULL, labels TEXT NOT NULL, probs BLOB NOT NULL,
         created REAL NOT NULL,
         PRIMARY KEY (hash, model, variant)
+    ) WITHOUT ROWID;
+    """,
+    """
+    CREATE TABLE distances (
+        hash TEXT NOT NULL, model TEXT NOT NULL, measures TEXT NOT NULL, distances BLOB NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (hash, model)
     ) WITHOUT ROWID;
     """,
 )
@@ -121,6 +129,32 @@ class PredictionCache:
         with self._db.transaction() as conn:
             conn.executemany("INSERT OR REPLACE INTO predictions (hash, model, variant, labels, probs, created) "
                              "VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def get_distances(self, hashes: Iterable[str], model: str, measures: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored out-of-distribution distances for the hashes that have them (same model and measures)."""
+        wanted = list(dict.fromkeys(h for h in hashes if h))
+        key = "|".join(measures)
+        found: dict[str, np.ndarray] = {}
+        with self._db.reading():
+            for start in range(0, len(wanted), _CHUNK):
+                part = wanted[start:start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                for digest, stored, blob in self._conn.execute(
+                        f"SELECT hash, measures, distances FROM distances WHERE model = ? AND hash IN ({marks})",
+                        [model, *part]):
+                    if stored == key:
+                        found[digest] = np.frombuffer(blob, dtype=np.float32).copy()
+        return found
+
+    def put_distances(self, items: Iterable[tuple[str, np.ndarray]], model: str, measures: Sequence[str]) -> None:
+        key = "|".join(measures)
+        now = time.time()
+        rows = [(digest, model, key, np.asarray(d, dtype=np.float32).tobytes(), now) for digest, d in items]
+        if not rows:
+            return
+        with self._db.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO distances (hash, model, measures, distances, created) "
+                             "VALUES (?, ?, ?, ?, ?)", rows)
 
     def count(self, model: str | None = None) -> int:
         with self._db.reading():

@@ -4,6 +4,10 @@ What ``cxr-tui predict``, ``cxr-tui eval`` and the TUI worklist share. The data 
 so study ids, patients and splits are the worklist's own; the model's labels are matched to the data set's
 label space by name (aliases included), and a model label the data set does not know gets no truth (its
 column is blank, and evaluation reports it as unlabelled rather than inventing negatives).
+
+When the checkpoint carries statistics of its training images, ``RootPredictions.ood`` says how far the predicted
+images lie from them (:class:`~cxr_core.ood.OodReport`, per-image distances in the predictions' row order), its
+summary is ``Predictions.meta["ood"]``, and when they lie far its message is one of the warnings.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from cxr_core.errors import CxrError
 from cxr_core.images import probe_xray
 from cxr_core.infer.engine import Predictor, Progress
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
+from cxr_core.ood import OodReport
 from cxr_core.predictions import Predictions
 from cxr_core.store.index import IndexedRoot, StudyIndex
 
@@ -35,6 +40,7 @@ class RootPredictions:
     cancelled: bool = False
     warnings: list[str] = field(default_factory=list)
     unmatched_labels: list[str] = field(default_factory=list)  # model labels the data set does not label
+    ood: OodReport | None = None  # distance from the training images (None: the checkpoint has no stats)
 
 
 def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None]:
@@ -101,8 +107,19 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
                                     "root": str(resolved), "format": scan.report.format, "split": split,
                                     "variant": predictor.variant},
                               split=[s.split or "" for s, _ in kept])
+    ood = _with_ood(predictions, result.ood.subset(ok) if result.ood is not None else None, result.warnings)
     return RootPredictions(predictions, errors, result.cached, result.computed, result.seconds, result.cancelled,
-                           result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None])
+                           result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None], ood)
+
+
+def _with_ood(predictions: Predictions, ood: OodReport | None, warnings: list[str]) -> OodReport | None:
+    """Record the report in the predictions' meta and, when the images lie far, its message among the warnings."""
+    if ood is None or ood.n_images == 0:
+        return None
+    predictions.meta["ood"] = ood.to_json()
+    if ood.far:
+        warnings.append(ood.message)
+    return ood
 
 
 def is_single_image(path: Path) -> bool:
@@ -124,5 +141,6 @@ def predict_file(predictor: Predictor, path: Path, *, progress: Progress | None 
         raise CxrError(f"{path}: {next(iter(result.errors.values()))}")
     preds = Predictions(predictor.labels, result.probs, [path.stem], [str(path)],
                         meta={"model": str(predictor.loaded.path), "fingerprint": predictor.fingerprint})
+    ood = _with_ood(preds, result.ood, result.warnings)
     return RootPredictions(preds, {}, result.cached, result.computed, result.seconds, result.cancelled,
-                           result.warnings)
+                           result.warnings, ood=ood)

@@ -5,6 +5,8 @@ The trainer writes only through its RunDir (metrics, status, checkpoints) and ca
 watch it without the core knowing who listens. ``stop_event`` asks it to stop cleanly: it finishes the
 current step, writes a checkpoint that records where in the epoch it was, and returns ``"stopped"``;
 ``fit(resume=True)`` continues from exactly there (same optimizer, scheduler, sampler order and epoch).
+A run that finishes adds statistics of a sample of its training images to its checkpoints (:mod:`cxr_core.ood`),
+once, so prediction can say when it is asked about images far from them.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from cxr_core.checkpoint import load_checkpoint, save_checkpoint
+from cxr_core.checkpoint import add_ood_stats, load_checkpoint, save_checkpoint
 from cxr_core.data.augment import train_transform
 from cxr_core.data.dataset import XRayDataset
 from cxr_core.data.image_cache import ImageCache
 from cxr_core.distributed import Dist
 from cxr_core.errors import CxrError
 from cxr_core.eval.metrics import ranking_metrics
-from cxr_core.models import create_model
+from cxr_core.models import build_model, create_model
+from cxr_core.ood import MIN_IMAGES, TRAIN_SAMPLE, sample_indices, stats_for_model
 from cxr_core.runs import RunDir
 from cxr_core.train.config import TrainConfig
 from cxr_core.train.data import TrainData, prepare_data
@@ -282,8 +285,51 @@ class Trainer:
             if self.dist.all_true(self.stop_event.is_set()):
                 self._finish("stopped")
                 return "stopped"
+        self._add_training_stats()
         self._finish("finished")
         return "finished"
+
+    def _add_training_stats(self) -> None:
+        """Statistics of up to TRAIN_SAMPLE training images (intensity, and the model's pooled features) into the
+        last and best checkpoints, once at the end of the run: one forward pass over the sample per checkpoint
+        (one when best is last). Optional: a failure is logged and the run still finishes."""
+        if self.run is None or not self.run.last_checkpoint.is_file():
+            return
+        started = time.perf_counter()
+        self.run.update_status(phase="training-image statistics")
+        try:
+            pixels = []
+            for index in sample_indices(len(self.train_set), TRAIN_SAMPLE, self.config.seed):
+                try:
+                    pixels.append(np.array(self.train_set.pixels(int(index))))
+                except CxrError:
+                    continue  # unreadable since the cache was built: the others describe the data as well
+            if len(pixels) < MIN_IMAGES:
+                log.info("no training-image statistics: %d training images (at least %d needed)", len(pixels),
+                         MIN_IMAGES)
+                return
+            sample = np.stack(pixels)
+            options = dict(device=self.device, batch_size=self.config.batch_size, amp_dtype=self.amp_dtype,
+                           channels_last=self.channels_last, seed=self.config.seed)
+            last = stats_for_model(self.model, self.model_config, sample, **options)
+            add_ood_stats(self.run.last_checkpoint, last)
+            best = last
+            if self.run.best_checkpoint.is_file() and self.best_epoch != self.epoch:
+                model = build_model(self.model_config)
+                model.load_state_dict(load_checkpoint(self.run.best_checkpoint).weights)
+                model.to(self.device)
+                if self.channels_last:
+                    model.to(memory_format=torch.channels_last)
+                best = stats_for_model(model, self.model_config, sample, **options)
+            if self.run.best_checkpoint.is_file():
+                add_ood_stats(self.run.best_checkpoint, best)
+        except (CxrError, OSError, RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+            log.warning("no training-image statistics in the checkpoints (%s): predictions will not say when "
+                        "images lie far from the training images", err)
+            return
+        measures = ", ".join(f"{m} p99 {best.thresholds()[m][1]:.3g}" for m in best.measures)
+        log.info("training-image statistics of %d images in the checkpoints (%s; %.1f s)", best.n_images, measures,
+                 time.perf_counter() - started)
 
     def _finish(self, state: str) -> None:
         self._hook("on_train_end", state)

@@ -97,6 +97,8 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
                "warnings": result.warnings, "model": str(predictor.loaded.path), "device": str(predictor.device),
                "out": str(out) if out else None,
                "flagged": {label: sum(label in f for f in flags) for label in preds.labels}}
+    if result.ood is not None:  # distance from the training images; its message is among the warnings when far
+        summary["ood"] = result.ood.to_json()
     if json_out:
         if out is None:
             summary["predictions"] = preds.to_json(values)["predictions"]
