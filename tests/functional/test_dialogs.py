@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.app import App
 from textual.widgets import Input
 
@@ -20,6 +21,7 @@ class PickerApp(App[None]):
         self.push_screen(FolderPicker(self.start), self.chosen.append)
 
 
+@pytest.mark.slow
 async def test_folder_picker_goes_up_and_takes_a_typed_path(tmp_path: Path) -> None:
     start = tmp_path / "a" / "b"
     start.mkdir(parents=True)

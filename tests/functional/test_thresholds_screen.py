@@ -98,6 +98,7 @@ async def test_table_equals_operating_points(tmp_path: Path) -> None:
         assert screen.save_path == tmp_path / "run" / "thresholds.json"
 
 
+@pytest.mark.slow
 async def test_fine_and_coarse_keys_step_the_selected_threshold(tmp_path: Path) -> None:
     preds = make_predictions()
     points = OperatingPoints.from_predictions(preds)

@@ -91,6 +91,7 @@ def runs_dir(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 async def test_list_shows_every_run_with_its_state(runs_dir: Path) -> None:
     me = os.getpid()
     make_run(runs_dir, "20240101-000001-done", "finished", epoch=3, best=0.8123, best_checkpoint=True)
@@ -128,6 +129,7 @@ async def test_empty_runs_dir_says_how_to_start(runs_dir: Path) -> None:
         assert "press n to start one" in text_of(screen.query_one("#run-detail", Static))
 
 
+@pytest.mark.slow
 async def test_new_run_directory_appears_and_selection_stays(runs_dir: Path) -> None:
     make_run(runs_dir, "20240101-000001-a", "finished", epoch=3, best=0.7, metrics=(epoch_row(1, 0.5, 0.5, 0.7),))
     make_run(runs_dir, "20240101-000002-b", "finished", epoch=3, best=0.6)
@@ -186,6 +188,7 @@ async def test_charts_and_log_follow_the_files(runs_dir: Path, monkeypatch: pyte
         assert screen.auc_label is None and set(auc.series) == {MACRO}
 
 
+@pytest.mark.slow
 async def test_use_model_posts_the_best_checkpoint(runs_dir: Path) -> None:
     done = make_run(runs_dir, "20240101-000001-done", "finished", epoch=3, best=0.8, best_checkpoint=True)
     make_run(runs_dir, "20240101-000002-new", "running", pid=dead_pid(), pid_start="0")
@@ -225,6 +228,7 @@ async def test_eval_shows_the_report_or_offers_the_command(runs_dir: Path) -> No
         assert app.screen is screen
 
 
+@pytest.mark.slow
 async def test_stop_and_resume_report_through_notifications(runs_dir: Path) -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     threading.Thread(target=sleeper.wait, daemon=True).start()  # reap it, so it reads as gone once killed

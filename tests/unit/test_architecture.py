@@ -87,6 +87,7 @@ def test_front_ends_use_only_public_faces(graph):
     assert reaching == []
 
 
+@pytest.mark.slow
 def test_import_linter_contracts_hold():
     command = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     out = subprocess.run([command, "--config", str(REPO / "pyproject.toml")], capture_output=True, text=True,

@@ -395,6 +395,7 @@ def test_score_image_and_table():
     assert table["Nodule"] == {"pointing_game": 0.0, "iou": 0.0, "n": 1}
 
 
+@pytest.mark.slow
 def test_an_empty_map_is_said_not_drawn_as_a_flat_tint(tmp_path: Path):
     """A class whose score no activation raises (its head row is zero) has an all-zero Grad-CAM: `cam` says so,
     reports no peak, and writes the film without a colour wash."""

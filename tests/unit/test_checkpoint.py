@@ -65,6 +65,7 @@ def test_damaged_foreign_and_pickled_files_are_refused_with_one_line(tmp_path):
         assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_run_status_reads_interrupted_when_the_process_is_gone(tmp_path):
     run = RunDir.create(tmp_path, "x")
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -9,6 +9,8 @@ import pytest
 
 from tests.cli import cxr, cxr_json
 
+pytestmark = pytest.mark.slow  # every test here runs cxr-tui as a process
+
 KEYS = {"format", "root", "studies", "images", "images_missing", "unreadable", "patients", "labels", "splits"}
 
 

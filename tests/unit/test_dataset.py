@@ -83,6 +83,7 @@ def test_unreadable_training_image_raises_a_clear_error(folder):
         XRayDataset(items, cache=cache, base=base, size=SIZE, preprocess=SPEC)[1]
 
 
+@pytest.mark.slow
 def test_predict_dataset_reports_bad_files_and_a_loader_batches_through(folder):
     base, _ = folder
     (base / "bad.png").write_bytes(b"not an image at all")
@@ -97,6 +98,7 @@ def test_predict_dataset_reports_bad_files_and_a_loader_batches_through(folder):
     assert batches[0]["image"].shape == (2, 3, SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_predict_dataset_batch_equals_the_loader_batch(folder):
     """The CPU engine's batched decoding (threads, one normalising op) gives the DataLoader's batch exactly."""
     from concurrent.futures import ThreadPoolExecutor

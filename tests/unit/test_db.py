@@ -24,6 +24,7 @@ def _open(path: str, start, out) -> None:
         out.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_concurrent_first_opens_migrate_once(tmp_path):
     path = tmp_path / "fresh.sqlite"
     ctx = mp.get_context("fork")
@@ -61,6 +62,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 def test_two_stores_a_foreign_reader_and_sigkill_lose_nothing(tmp_path):
     """The issue's reduced repro: two stores in one process, a reader process opens and closes, SIGKILL."""
     import subprocess

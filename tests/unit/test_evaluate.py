@@ -340,6 +340,7 @@ def test_report_without_scored_classes_still_writes(tmp_path):
     assert "**x**: no positives" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_modules_load_neither_matplotlib_nor_scipy_on_import():
     code = ("import sys, cxr_core.eval.evaluate, cxr_core.eval.report\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'scipy', 'sklearn'}))")

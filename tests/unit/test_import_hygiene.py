@@ -6,6 +6,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import cxr_core
 
 
@@ -17,6 +19,7 @@ def test_core_has_modules_to_check():
     assert "cxr_core.store.index" in _core_modules()
 
 
+@pytest.mark.slow
 def test_core_imports_neither_textual_nor_rich():
     code = (
         "import importlib, sys\n"

@@ -182,6 +182,7 @@ def _folder(root, n=30, size=32):
     return root
 
 
+@pytest.mark.slow
 def test_another_process_holding_the_index_past_the_busy_timeout_is_one_line(tmp_path, monkeypatch):
     import subprocess
     import sys

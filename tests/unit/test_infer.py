@@ -67,6 +67,7 @@ def test_predictions_equal_the_model_on_preprocessed_pixels(checkpoint, folder):
     np.testing.assert_allclose(result.probs, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_unreadable_file_reported_and_rest_predicted(checkpoint, folder):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=1)
     paths = _images(folder) + [str(folder / "s3" / "broken.png")]
@@ -76,6 +77,7 @@ def test_unreadable_file_reported_and_rest_predicted(checkpoint, folder):
     assert result.ok.sum() == 10 and np.isnan(result.probs[-1]).all()
 
 
+@pytest.mark.slow
 def test_cpu_thread_decoding_gives_the_dataloader_results(checkpoint, folder):
     """CPU default (decode in threads, in turn with the model) == explicit DataLoader workers, bad file included."""
     images = _images(folder)
@@ -162,6 +164,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cxr_tui", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_predict_cli_writes_rows_with_truth_and_lists_bad_files(checkpoint, folder, tmp_path):
     out = tmp_path / "preds.csv"
     done = _cli("predict", str(folder), "--model", str(checkpoint), "--out", str(out), "--json")
@@ -179,6 +182,7 @@ def test_predict_cli_writes_rows_with_truth_and_lists_bad_files(checkpoint, fold
     assert again["cached"] == 10 and again["computed"] == 0 and len(again["predictions"]) == 10
 
 
+@pytest.mark.slow
 def test_predict_cli_bad_inputs_are_one_line(checkpoint, tmp_path):
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not an image")
@@ -210,11 +214,13 @@ def test_cli_knows_the_engines_augmentations():
     assert CLI_CHOICES == TTA_CHOICES
 
 
+@pytest.mark.slow
 def test_version_does_not_load_torch():
     code = "import sys, cxr_tui.cli.main; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_models_that_cannot_predict_are_one_line_errors(checkpoint, folder, tmp_path):
     from tests.cli import cxr
 
@@ -240,6 +246,7 @@ def test_models_that_cannot_predict_are_one_line_errors(checkpoint, folder, tmp_
         predictor.predict(_images(folder))
 
 
+@pytest.mark.slow
 def test_a_killed_predict_keeps_the_batches_it_finished(folder, tmp_path):
     """The cache is written as batches complete: after SIGKILL mid-run, the next run computes only the rest."""
     import os

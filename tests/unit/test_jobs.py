@@ -14,6 +14,8 @@ from cxr_core.checkpoint import load_checkpoint
 from cxr_core.runs import RunDir
 from tests.cli import cxr, cxr_json
 
+pytestmark = pytest.mark.slow  # every test here runs cxr-tui as a process, most of them train
+
 TRAIN = ["--model", "tiny_resnet", "--image-size", "48", "--batch-size", "16", "--workers", "0", "--lr", "3e-3"]
 
 

@@ -67,6 +67,7 @@ def test_labels_csv_with_study_column(tmp_path, index):
     assert any("study 's9' has no images" in p["reason"] for p in result.report.problems)
 
 
+@pytest.mark.slow
 def test_mixed_good_and_malformed_folder_indexes_with_every_bad_file_listed(tmp_path):
     root = tmp_path / "mixed files"
     good, bad = build_mixed_folder(root)
@@ -87,6 +88,7 @@ def test_mixed_good_and_malformed_folder_indexes_with_every_bad_file_listed(tmp_
     assert "tórax ñ 1" in {s.id for s in StudyIndex(db).studies(root)}
 
 
+@pytest.mark.slow
 def test_no_dicom_identifier_reaches_the_index_or_output(tmp_path):
     root = tmp_path / "phi"
     build_mixed_folder(root)

@@ -357,6 +357,7 @@ def _saver(path: str, label: str, start: object, rounds: int) -> None:
         save_review(path, {label: i / 1000}, who=label)
 
 
+@pytest.mark.slow
 def test_two_reviewers_saving_at_once_keep_every_history_row(tmp_path):
     """Read-modify-write under a lock: without it one process's save overwrites the other's row."""
     import multiprocessing as mp

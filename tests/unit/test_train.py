@@ -28,6 +28,7 @@ def _run(tmp_path, config, name="run") -> RunDir:
     return run
 
 
+@pytest.mark.slow
 def test_fit_writes_metrics_status_and_self_describing_checkpoints(tmp_path, phantom_set):
     run = _run(tmp_path, _config(phantom_set, loss="bce-posweight", sampler="oversample", mixup=0.2))
     assert run_training(run) == "finished"
@@ -49,6 +50,7 @@ def test_fit_writes_metrics_status_and_self_describing_checkpoints(tmp_path, pha
     assert json.loads((run.path / "split.json").read_text())["train"]
 
 
+@pytest.mark.slow
 def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, phantom_set):
     config = _config(phantom_set, epochs=2)
     straight = _run(tmp_path, config, "straight")
@@ -89,6 +91,7 @@ def test_config_file_options_override_and_errors(tmp_path):
         TrainConfig(data="x", loss="hinge").validate()
 
 
+@pytest.mark.slow
 def test_labels_subset_and_unknown_label(tmp_path, phantom_set):
     run = _run(tmp_path, _config(phantom_set, epochs=1, labels=["Cardiomegaly", "effusion"]))
     run_training(run)
@@ -99,6 +102,7 @@ def test_labels_subset_and_unknown_label(tmp_path, phantom_set):
     assert bad.read_status().state == "failed" and "Tuberculosis" in bad.read_status()["error"]
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_why(tmp_path, phantom_set, monkeypatch):
     import errno
 
@@ -128,6 +132,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_wh
     assert not [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("options", "words"), [
     (["--lr", "inf"], "lr = inf: a finite number > 0"),
     (["--workers", "-3"], "workers = -3: a whole number >= 0"),
@@ -164,6 +169,7 @@ def test_a_list_setting_given_as_one_string_is_not_split_into_letters(tmp_path):
     assert config.labels == ["Effusion"] and config.epochs_grid == [30, 50] and config.lr == 1.0
 
 
+@pytest.mark.slow
 def test_resume_after_the_data_changed_starts_the_epoch_again(tmp_path, phantom_set):
     """150 of 400 images deleted under a stopped run used to fail every resume (sampler state n mismatch)."""
     import shutil
