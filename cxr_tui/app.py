@@ -125,6 +125,7 @@ class CxrApp(App):
         from cxr_tui.screens.welcome import WelcomeScreen
         from cxr_tui.screens.worklist import WorklistScreen
 
+        self.sub_title = visible(f"reader {self.workspace.reviewer}")
         if self.workspace.root is None:
             self.push_screen(WelcomeScreen())
             return
@@ -181,7 +182,8 @@ class CxrApp(App):
 
         run = RunDir.of_checkpoint(checkpoint)
         self.model_name = run.id if run is not None else checkpoint.name
-        self.sub_title = visible(f"model {'run ' if run is not None else ''}{self.model_name} · {fingerprint[:8]}")
+        self.sub_title = visible(f"model {'run ' if run is not None else ''}{self.model_name} · {fingerprint[:8]} · "
+                                 f"reader {self.workspace.reviewer}")
 
     def set_blind(self, level: int) -> None:
         """Blind reading for every screen: 1 hides the data set's labels, 2 the model's output as well."""
@@ -236,6 +238,12 @@ class CxrApp(App):
         if message.errors:
             note += f"; {len(message.errors)} unreadable"
         self.notify(note, timeout=4)
+        ood = preds.meta.get("ood") if isinstance(preds.meta.get("ood"), dict) else None
+        workspace.out_of_distribution = ood.get("message") if ood and ood.get("far") else None
+        if workspace.out_of_distribution:  # the model was not trained on films like these: say so, and keep saying it
+            self.notify(workspace.out_of_distribution, title="out of distribution", severity="warning", timeout=15)
+            if "OUT OF DISTRIBUTION" not in self.sub_title:
+                self.sub_title = "⚠ OUT OF DISTRIBUTION · " + self.sub_title
         self.predictions_version += 1
 
     def on_thresholds_changed(self, message: ThresholdsChanged) -> None:

@@ -45,6 +45,7 @@ class Workspace:
     image_rows: dict[str, list[int]] = field(default_factory=dict)  # study -> its rows of predictions
     last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
     blind: int = 0  # blind reading: 1 hides the data set's labels, 2 the model's output as well
+    out_of_distribution: str | None = None  # the warning when the root's films lie far from the model's training images
 
     def study_probabilities(self, study_id: str) -> np.ndarray | None:
         """(n images, K) probabilities of a study's images, or None before predictions arrive."""

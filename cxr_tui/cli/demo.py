@@ -10,7 +10,7 @@ import typer
 from cxr_core.data import SourceOptions, read_manifest
 from cxr_core.demo import DEMO_N, demo_model_path, demo_root, ensure_demo_set
 from cxr_tui.cli import data
-from cxr_tui.cli.options import DbOpt, JsonOpt
+from cxr_tui.cli.options import DbOpt, JsonOpt, ReaderOpt
 from cxr_tui.cli.output import print_json, progress_bar, stdout
 
 
@@ -20,8 +20,12 @@ def demo(
     out: Annotated[Path | None, typer.Option("--out", help="Where the demo phantoms live (default: the user data dir).")] = None,
     open_app: Annotated[bool, typer.Option("--open/--no-open", help="Open the app on the demo (default), or only prepare it.")] = True,
     image_protocol: Annotated[str, typer.Option("--image-protocol", help="auto | kitty | sixel | halfcell | unicode")] = "auto",
+    reader: ReaderOpt = None,
 ) -> None:
     """Generate the demo phantom set (once), index it, and open the app on it with the bundled model."""
+    from cxr_tui.cli.open import check_reader
+
+    reader = check_reader(reader)  # a bad name is one line before minutes of phantoms
     root = out or demo_root()
     if not read_manifest(root) and not json_out:
         stdout.print(f"generating {DEMO_N} demo phantoms in {root} …")
@@ -34,7 +38,7 @@ def demo(
     if open_app:
         from cxr_tui.cli.open import launch
 
-        launch(root, demo_model_path(), None, image_protocol=image_protocol)
+        launch(root, demo_model_path(), None, image_protocol=image_protocol, reader=reader)
         return
     data.print_summary(result)
     data.print_labels(result.report)

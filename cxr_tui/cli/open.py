@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cxr_core.errors import CxrError
+from cxr_tui.cli.options import ReaderOpt
 
 PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode")
 
@@ -79,7 +80,7 @@ def open_app(
     show_phi: Annotated[bool, typer.Option("--show-phi", help="Show DICOM patient identifiers (hidden by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where training runs live (default: the user data dir).")] = None,
     color: Annotated[str, typer.Option("--color", help="auto | truecolor | 256 | 16 (default: CXR_COLOR, else what the terminal shows, tmux asked).")] = "auto",
-    reader: Annotated[str | None, typer.Option("--reader", help="Record decisions under this name (several readers of one data set each get their own; default: CXR_READER, else your login name).", show_default=False)] = None,
+    reader: ReaderOpt = None,
 ) -> None:
     """Open the app: worklist, study viewer with Grad-CAM, thresholds, training."""
     from cxr_tui.state import load_session

@@ -31,3 +31,4 @@ TtaOpt = Annotated[str | None, typer.Option("--tta", help=f"Test-time augmentati
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (worth it for large runs on a GPU).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute even when the prediction cache has the answer.")]
 ThresholdsOpt = Annotated[Path | None, typer.Option("--thresholds", help="Thresholds JSON (default: the model's own: its run's thresholds.json, or the file the TUI saved for it; else 0.5 for every label).", show_default=False)]
+ReaderOpt = Annotated[str | None, typer.Option("--reader", help="Record decisions under this name (several readers of one data set each get their own; default: CXR_READER, else your login name).", show_default=False)]

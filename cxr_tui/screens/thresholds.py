@@ -36,6 +36,7 @@ from cxr_core.eval import (
     ThresholdStats,
     TunedOn,
     load_thresholds,
+    reader_agreement,
     save_review,
     thresholds_path_for,
     tune,
@@ -254,6 +255,8 @@ accept/reject decisions; uncertain ones are left out.
         self.apply_to_all = False
         """Armed by ``a``: the next automatic choice applies to every disease."""
         self.reviewed: ReviewedStudies | None = None
+        self.readers: dict = {}
+        """finding -> ReaderAgreement among every reader of the root (the panel's readers line)."""
         self._notice: str | None = None
         self._stats: ThresholdStats | None = None
         self._source: tuple[int, Path | None] | None = None
@@ -599,7 +602,8 @@ accept/reject decisions; uncertain ones are left out.
             panel.show(None, any_reviews=False)
             return
         label = self.selected
-        panel.show(self.reviewed.agreement(label, self.points.index(label), self.thresholds[label]), any_reviews=True)
+        panel.show(self.reviewed.agreement(label, self.points.index(label), self.thresholds[label]), any_reviews=True,
+                   readers=self.readers.get(label))
 
     # -- reviews -------------------------------------------------------------------------------------------
 
@@ -610,17 +614,21 @@ accept/reject decisions; uncertain ones are left out.
         if preds is None:
             return
         reviewed = ReviewedStudies.empty(len(preds.labels))
+        readers: dict = {}
         if root is not None:
             try:  # the app's own store: one connection to the reviews database per process
-                reviewed = ReviewedStudies.build(preds, self.app.reviews.reviews(
-                    root, reviewer=self.workspace.reviewer, role="reader"))
+                every = self.app.reviews.reviews(root, role="reader")
+                mine = [r for r in every if r.reviewer == self.workspace.reviewer]
+                reviewed = ReviewedStudies.build(preds, mine)
+                readers = reader_agreement(every)
             except CxrError as err:
                 self.app.call_from_thread(self.notify, str(err), title="Reviews", severity="warning")
-        self.app.call_from_thread(self._reviews_loaded, preds, reviewed)
+        self.app.call_from_thread(self._reviews_loaded, preds, reviewed, readers)
 
-    def _reviews_loaded(self, preds: Predictions, reviewed: ReviewedStudies) -> None:
+    def _reviews_loaded(self, preds: Predictions, reviewed: ReviewedStudies, readers: dict) -> None:
         if preds is self.workspace.predictions:
             self.reviewed = reviewed
+            self.readers = readers
             self._update_agreement()
 
     # -- status lines --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class WorklistScreen(CxrScreen[None]):
         Binding("d", "cycle_finding", "Sort by a finding", show=False, id="worklist.finding"),
         Binding("m", "toggle_missing", "Studies without image", show=False, id="worklist.missing"),
         Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="worklist.blind"),
+        Binding("D", "adjudication", "Disagreements", key_display="D", show=False, id="worklist.adjudication"),
         Binding("r", "toggle_unreviewed", "Unreviewed", show=False, id="worklist.unreviewed"),
         Binding("v", "cycle_split", "Split", show=False, id="worklist.split"),
         Binding("slash", "search", "Search", key_display="/", id="worklist.search"),
@@ -148,6 +149,8 @@ class WorklistScreen(CxrScreen[None]):
                                                                        else "(∅; m hides)"))
             if self.flagged_only:
                 parts.append("flagged only")
+            if self.app.workspace.out_of_distribution:
+                parts.insert(0, "⚠ OUT OF DISTRIBUTION")
             blind = self.app.workspace.blind
             if blind:
                 parts.append("BLIND: labels hidden" + (", model hidden" if blind > 1 else ""))
@@ -195,6 +198,12 @@ class WorklistScreen(CxrScreen[None]):
         self.finding = options[(options.index(self.finding) + 1) % len(options)] if self.finding in options else None
         self._apply()
         self.query_one(WorklistTable).move_cursor(0)  # the most probable study for that finding
+
+    def action_adjudication(self) -> None:
+        """Where readers disagree: each one's call, and the adjudicated decision."""
+        from cxr_tui.screens.adjudication import AdjudicationScreen
+
+        self.app.push_screen(AdjudicationScreen())
 
     def action_toggle_missing(self) -> None:
         self.hide_missing = not self.hide_missing

@@ -8,7 +8,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from cxr_core.eval import Agreement
+from cxr_core.eval import Agreement, ReaderAgreement
 
 TITLE = "Agreement with reviewer"
 
@@ -33,10 +33,26 @@ class AgreementPanel(Static):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes, markup=False)
 
-    def show(self, table: Agreement | None, *, any_reviews: bool) -> None:
+    def show(self, table: Agreement | None, *, any_reviews: bool, readers: ReaderAgreement | None = None) -> None:
         if not any_reviews:
-            self.update(Text.assemble((TITLE + "\n", "bold"), "no reviews yet"))
+            text = Text.assemble((TITLE + "\n", "bold"), "no reviews yet")
         elif table is None:
-            self.update("")
+            text = Text()
         else:
-            self.update(agreement_text(table))
+            text = agreement_text(table)
+        if readers is not None and len(readers.readers) >= 2:
+            text.append("\n")
+            text.append_text(readers_text(readers))
+        self.update(text)
+
+
+def readers_text(table: ReaderAgreement) -> Text:
+    """Readers among themselves for one finding: Fleiss' kappa (three or more) or Cohen's (two)."""
+    if len(table.readers) >= 3:
+        kappa = "—" if table.fleiss is None else f"{table.fleiss:.2f}"
+        line = f"Fleiss κ {kappa} ({len(table.readers)} readers, {table.fleiss_items} items)"
+    else:
+        pair = next(iter(table.pairs.values()))
+        kappa = "—" if pair.kappa is None else f"{pair.kappa:.2f}"
+        line = f"Cohen κ {kappa} (2 readers, {pair.n} items)"
+    return Text.assemble(("Readers", "bold"), f" · {line} · {table.disagreements} disagree")

@@ -218,6 +218,12 @@ async def test_nih_sample_lists_every_label_row_and_marks_missing_images(real_da
         screen = app.screen
         assert screen.study_list.total == 112_120 and screen.missing == 112_020
         assert len(app.workspace.predictions) == 100
+        assert screen.hide_missing and len(screen.study_list) == 100  # most rows have no image: hidden at first
+        # A phantom-trained model on real films: said in the header and the worklist, with the measure.
+        assert "OUT OF DISTRIBUTION" in app.sub_title
+        assert "Mahalanobis" in (app.workspace.out_of_distribution or "")
+        await pilot.press("m")
+        assert len(screen.study_list) == 112_120
         await pilot.press("r")  # unreviewed only: the missing ones are not work to do
         assert len(screen.study_list) == 100
         position = screen.study_list.position_of(app.workspace.predictions.study[0])
