@@ -40,5 +40,6 @@ __getattr__, __all__ = lazy(__name__, {
     "reader_agreement": "cxr_core.eval.readers",
     "disagreements": "cxr_core.eval.readers",
     "fleiss_kappa": "cxr_core.eval.readers",
+    "ALL_FINDINGS": "cxr_core.eval.readers:ALL",
     "ReviewedStudies": "cxr_core.eval.agreement",
 })
