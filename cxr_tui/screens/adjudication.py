@@ -83,10 +83,13 @@ class AdjudicationScreen(CxrScreen[None]):
         settled = sum(d.adjudicated is not None for d in self.rows)
         self.query_one("#adjudication-status", Static).update(
             Text(visible(f"{status} · {settled} of {len(self.rows)} adjudicated"), style="bold"))
-        table.add_columns("study", "finding", *(visible(r) for r in self.readers), "adjudicated")
-        for d in self.rows:
-            table.add_row(Text(visible(d.study)), Text(visible(d.finding)),
-                          *(d.calls.get(r, "—") for r in self.readers), d.adjudicated or "—")
+        cells = [[visible(d.study), visible(d.finding), *(d.calls.get(r, "—") for r in self.readers),
+                  d.adjudicated or "—"] for d in self.rows]
+        headers = ["study", "finding", *(visible(r) for r in self.readers), "adjudicated"]
+        for k, header in enumerate(headers):  # widths from the content: nothing cut
+            table.add_column(header, width=max([len(header), *(len(row[k]) for row in cells)]))
+        for row in cells:
+            table.add_row(*(Text(cell) for cell in row))
         if self.rows:
             table.move_cursor(row=min(max(keep, 0), len(self.rows) - 1))
 

@@ -26,8 +26,8 @@ SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flag
 class WorklistScreen(CxrScreen[None]):
     BINDINGS = [
         Binding("enter", "open", "Open study", show=False, id="worklist.open_study"),
-        Binding("f", "toggle_flagged", "Flagged only", id="worklist.flagged"),
-        Binding("o", "cycle_sort", "Sort", id="worklist.sort"),
+        Binding("f", "toggle_flagged", "Flagged", id="worklist.flagged"),
+        Binding("o", "cycle_sort", "Sort", show=False, id="worklist.sort"),
         Binding("d", "cycle_finding", "Sort by a finding", show=False, id="worklist.finding"),
         Binding("m", "toggle_missing", "Studies without image", show=False, id="worklist.missing"),
         Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="worklist.blind"),

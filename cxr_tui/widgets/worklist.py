@@ -126,7 +126,7 @@ class WorklistTable(ScrollView, can_focus=True):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open_study", "Open", id="worklist.open"),
+        Binding("enter", "open_study", "Open", show=False, id="worklist.open"),
         Binding("j,down", "cursor_down", "Next study", show=False, id="worklist.down"),
         Binding("k,up", "cursor_up", "Previous study", show=False, id="worklist.up"),
         Binding("pagedown", "cursor_page_down", "Page down", show=False, id="worklist.page_down"),

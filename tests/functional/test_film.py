@@ -440,7 +440,7 @@ def _tmux_colours(tmp_path: Path, env: dict[str, str], size: tuple[int, int]) ->
     script.write_text(FILM_APP)
     session = f"cxr-film-{os.getpid()}-{size[0]}"
     settings = " ".join(f"{k}={v}" for k, v in env.items())
-    command = f"env -u COLORTERM -u TEXTUAL_COLOR_SYSTEM -u CXR_COLOR {settings} {sys.executable} {script}"
+    command = f"env -u COLORTERM -u TEXTUAL_COLOR_SYSTEM -u CXR_COLOR -u COLUMNS -u LINES {settings} {sys.executable} {script}"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]), command],
                    check=True)
     try:

@@ -87,7 +87,7 @@ def test_show_phi_shows_a_bracketed_name_in_tmux(world, tmp_path, cxr_home):
         pytest.skip("tmux is not installed")
     session = f"cxr-hostile-{os.getpid()}"
     raw = tmp_path / "terminal.bytes"
-    command = (f"exec env CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui "
+    command = (f"exec env -u COLUMNS -u LINES CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui "
                f"'{world['root']}' --model '{world['checkpoint']}' --image-protocol halfcell --show-phi")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "140", "-y", "40", "sleep 600"], check=True)
     try:

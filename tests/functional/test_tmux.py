@@ -20,6 +20,11 @@ from cxr_core.phantoms import FINDINGS
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
 
+# A tmux server started from pytest inherits pytest's COLUMNS=80 / LINES=24, and a program in a pane that reads
+# them (Python's shutil.get_terminal_size does) would draw at 80x24 in a 140x45 window: every command unsets them.
+UNSET_SIZE = "env -u COLUMNS -u LINES"
+
+
 def _pane(session: str) -> str:
     return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
 
@@ -40,7 +45,7 @@ def test_worklist_study_and_back_in_tmux(phantom_set, tmp_path, cxr_home):
     checkpoint = tmp_path / "model.safetensors"
     save_checkpoint(checkpoint, model.state_dict(), model.cxr_config.to_dict())
     session = f"cxr-test-{os.getpid()}"
-    command = (f"CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui {phantom_set} "
+    command = (f"{UNSET_SIZE} CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui {phantom_set} "
                f"--model {checkpoint} --image-protocol halfcell")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
     try:
@@ -86,7 +91,7 @@ def test_demo_decisions_survive_sighup_in_tmux(tmp_path, cxr_home):
         store.record("/earlier/data", "old-study", "Effusion", "reject")
     session = f"cxr-hup-{os.getpid()}"
     env = {**os.environ, "CXR_HOME": str(cxr_home), "NO_COLOR": "1"}
-    command = (f"exec env CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui demo "
+    command = (f"exec {UNSET_SIZE} CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui demo "
                f"--image-protocol halfcell")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "140", "-y", "45", command], check=True)
     stop = False
@@ -140,3 +145,62 @@ def test_demo_decisions_survive_sighup_in_tmux(tmp_path, cxr_home):
         rows = list(csv.DictReader(fh))
     assert sorted(r["study"] for r in rows if r["root"] != "/earlier/data") == sorted(reviewed)
     assert {r["decision"] for r in rows if r["root"] != "/earlier/data"} == {"accept"}
+
+
+def _quit(session: str) -> None:
+    subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and subprocess.run(["tmux", "has-session", "-t", session],
+                                                         capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_three_readers_agreement_and_adjudication_in_tmux(cxr_home):
+    """Issue 15's acceptance: three readers (--reader) read the same demo film in tmux, one key each; a fourth
+    session shows their Fleiss' kappa and lists exactly the findings they disagreed on."""
+    from cxr_core.eval import disagreements
+    from cxr_core.store.reviews import ReviewStore
+
+    def start(name: str, reader: str) -> str:
+        session = f"cxr-{name}-{os.getpid()}"
+        command = (f"exec {UNSET_SIZE} CXR_HOME={cxr_home} CXR_PSEUDONYM_KEY={'00' * 32} {sys.executable} -m cxr_tui demo "
+                   f"--image-protocol halfcell --reader {reader}")
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "140", "-y", "45", command], check=True)
+        _wait_for(session, "computed", 240)  # the predictions' notification (cache hits after the first reader)
+        return session
+
+    first = None
+    for reader, key in (("ana", "0"), ("bo", "A"), ("cy", "0")):  # normal, agree with the model, normal
+        session = start(reader, reader)
+        try:
+            subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+            study = _study_title(_wait_for(session, "  patient ", 30))
+            first = first or study
+            assert study == first  # everyone reads the most suspicious film
+            subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
+            deadline = time.monotonic() + 30  # one key: stored, and the next unreviewed study opens
+            while _study_title(_pane(session)) == study and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _study_title(_pane(session)) != study
+        finally:
+            _quit(session)
+    with ReviewStore(Path(cxr_home) / "reviews.sqlite") as store:
+        expected = disagreements(store.reviews())
+    assert expected and {d.study for d in expected} == {first}
+    session = start("chief", "chief")
+    try:
+        subprocess.run(["tmux", "send-keys", "-t", session, "D"], check=True)
+        pane = _wait_for(session, "adjudicated", 30)
+        assert "3 readers (ana, bo, cy)" in pane and "Fleiss' κ" in pane
+        rows = [line for line in pane.splitlines() if first in line]
+        assert len(rows) == len(expected)
+        for d in expected:
+            assert any(d.finding in row and "accept" in row and "reject" in row for row in rows)
+        subprocess.run(["tmux", "send-keys", "-t", session, "x"], check=True)  # the chief settles the first one
+        _wait_for(session, f"1 of {len(expected)} adjudicated", 30)
+    finally:
+        _quit(session)
+    with ReviewStore(Path(cxr_home) / "reviews.sqlite") as store:
+        settled = [d for d in disagreements(store.reviews()) if d.adjudicated]
+    assert len(settled) == 1 and settled[0].adjudicated == "reject"
