@@ -62,7 +62,7 @@ class TrainConfig:
     subset: int | None = setting(None, help="Train on a label-stratified subset of N training images.")
     cache: bool = setting(True, help="Read a preprocessed uint8 cache instead of decoding images every epoch.")
     workers: int | None = setting(None, help="Data loader and preprocessing processes.",
-                                  default_text="one per spare core on a GPU, 0 on a CPU")
+                                  default_text="every spare core on a GPU, 0 on a CPU")
     # model
     model: str = setting("efficientnet_b0", help="Registered model name (see `cxr-tui train --list-models`).")
     image_size: int | None = setting(None, help="Input side in pixels.", default_text="the model's own")
@@ -74,7 +74,9 @@ class TrainConfig:
                                           default_text="the model's")
     # optimisation
     epochs: int = setting(10, help="Passes over the training set.")
-    batch_size: int = setting(32, help="Images per batch (per process under torchrun).")
+    batch_size: int | None = setting(None, help="Images per batch (per process under torchrun).",
+                                     default_text="32 on a CPU; on a GPU by model and image size, e.g. 256 for "
+                                                  "efficientnet_b0 at 224")
     lr: float | None = setting(None, help="Peak learning rate (AdamW).",
                                default_text="2e-3 from scratch, 3e-4 from pretrained weights")
     weight_decay: float = setting(1e-4, help="AdamW weight decay (not on norms and biases).")
@@ -95,6 +97,8 @@ class TrainConfig:
     early_stopping: int = setting(0, help="Patience in epochs on val macro AUC; 0 turns it off.")
     amp: bool = setting(True, help="bf16 (or fp16) autocast on CUDA; ignored on CPU.")
     channels_last: bool = setting(True, help="channels_last memory layout on CUDA and CPU (faster convolutions).")
+    compile: bool = setting(False, help="torch.compile the model (a minute of compiling first; pays on long GPU "
+                                        "runs).")
     max_steps_per_epoch: int | None = setting(None, help="End every epoch after N steps (quick checks).",
                                               hidden=True)
     # run

@@ -1,7 +1,8 @@
 """The training loop: data, model, AMP, accumulation, mixup, validation, checkpoints, resume, DDP.
 
 The trainer writes only through its RunDir (metrics, status, checkpoints) and calls named hooks
-(``on_train_start``, ``on_train_batch_end``, ``on_validation_epoch_end``, ``on_train_end``) so a caller can
+(``on_train_start``, ``on_train_batch_end`` (with the step's loss as a detached device tensor: reading it
+syncs the host), ``on_validation_epoch_end``, ``on_train_end``) so a caller can
 watch it without the core knowing who listens. ``stop_event`` asks it to stop cleanly: it finishes the
 current step, writes a checkpoint that records where in the epoch it was, and returns ``"stopped"``;
 ``fit(resume=True)`` continues from exactly there (same optimizer, scheduler, sampler order and epoch).
@@ -65,13 +66,33 @@ def default_workers(device: torch.device) -> int:
     needs those cores itself and reading the uint8 cache costs ~2 ms an image, so load in-process."""
     if device.type == "cpu":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
+
+
+# Images per batch on one GPU by model at 224 px (bf16, 80 GB class): what fits with room for the optimizer
+# and keeps the tensor cores busy; scaled by pixel count at other sizes. On a CPU 32 (the step is the cost).
+GPU_BATCH_AT_224 = {"densenet121": 128, "efficientnet_b3": 128, "convnext_tiny": 128, "resnet50": 192,
+                    "vit_base_patch16_224": 128, "biomedclip": 128, "xrv_densenet121_all": 128,
+                    "xrv_resnet50_all": 96}
+GPU_BATCH_DEFAULT = 256
+CPU_BATCH = 32
+
+
+def default_batch_size(model: str, image_size: int, device: torch.device) -> int:
+    """The batch size when the config leaves it open (``--batch-size`` overrides): by device, model and size."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    at_224 = GPU_BATCH_AT_224.get(model, GPU_BATCH_DEFAULT)
+    scaled = at_224 * (224 / max(image_size, 1)) ** 2
+    return int(min(512, max(8, scaled // 8 * 8)))
 
 
 class _SkipFirst(Sampler[int]):
-    """A resumed epoch: the same order as the interrupted one, without the samples already trained on."""
+    """The training order of an epoch; after a resume (``skip`` > 0) the same order as the interrupted epoch
+    without the samples already trained on. One object for the whole run, so the loader (and its workers)
+    can persist across epochs."""
 
-    def __init__(self, sampler: Sampler[int], skip: int):
+    def __init__(self, sampler: Sampler[int], skip: int = 0):
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self):
@@ -123,6 +144,10 @@ class Trainer:
                                   image_size=cfg.image_size, unfreeze_layers=cfg.unfreeze_layers)
         self.model_config = self.model.cxr_config
         size = self.model_config.input_size
+        self.batch_size = cfg.batch_size or default_batch_size(cfg.model, size, self.device)
+        log.info("batch size %d%s, %d loader workers on %s", self.batch_size,
+                 "" if cfg.batch_size else " (chosen for the device; --batch-size overrides)", self.workers,
+                 self.device)
         log.info("data %s: %d train / %d val images, labels %s; %s", data.root, len(data.train), len(data.val),
                  ", ".join(data.labels), data.split_note)
         if self.run is not None:
@@ -173,7 +198,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.optimizer = build_optimizer(self.model, cfg)
-        batches = math.ceil(len(self.sampler) / cfg.batch_size)
+        batches = math.ceil(len(self.sampler) / self.batch_size)
         if cfg.max_steps_per_epoch:
             batches = min(batches, cfg.max_steps_per_epoch)
         self.batches_per_epoch = batches
@@ -182,6 +207,12 @@ class Trainer:
         if dist.enabled:
             ids = [self.device.index] if cuda else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)  # checkpoints still save self.model's own state dict
+        self._epoch_order = _SkipFirst(self.sampler)
+        self._train_generator = torch.Generator()
+        self.train_loader = self._loader(self.train_set, sampler=self._epoch_order, generator=self._train_generator,
+                                         persistent=True)
 
     def _cache_progress(self, done: int, total: int) -> None:
         if done == total or done % 500 == 0:
@@ -189,14 +220,19 @@ class Trainer:
         if self.run is not None:
             self.run.update_status(phase=f"preprocessing images {done}/{total}")
 
-    def _loader(self, dataset, sampler=None, seed: int | None = None) -> DataLoader:
-        """A loader; ``seed`` gives it its own generator, so starting it draws nothing from the global RNG
-        (a resumed epoch then continues the interrupted one's random stream exactly, with workers=0)."""
+    def _loader(self, dataset, sampler=None, seed: int | None = None, generator: torch.Generator | None = None,
+                persistent: bool = False) -> DataLoader:
+        """A loader with its own generator (``seed``, or one the caller reseeds each epoch), so starting it draws
+        nothing from the global RNG (a resumed epoch then continues the interrupted one's random stream exactly,
+        with workers=0). ``persistent``: its worker processes live across epochs (no re-spawn, no cold start)."""
         workers = self.workers
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", generator=generator,
-                          worker_init_fn=_quiet_worker if workers else None)
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        cuda = self.device.type == "cuda"
+        extra = dict(persistent_workers=persistent, prefetch_factor=4 if cuda else 2) if workers else {}
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          pin_memory=cuda, generator=generator, worker_init_fn=_quiet_worker if workers else None,
+                          **extra)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -263,7 +299,9 @@ class Trainer:
                 self._save(done, {}, best=False)
                 self._finish("stopped")
                 return "stopped"
+            validation_started = time.perf_counter()
             row = self._validate()
+            row["val_s"] = round(time.perf_counter() - validation_started, 3)  # its own figure, not in images_per_s
             self.epoch += 1
             row["epoch"] = self.epoch
             improved = self._track_best(row)
@@ -309,7 +347,7 @@ class Trainer:
                          MIN_IMAGES)
                 return
             sample = np.stack(pixels)
-            options = dict(device=self.device, batch_size=self.config.batch_size, amp_dtype=self.amp_dtype,
+            options = dict(device=self.device, batch_size=self.batch_size, amp_dtype=self.amp_dtype,
                            channels_last=self.channels_last, seed=self.config.seed)
             last = stats_for_model(self.model, self.model_config, sample, **options)
             add_ood_stats(self.run.last_checkpoint, last)
@@ -349,35 +387,61 @@ class Trainer:
         return False
 
     def _train_epoch(self, skip: int) -> int | None:
-        """One epoch; None when it ran to the end, else the number of batches done when asked to stop."""
+        """One epoch; None when it ran to the end, else the number of batches done when asked to stop.
+
+        The loss stays on the device: it is summed there and read once per logged step (and at the end), so the
+        host never waits for the GPU inside the loop. A non-finite loss is caught at that read, naming the step it
+        first happened at (the weights are not kept: training stops with the last checkpoint intact)."""
         cfg = self.config
         self.net.train()
         self.sampler.set_epoch(self.epoch)
-        sampler = _SkipFirst(self.sampler, skip * cfg.batch_size) if skip else self.sampler
-        loader = self._loader(self.train_set, sampler=sampler, seed=cfg.seed * 100_003 + self.epoch)
+        self._epoch_order.skip = skip * self.batch_size
+        self._train_generator.manual_seed(cfg.seed * 100_003 + self.epoch)
         every = max(1, self.batches_per_epoch // STEP_LINES_PER_EPOCH)
-        losses: list[float] = []
-        seen = 0
+        zero = torch.zeros((), device=self.device)
+        epoch_sum, window_sum, window = zero.clone(), zero.clone(), 0
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        bad_loss = zero.clone()
+        seen = steps = 0
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         step = skip
-        for step, batch in enumerate(loader, start=skip + 1):
+        for step, batch in enumerate(self.train_loader, start=skip + 1):
             loss = self._train_step(batch, step)
-            losses.append(loss)
+            bad = ~torch.isfinite(loss) & (first_bad < 0)
+            first_bad = torch.where(bad, step, first_bad)
+            bad_loss = torch.where(bad, loss, bad_loss)
+            epoch_sum += loss
+            window_sum += loss
+            window += 1
+            steps += 1
             seen += len(batch["target"])
             self._hook("on_train_batch_end", step, loss)
-            if self.run is not None and step % every == 0:
-                self.run.append_metrics({"type": "step", "epoch": self.epoch + 1, "step": self.global_step,
-                                         "train_loss": float(np.mean(losses[-every:])),
-                                         "lr": self.optimizer.param_groups[0]["lr"]})
+            if step % every == 0 or step >= self.batches_per_epoch:
+                self._check_finite(first_bad, bad_loss)  # the one host sync of `every` steps
+                if self.run is not None and step % every == 0:
+                    self.run.append_metrics({"type": "step", "epoch": self.epoch + 1, "step": self.global_step,
+                                             "train_loss": float(window_sum.item()) / window,
+                                             "lr": self.optimizer.param_groups[0]["lr"]})
+                window_sum.zero_()
+                window = 0
             if step >= self.batches_per_epoch:
                 break
             if self.dist.all_true(self.stop_event.is_set()):
+                self._check_finite(first_bad, bad_loss)
                 return step
-        self._epoch_stats = {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+        self._check_finite(first_bad, bad_loss)
+        mean_loss = float(epoch_sum.item()) / steps if steps else float("nan")
+        self._epoch_stats = {"train_loss": mean_loss,
                              "images_per_s": seen * self.dist.world / max(1e-9, time.perf_counter() - started),
-                             "lr": self.optimizer.param_groups[0]["lr"]}
+                             "lr": self.optimizer.param_groups[0]["lr"], "batch_size": self.batch_size}
         return None
+
+    def _check_finite(self, first_bad: torch.Tensor, bad_loss: torch.Tensor) -> None:
+        step = int(first_bad.item())
+        if step >= 0:
+            raise TrainingFailed(f"the loss became {float(bad_loss.item())} at epoch {self.epoch + 1}, step {step}: "
+                                 "lower --lr, or try --no-amp")
 
     def _images(self, batch: dict[str, Any]) -> torch.Tensor:
         """A batch's uint8 pixels, moved to the device and normalised there (channels_last when it pays)."""
@@ -386,7 +450,7 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _train_step(self, batch: dict[str, Any], step: int) -> float:
+    def _train_step(self, batch: dict[str, Any], step: int) -> torch.Tensor:
         cfg = self.config
         images = self._images(batch)
         target = batch["target"].to(self.device, non_blocking=True)
@@ -400,9 +464,6 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             logits = self.net(images)
         loss = self.loss_fn(logits.float(), target, mask)
-        if not torch.isfinite(loss):
-            raise TrainingFailed(f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {step}: "
-                                 "lower --lr, or try --no-amp")
         self.scaler.scale(loss / cfg.grad_accum).backward()
         if step % cfg.grad_accum == 0 or step >= self.batches_per_epoch:
             if cfg.grad_clip > 0:
@@ -414,7 +475,7 @@ class Trainer:
             self.global_step += 1
             if self.per_step:
                 self.scheduler.step()
-        return float(loss.item())
+        return loss.detach()
 
     @torch.no_grad()
     def _validate(self) -> dict[str, Any]:

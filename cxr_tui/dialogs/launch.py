@@ -61,7 +61,9 @@ class LaunchForm(ModalScreen[TrainConfig | None]):
                 yield Label("epochs")
                 yield Input(str(defaults.epochs), type="integer", id="epochs", compact=True)
                 yield Label("batch size")
-                yield Input(str(defaults.batch_size), type="integer", id="batch-size", compact=True)
+                yield Input("" if defaults.batch_size is None else str(defaults.batch_size),
+                            placeholder="auto (32 on a CPU; by model on a GPU)", type="integer", id="batch-size",
+                            compact=True)
                 yield Label("learning rate")
                 yield Input(placeholder="auto (2e-3 from scratch, 3e-4 from weights)", type="number", id="lr",
                             compact=True)
@@ -101,7 +103,7 @@ class LaunchForm(ModalScreen[TrainConfig | None]):
         config = TrainConfig(
             data=str(root), format=None if fmt == "auto" else str(fmt), model=str(model),
             image_size=self._number("image-size", int), epochs=self._number("epochs", int, required=True),
-            batch_size=self._number("batch-size", int, required=True), lr=self._number("lr", float),
+            batch_size=self._number("batch-size", int), lr=self._number("lr", float),
             loss=str(self.query_one("#loss", Select).value), weights=weights or None,
             device="cpu" if gpus == 0 else "auto", gpus=",".join(map(str, range(gpus))) if gpus > 1 else None,
             name=self._text("name") or None,

@@ -213,3 +213,45 @@ def test_studies_in_splits_training_does_not_know_are_named(tmp_path, phantom_se
     data = prepare_data(_config(root))
     n = sum(r["split"] == "holdout2" for r in rows)
     assert f"{n} studies not used, their split is not train, val or test: holdout2 ({n})" in data.split_note
+
+
+def test_batch_size_is_chosen_by_device_model_and_size_unless_given():
+    from cxr_core.train.trainer import CPU_BATCH, default_batch_size
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert default_batch_size("efficientnet_b0", 224, cpu) == CPU_BATCH
+    assert default_batch_size("efficientnet_b0", 224, cuda) == 256
+    assert default_batch_size("densenet121", 224, cuda) == 128
+    assert default_batch_size("efficientnet_b0", 448, cuda) == 64  # a quarter of the pixels per image
+    assert default_batch_size("efficientnet_b0", 64, cuda) == 512  # capped
+    assert default_batch_size("xrv_resnet50_all", 512, cuda) % 8 == 0
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_training_naming_the_step_it_first_happened(tmp_path, phantom_set, monkeypatch):
+    """The loss is read once per logged step, not every step; the failure still names the exact step."""
+    from cxr_core.train import trainer as trainer_module
+
+    real = trainer_module.Trainer._train_step
+
+    def poisoned(self, batch, step):
+        loss = real(self, batch, step)
+        return loss * float("nan") if (self.epoch, step) == (1, 2) else loss
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", poisoned)
+    run = _run(tmp_path, _config(phantom_set, epochs=3))
+    with pytest.raises(trainer_module.TrainingFailed, match="at epoch 2, step 2"):
+        run_training(run)
+    assert run.read_status().state == "failed"
+    assert [r["epoch"] for r in run.read_metrics() if r.get("type") == "epoch"] == [1]  # epoch 1 kept
+
+
+@pytest.mark.slow
+def test_loader_workers_persist_across_epochs_and_epochs_report_their_own_figures(tmp_path, phantom_set):
+    import dataclasses
+
+    run = _run(tmp_path, dataclasses.replace(_config(phantom_set, epochs=2, workers=2), batch_size=None))
+    assert run_training(run) == "finished"
+    epochs = [r for r in run.read_metrics() if r.get("type") == "epoch"]
+    assert [r["batch_size"] for r in epochs] == [32, 32]  # chosen for the CPU
+    assert all(r["images_per_s"] > 0 and r["val_s"] >= 0 for r in epochs)
