@@ -61,12 +61,17 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def _cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(device: torch.device) -> int:
     """Loader processes when the config leaves it open: feed a GPU from every spare core; on a CPU the model
     needs those cores itself and reading the uint8 cache costs ~2 ms an image, so load in-process."""
     if device.type == "cpu":
         return 0
-    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
+    return max(1, _cores() - 1)
 
 
 # Images per batch on one GPU by model at 224 px (bf16, 80 GB class): what fits with room for the optimizer
@@ -156,7 +161,7 @@ class Trainer:
         if cfg.cache:
             relpaths = [i.relpath for i in itertools.chain(data.train, data.val)]
             if dist.is_main:
-                cache = ImageCache.open_or_build(data.base, relpaths, size, workers=self.workers,
+                cache = ImageCache.open_or_build(data.base, relpaths, size, workers=_cores(),  # nothing else runs yet
                                                  progress=self._cache_progress, cancel=self.stop_event)
             dist.barrier()
             if not dist.is_main:
