@@ -479,6 +479,11 @@ class ReviewStore:
                    + ("" if include_cleared else " AND c.decision != 'clear'") + " ORDER BY a.id")
         return [_row(r) for r in self._run(lambda conn: conn.execute(sql, args).fetchall(), write=False)]
 
+    def last_action_id(self) -> int:
+        """The id of the newest action (0 for an empty database): a mark that "decisions up to here" can name."""
+        return self._run(lambda conn: conn.execute("SELECT coalesce(max(id), 0) FROM actions").fetchone()[0],
+                         write=False)
+
     def readers(self, root: str | os.PathLike[str] | None = None) -> list[str]:
         """Everyone with a current reader's decision (on ``root``, or any), in name order."""
         where, args = _reader_filter(root, None, None, READER)

@@ -61,6 +61,14 @@ class TrainConfig:
     split_seed: int = setting(0, help="Seed of the patient split that carves validation and of --subset.")
     subset: int | None = setting(None, help="Train on a label-stratified subset of N training images.")
     cache: bool = setting(True, help="Read a preprocessed uint8 cache instead of decoding images every epoch.")
+    with_reviews: bool = setting(False, help="Overlay reviewers' decisions on the data set's labels (accept = "
+                                             "positive, reject = negative, uncertain = masked; adjudicated, then "
+                                             "majority, then latest); test-split studies never.")
+    reviews_db: str | None = setting(None, help="With --with-reviews: the reviews database (default: the user data "
+                                                "dir's).", path=True)
+    reviews_upto: int | None = setting(None, help="With --with-reviews: decisions up to this action id (set when "
+                                                  "the run is created, so a resumed run trains on the same labels).",
+                                       internal=True)
     workers: int | None = setting(None, help="Data loader and preprocessing processes.",
                                   default_text="every spare core on a GPU, 0 on a CPU")
     # model

@@ -31,6 +31,7 @@ from cxr_core.labels import LabelSpace, UncertaintyPolicy
 from cxr_core.store.index import StudyIndex
 from cxr_core.text import visible
 from cxr_core.train.config import ConfigError, TrainConfig
+from cxr_core.train.reviewed_labels import ReviewLabels, overlay
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainData:
     val: list[Item]
     split: dict[str, list[str]] = field(default_factory=dict)
     split_note: str = ""
+    reviews: ReviewLabels | None = None
+    """With --with-reviews: what the reviewers' decisions contributed (the run keeps it as reviews.json)."""
 
     def save_split(self, path: Path) -> None:
         atomic_write_text(path, json.dumps({"note": self.split_note, **self.split}) + "\n")
@@ -113,6 +116,10 @@ def prepare_data(config: TrainConfig, index: StudyIndex | None = None) -> TrainD
     if unused and fold is None:  # never silently: a hospital's "validation2" or "holdout" is not trained on
         note += (f"; {sum(unused.values())} studies not used, their split is not train, val or test: "
                  + ", ".join(f"{name} ({n})" for name, n in unused.most_common(5)))
+    reviewed = None
+    if config.with_reviews:
+        train_studies, val_studies, reviewed = _with_reviews(config, root, space, train_studies, val_studies, studies)
+        note += "; " + reviewed.line()
     policy = UncertaintyPolicy(config.uncertainty)
     train = items_from_studies(train_studies, space, policy, labels=labels)
     val = items_from_studies(val_studies, space, policy, labels=labels)
@@ -123,4 +130,18 @@ def prepare_data(config: TrainConfig, index: StudyIndex | None = None) -> TrainD
     if not train:
         raise ConfigError(f"{root}: no training images present on disk")
     split = {"train": [s.id for s in train_studies], "val": [s.id for s in val_studies]}
-    return TrainData(root, image_base(root), space, labels, train, val, split, note)
+    return TrainData(root, image_base(root), space, labels, train, val, split, note, reviewed)
+
+
+def _with_reviews(config: TrainConfig, root: Path, space: LabelSpace, train: list[Study], val: list[Study],
+                  every: list[Study]) -> tuple[list[Study], list[Study], ReviewLabels]:
+    """Overlay the reviewers' decisions (up to the run's action id) on the train and val studies; count the ones on
+    test studies, which are never used."""
+    from cxr_core.store.reviews import ReviewStore
+
+    with ReviewStore(Path(config.reviews_db) if config.reviews_db else None) as store:
+        upto = config.reviews_upto if config.reviews_upto is not None else store.last_action_id()
+        actions = store.reviews(root, history=True)
+    test = [s for s in every if (s.split or "").casefold() in TEST_SPLITS]
+    studies, summary = overlay([*train, *val, *test], space, actions, upto)
+    return studies[:len(train)], studies[len(train):len(train) + len(val)], summary

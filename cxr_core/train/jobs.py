@@ -42,6 +42,11 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
     if config.data and not Path(config.data).expanduser().exists():
         raise CxrError(f"{config.data}: no such data set root")
     check_writable_dir(runs_dir or default_runs_dir(), "runs folder")
+    if config.with_reviews and config.reviews_upto is None:  # the decisions this run trains on, fixed now
+        from cxr_core.store import ReviewStore
+
+        with ReviewStore(Path(config.reviews_db) if config.reviews_db else None) as store:
+            config = config.replace(reviews_upto=store.last_action_id())
     run = RunDir.create(runs_dir, config.name)
     write_run_config(run, config)
     return run

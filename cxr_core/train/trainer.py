@@ -13,6 +13,7 @@ once, so prediction can say when it is asked about images far from them.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from cxr_core.atomic import atomic_write_text
 from cxr_core.checkpoint import add_ood_stats, load_checkpoint, save_checkpoint
 from cxr_core.data.augment import train_transform
 from cxr_core.data.dataset import XRayDataset
@@ -157,6 +159,8 @@ class Trainer:
                  ", ".join(data.labels), data.split_note)
         if self.run is not None:
             data.save_split(self.run.path / "split.json")
+            if data.reviews is not None:  # which decisions, by whom, up to which action: the labels' provenance
+                atomic_write_text(self.run.path / "reviews.json", json.dumps(data.reviews.to_dict(), indent=2) + "\n")
         cache = None
         if cfg.cache:
             relpaths = [i.relpath for i in itertools.chain(data.train, data.val)]

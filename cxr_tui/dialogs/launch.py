@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from cxr_core.data import SOURCES
 from cxr_core.errors import CxrError
@@ -77,6 +77,9 @@ class LaunchForm(ModalScreen[TrainConfig | None]):
                             tooltip="0: CPU; 1: one GPU; more: one process per GPU (torchrun, DDP)")
                 yield Label("name")
                 yield Input(placeholder="optional: appended to the run id", id="name", compact=True)
+                yield Label("reviews")
+                yield Checkbox("train on reviewers' decisions too", value=False, id="with-reviews", compact=True,
+                               tooltip="accept = positive, reject = negative, uncertain = masked; never test studies")
             yield Static("", id="launch-error", markup=False)
             with Horizontal(id="launch-buttons"):
                 yield Button("Start", id="start", variant="primary", compact=True)
@@ -106,7 +109,7 @@ class LaunchForm(ModalScreen[TrainConfig | None]):
             batch_size=self._number("batch-size", int), lr=self._number("lr", float),
             loss=str(self.query_one("#loss", Select).value), weights=weights or None,
             device="cpu" if gpus == 0 else "auto", gpus=",".join(map(str, range(gpus))) if gpus > 1 else None,
-            name=self._text("name") or None,
+            name=self._text("name") or None, with_reviews=self.query_one("#with-reviews", Checkbox).value,
         )
         return config.resolve().validate()
 
