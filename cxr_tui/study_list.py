@@ -33,8 +33,10 @@ from cxr_core.text import visible
 if TYPE_CHECKING:
     from cxr_core.data import Study
 
-SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status", "finding"]
-"""``finding``: one finding's probability (:meth:`StudyList.sort` names which); the others are columns."""
+SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status", "finding",
+                  "uncertain", "entropy"]
+"""``finding``: one finding's probability (:meth:`StudyList.sort` names which); ``uncertain`` / ``entropy``: how
+unsure the model is (:mod:`cxr_core.eval.uncertainty`, what to review next); the others are columns."""
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)
 REVIEW_STATES: tuple[str, ...] = ("", "partial", "uncertain", "reviewed", "missing")
 """Review status of a study: not started, some findings reviewed, a finding left uncertain, every finding
@@ -217,6 +219,18 @@ class StudyList:
         """The flagged findings of each row as text ("Effusion, Mass"), in row order."""
         return np.asarray(self._all_pattern_texts(), dtype=object)[self._pattern]
 
+    def most_informative(self, order: str = "uncertain") -> str | None:
+        """The unreviewed study with an image (in the whole list, not only the view) the model is least sure of."""
+        from cxr_core.eval import informativeness
+
+        score = informativeness(self._probs, self._thresholds, order)
+        open_ = ((self._status == REVIEW_STATES.index("")) | (self._status == REVIEW_STATES.index("partial"))) \
+            & ~np.isnan(score)
+        if not open_.any():
+            return None
+        best = np.flatnonzero(open_)[np.argmax(score[open_])]
+        return str(self._ids[best])
+
     def study_at(self, pos: int) -> str:
         """Study id at a view position (IndexError outside the view)."""
         return str(self._ids[self._view[self._check(pos)]])
@@ -323,13 +337,17 @@ class StudyList:
             primary = self._sort_values(key)
             if descending:
                 primary = -primary
-            if key in ("max_prob", "n_flagged", "finding"):
+            if key in ("max_prob", "n_flagged", "finding", "uncertain", "entropy"):
                 # Unpredicted rows last in both directions: NaN sorts last, and -NaN is NaN.
                 primary = np.where(np.isnan(self._max_prob), np.nan, primary.astype(np.float64))
             self._order = np.lexsort((self._id_rank, primary))
         self._view = self._order[self._keep[self._order]]
 
     def _sort_values(self, key: str) -> np.ndarray:
+        if key in ("uncertain", "entropy"):  # higher = review sooner
+            from cxr_core.eval import informativeness
+
+            return informativeness(self._probs, self._thresholds, key)
         if key == "finding":
             if self._sort_finding not in self.labels:  # new predictions without it: back to the highest
                 return self._max_prob.astype(np.float64)
@@ -400,7 +418,7 @@ class StudyList:
         """Re-flag the stored probabilities at new thresholds (arithmetic only; nothing is re-run). The order
         is recomputed only when the sort depends on the flags (``n_flagged``, ``findings``)."""
         self._reflag(thresholds)
-        if self._sort_key in ("n_flagged", "findings"):
+        if self._sort_key in ("n_flagged", "findings", "uncertain"):
             self._keep = self._mask()
             self._resort()
         else:

@@ -40,6 +40,9 @@ __getattr__, __all__ = lazy(__name__, {
     "reader_agreement": "cxr_core.eval.readers",
     "disagreements": "cxr_core.eval.readers",
     "fleiss_kappa": "cxr_core.eval.readers",
+    "ORDERS": "cxr_core.eval.uncertainty",
+    "informativeness": "cxr_core.eval.uncertainty",
+    "review_order": "cxr_core.eval.uncertainty",
     "ALL_FINDINGS": "cxr_core.eval.readers:ALL",
     "ReviewedStudies": "cxr_core.eval.agreement",
 })

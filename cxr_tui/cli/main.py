@@ -11,7 +11,7 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError, database_error_text, os_error_text
-from cxr_tui.cli import cam, data, demo, evaluate, jobs, open, predict, reviews, thresholds, train
+from cxr_tui.cli import cam, data, demo, evaluate, jobs, open, predict, reviews, thresholds, train, worklist
 from cxr_tui.cli.output import error_line
 
 ENV_COLOR = "CXR_COLOR"  # cxr_tui.terminal.ENV_VAR (not imported here: the light commands stay light)
@@ -34,6 +34,7 @@ app.command("train")(train.train)
 app.command("predict")(predict.predict)
 app.command("eval")(evaluate.eval_cmd)
 app.command("cam")(cam.cam_cmd)
+app.command("worklist")(worklist.worklist_cmd)
 app.add_typer(thresholds.app, name="thresholds")
 app.add_typer(reviews.app, name="reviews")
 app.command("open", help="Open the app (what `cxr-tui [ROOT]` with no subcommand does).")(open.open_app)

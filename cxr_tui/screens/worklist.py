@@ -16,7 +16,9 @@ from cxr_tui.screens.base import CxrScreen
 from cxr_tui.study_list import StudyList
 from cxr_tui.widgets.worklist import WorklistTable
 
-SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"), ("study", False, "study id"))
+SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"),
+         ("uncertain", True, "most uncertain first (to learn from)"), ("entropy", True, "entropy"),
+         ("study", False, "study id"))
 
 
 
@@ -31,6 +33,7 @@ class WorklistScreen(CxrScreen[None]):
         Binding("d", "cycle_finding", "Sort by a finding", show=False, id="worklist.finding"),
         Binding("m", "toggle_missing", "Studies without image", show=False, id="worklist.missing"),
         Binding("B", "cycle_blind", "Blind reading", key_display="B", show=False, id="worklist.blind"),
+        Binding("n", "next_informative", "Next to review", show=False, id="worklist.next_informative"),
         Binding("D", "adjudication", "Disagreements", key_display="D", show=False, id="worklist.adjudication"),
         Binding("r", "toggle_unreviewed", "Unreviewed", show=False, id="worklist.unreviewed"),
         Binding("v", "cycle_split", "Split", show=False, id="worklist.split"),
@@ -198,6 +201,17 @@ class WorklistScreen(CxrScreen[None]):
         self.finding = options[(options.index(self.finding) + 1) % len(options)] if self.finding in options else None
         self._apply()
         self.query_one(WorklistTable).move_cursor(0)  # the most probable study for that finding
+
+    def action_next_informative(self) -> None:
+        """Open the unreviewed study the model is least sure of (its answer teaches the next model most)."""
+        if self.app.workspace.predictions is None:
+            self.notify("no predictions yet: the model's uncertainty orders what to review next", severity="warning")
+            return
+        study = self.study_list.most_informative()
+        if study is None:
+            self.notify("every study with an image is reviewed", timeout=3)
+            return
+        self._open(study)
 
     def action_adjudication(self) -> None:
         """Where readers disagree: each one's call, and the adjudicated decision."""

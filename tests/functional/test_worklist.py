@@ -92,7 +92,7 @@ def test_unpredicted_rows_show_a_dash_and_sort_last_both_ways() -> None:
             assert set(view_ids(model)[-2:]) == unpredicted
 
 
-@pytest.mark.parametrize("key", [key for key in SORT_KEYS if key != "finding"])
+@pytest.mark.parametrize("key", [key for key in SORT_KEYS if key not in ("finding", "uncertain", "entropy")])
 @pytest.mark.parametrize("descending", [False, True])
 def test_sort_matches_python_sorted(key: str, descending: bool) -> None:
     model, _ = make_model()
@@ -139,6 +139,21 @@ def test_sort_by_one_finding_shows_and_orders_its_probability() -> None:
     model.sort("max_prob", True)
     assert model.sort_finding is None
     assert model.row(0).max_prob == f"{model.max_prob_at(0):.2f}"
+
+
+@pytest.mark.parametrize("order", ["uncertain", "entropy"])
+def test_uncertainty_orders_match_the_core_ordering_the_cli_uses(order: str) -> None:
+    from cxr_core.eval import review_order
+
+    model, probs = make_model()
+    model.sort(order, True)
+    ids = [model.row_index(s) for s in view_ids(model)]
+    studies = [str(model._ids[i]) for i in range(len(model._ids))]
+    expected = [study for study, _ in review_order(studies, probs, LABELS, THRESHOLDS, order)]
+    assert view_ids(model) == expected, ids
+    assert model.most_informative(order) == expected[0]
+    model.update_status({expected[0]: "reviewed"})
+    assert model.most_informative(order) == expected[1]
 
 
 def test_studies_without_an_image_can_be_hidden_and_known_labels_shown() -> None:

@@ -1,0 +1,70 @@
+"""What to review next for the model to learn most: orderings of studies by how unsure the model is.
+
+Both work on a study's scores (the maximum over its images, :meth:`cxr_core.predictions.Predictions.study_scores`,
+the same numbers the worklist flags), so the worklist's order and ``cxr-tui worklist --order`` agree:
+
+* ``uncertain``: the distance to the decision threshold in logit space, ``min_k |logit(p_k) - logit(t_k)|``,
+  smallest first: a study one finding of which sits on its threshold is the one a reviewer's answer moves most.
+  Logits, not probabilities: 0.50 vs 0.55 is a smaller step for the model than 0.95 vs 0.999.
+* ``entropy``: the mean binary entropy over findings (bits), highest first: unsure about many findings at once.
+
+Studies without scores (not predicted) sort last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+ORDERS = ("uncertain", "entropy")
+EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def threshold_margin(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(N,) smallest logit distance of each row's scores to their thresholds (NaN: nothing scored)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] == 0:
+        return np.full(len(probs), np.nan)
+    distance = np.abs(_logit(probs) - _logit(np.asarray(thresholds, dtype=np.float64))[None, :])
+    distance[np.isnan(probs)] = np.nan
+    with np.errstate(all="ignore"):
+        out = np.nanmin(np.where(np.isnan(distance), np.inf, distance), axis=1)
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+def mean_entropy(probs: np.ndarray) -> np.ndarray:
+    """(N,) mean binary entropy in bits over each row's scored findings (NaN: nothing scored)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    h[np.isnan(np.asarray(probs, dtype=np.float64))] = np.nan
+    with np.errstate(all="ignore"):
+        scored = (~np.isnan(h)).sum(axis=1)
+        out = np.where(scored > 0, np.nansum(h, axis=1) / np.maximum(scored, 1), np.nan)
+    return out
+
+
+def informativeness(probs: np.ndarray, thresholds: np.ndarray, order: str) -> np.ndarray:
+    """(N,) a score where higher = review sooner (NaN for rows without scores)."""
+    if order == "uncertain":
+        return -threshold_margin(probs, thresholds)
+    if order == "entropy":
+        return mean_entropy(probs)
+    raise ValueError(f"unknown order {order!r}: choose from {', '.join(ORDERS)}")
+
+
+def review_order(studies: Sequence[str], probs: np.ndarray, labels: Sequence[str],
+                 thresholds: Mapping[str, float | None], order: str) -> list[tuple[str, float]]:
+    """Studies (with their score) most informative first; unscored studies last, then by id. A label missing
+    from ``thresholds`` is at 0.5; one mapped to None has no threshold and does not count (as in the worklist)."""
+    values = [thresholds.get(label, 0.5) for label in labels]
+    t = np.array([np.nan if v is None else float(v) for v in values])
+    score = informativeness(probs, t, order)
+    keyed = sorted(range(len(studies)), key=lambda i: (np.isnan(score[i]), -np.nan_to_num(score[i]), studies[i]))
+    return [(studies[i], float(score[i])) for i in keyed]
