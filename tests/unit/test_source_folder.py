@@ -67,6 +67,19 @@ def test_labels_csv_with_study_column(tmp_path, index):
     assert any("study 's9' has no images" in p["reason"] for p in result.report.problems)
 
 
+def test_a_question_mark_means_not_labelled_yet_not_normal(tmp_path, index):
+    root = tmp_path / "d"
+    for name in ("a", "b", "c"):
+        _png(root / f"{name}.png")
+    (root / "labels.csv").write_text("image,labels,split\na.png,Effusion,train\nb.png,?,train\nc.png,,train\n")
+    result = index.scan(root)
+    by_id = {s.id: s for s in index.studies(result.report.root)}
+    space = index.label_space(result.report.root)
+    assert set(by_id["b"].labels) == {"."}  # every finding unknown: masked until someone decides
+    assert "." not in by_id["c"].labels and space.positives(by_id["c"].labels) == ["No Finding"]
+    assert space.positives(by_id["a"].labels) == ["Effusion"]
+
+
 @pytest.mark.slow
 def test_mixed_good_and_malformed_folder_indexes_with_every_bad_file_listed(tmp_path):
     root = tmp_path / "mixed files"

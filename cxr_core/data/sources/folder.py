@@ -3,7 +3,8 @@
 Grouping, without a CSV that names images: DICOM files by StudyInstanceUID; other files directly under
 the root are one study each (flat layout), files deeper down are grouped by their directory
 (``root/<study>/<files>``). A labels CSV (``labels.csv`` at the root, or ``--labels``) has an ``image`` or
-a ``study`` column and a ``labels`` column (``|``-separated names, ``No Finding`` for normal), and may have
+a ``study`` column and a ``labels`` column (``|``-separated names, ``No Finding`` for normal; ``?`` for a
+study not labelled yet: every finding unknown, masked in training until a reviewer decides), and may have
 ``patient_id, view, age, sex, split``. Its label names decide the label space (NIH, CheXpert, IU, or the
 names themselves).
 """
@@ -67,8 +68,12 @@ def read_labels_csv(path: Path) -> tuple[str, list[dict[str, str]], list[Problem
     return key, rows, problems
 
 
+UNLABELLED = "?"
+"""A labels cell meaning "not labelled yet" (every finding unknown), unlike an empty cell (nothing found)."""
+
+
 def _label_names(cell: str) -> list[str]:
-    return [n.strip() for n in cell.split("|") if n.strip()]
+    return [n.strip() for n in cell.split("|") if n.strip() and n.strip() != UNLABELLED]
 
 
 def _age(text: str) -> int | None:
@@ -164,6 +169,8 @@ def read_folder(root: Path, catalog: FileCatalog, options: SourceOptions, space:
         return study_id
 
     def labelled(row: dict[str, str]) -> str:
+        if (row["labels"] or "").strip() == UNLABELLED:
+            return space.all_unknown()
         vector, bad = space.from_positives(_label_names(row["labels"]))
         unmapped.update(bad)
         return vector
