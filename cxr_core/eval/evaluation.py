@@ -9,6 +9,7 @@ their statistics), and writes the report folder. The front-ends only choose the 
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections.abc import Callable
@@ -126,12 +127,28 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
     if result.ood is not None and result.ood.far:
         caveats.append(result.ood.message)
     run = RunDir.of_checkpoint(checkpoint)
+    reviews = _trained_with_reviews(run)
+    if reviews:  # the labels' provenance belongs beside the numbers they produced
+        preds.meta["trained_with_reviews"] = reviews
     title = f"{run.id if run else checkpoint.name} on {Path(preds.meta['root']).name} ({split})"
     files = [preds.write(target / "predictions.csv", values)]
     files += write_report(metrics, preds, target, title=title, localisation=localisation,
                           caveats=caveats, ood=result.ood)
     return Evaluation(metrics, preds, target, files, checkpoint, thresholds, tuned, same_split, allow_same_split,
                       localisation, result.errors, result.unmatched_labels, warnings, result.ood)
+
+
+def _trained_with_reviews(run: RunDir | None) -> str | None:
+    """One line from the run's reviews.json (training with --with-reviews), or None."""
+    if run is None:
+        return None
+    try:
+        record = json.loads((run.path / "reviews.json").read_text(encoding="utf-8"))
+        readers = ", ".join(f"{name} {n}" for name, n in sorted(record.get("by_reader", {}).items())) or "none"
+        return (f"{record['labels']} labels from reviewers' decisions up to action {record['upto']} ({readers}; "
+                f"{record.get('policy', '')})")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def evaluation_command(run: RunDir, split: str = "test") -> list[str]:

@@ -85,3 +85,10 @@ def test_a_run_with_reviews_trains_on_them_and_records_where_they_came_from(tmp_
     assert record["labels"] == 5 and record["test_left_out"] == 2
     assert record["by_source"] == {"single": 4, "adjudicated": 1}
     assert "with_reviews = true" in run.config_path.read_text() and record["upto"] == 8
+    from cxr_core.eval import evaluate_run
+    from cxr_core.infer import Predictor, load_model
+
+    evaluation = evaluate_run(Predictor(load_model(run.best_checkpoint), device="cpu", cache=False), phantom_set,
+                              split="test", n_boot=0, out=tmp_path / "eval")
+    report = (evaluation.out / "report.md").read_text()
+    assert "Trained with reviews: `5 labels from reviewers' decisions up to action 8" in report
