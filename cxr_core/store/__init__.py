@@ -11,4 +11,6 @@ __getattr__, __all__ = lazy(__name__, {
     "EXPORT_COLUMNS": "cxr_core.store.reviews",
     "default_reviews_path": "cxr_core.store.reviews",
     "root_key": "cxr_core.store.reviews",
+    "export_dicom_sr": "cxr_core.store.dicom_sr",
+    "SrExport": "cxr_core.store.dicom_sr",
 })

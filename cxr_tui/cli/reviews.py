@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cxr_core.errors import CxrError
 from cxr_core.store import EXPORT_COLUMNS, ReviewStore
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
 
-app = typer.Typer(help="Reviewer decisions: export them as CSV, list the latest.", no_args_is_help=True)
+app = typer.Typer(help="Reviewer decisions: export them as CSV or DICOM SR, list the latest.", no_args_is_help=True)
 
 RootOpt = Annotated[str | None, typer.Option("--root", help="Only this data set root (default: every root).")]
 NOTE_WIDTH = 40
@@ -20,24 +21,48 @@ NOTE_WIDTH = 40
 
 @app.command("export")
 def export_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write (replaced atomically).")] = Path("reviews.csv"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="CSV file to write (replaced atomically). Default reviews.csv; with --dicom-sr only when "
+                            "given.")] = None,
     root: RootOpt = None,
     db: ReviewsDbOpt = None,
     history: Annotated[bool, typer.Option("--history", help="Every action, not only the current decisions.")] = False,
     raw_text: Annotated[bool, typer.Option(
         "--raw-text", help="Write text cells exactly as stored. By default a cell starting with = + - @ gets a "
                            "leading ' so a spreadsheet shows it instead of running it as a formula.")] = False,
+    dicom_sr: Annotated[Path | None, typer.Option(
+        "--dicom-sr", metavar="OUTDIR",
+        help="Also (or instead of the CSV) write one DICOM Structured Report per study read from DICOM into OUTDIR "
+             "(TID 1500: each reader's and adjudicator's decisions, the model as observer device, the source images "
+             "referenced, the patient as the source names them). Needs the dicom-sr extra (highdicom).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write the current decision of every (study, finding) as CSV: study, finding, decision, note, reviewer, at, ..."""
+    """Write the current decision of every (study, finding) as CSV: study, finding, decision, note, reviewer, at, ...
+    or, with --dicom-sr, as DICOM SR files a PACS can file beside the images."""
+    if dicom_sr is not None and history:
+        raise CxrError("--history is for the CSV: a DICOM SR holds the current decisions")
+    if dicom_sr is None and out is None:
+        out = Path("reviews.csv")
+    result: dict = {}
     with ReviewStore(db) as store:
-        rows = store.export_csv(out, root, history=history, raw_text=raw_text)
-    result = {"path": str(out), "rows": rows, "columns": list(EXPORT_COLUMNS), "history": history}
+        if out is not None:
+            rows = store.export_csv(out, root, history=history, raw_text=raw_text)
+            result = {"path": str(out), "rows": rows, "columns": list(EXPORT_COLUMNS), "history": history}
+        if dicom_sr is not None:
+            from cxr_core.store import export_dicom_sr
+
+            reports = export_dicom_sr(dicom_sr, root, store=store)
+            result["dicom_sr"] = reports.to_dict()
     if json_out:
         print_json(result)
-    else:
+        return
+    if out is not None:
         what = "actions" if history else "decisions"
-        stdout.print(f"wrote {rows} {what} to {out}")
+        stdout.print(f"wrote {result['rows']} {what} to {out}")
+    if dicom_sr is not None:
+        for problem in reports.problems:
+            stdout.print(f"{problem.severity}: {problem.path}: {problem.reason}")
+        stdout.print(reports.summary())
 
 
 @app.command("list")

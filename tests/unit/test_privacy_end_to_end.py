@@ -13,6 +13,7 @@ files with planted patient identifiers.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -57,6 +58,7 @@ NEEDLES = sorted({
 N_STUDIES = 12
 LABELS = ["Effusion", "Nodule|Effusion", "No Finding", "Nodule"]
 SUBPROCESS_TIMEOUT = 120
+HAS_HIGHDICOM = importlib.util.find_spec("highdicom") is not None
 
 
 def _umask_022() -> None:
@@ -260,6 +262,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     ), str(w.root))
     w.cli("reviews", "export", "--out", str(w.out / "rev.csv"))
     w.cli("reviews", "export", "--out", str(w.out / "rev_history.csv"), "--history", "--json")
+    # A DICOM SR names its own patient as its source does (that is how a PACS files it): written outside the
+    # searched folders, and searched by test_the_dicom_sr_names_its_own_patient_and_nobody_else.
+    w.cli("reviews", "export", "--dicom-sr", str(base / "sr"), "--json", check=HAS_HIGHDICOM)
     w.cli("thresholds", "tune", "--preds", str(preds), "--out", str(w.out / "t.json"))
     w.cli("jobs", "list", "--runs-dir", str(w.runs))
     w.cli("jobs", "logs", w.run_dir.name, "--runs-dir", str(w.runs), check=False)
@@ -331,6 +336,20 @@ def test_no_planted_identifier_in_any_file_written_or_any_output(world):
     # The outputs really are there (a silent command would pass trivially).
     assert any("studies 12" in text for _, text in world.outputs)
     assert "study00" in (world.out / "rev.csv").read_text()  # the review was exported
+
+
+@pytest.mark.skipif(not HAS_HIGHDICOM, reason="the dicom-sr extra (highdicom) is not installed")
+def test_the_dicom_sr_names_its_own_patient_and_nobody_else(world):
+    (sr,) = sorted((world.base / "sr").glob("*.dcm"))  # the one reviewed study
+    assert sr.name == "study00.dcm"
+    data = sr.read_bytes()
+    found = {hit.rsplit(" (", 1)[0].strip("'") for hit in _hits(data)}
+    # Its patient and study, copied from its source: name, ID, birth date, accession number, study ID, referrer.
+    assert {NAME, "MRN-7734-PLANTED", "19330217", "ACC-QX-90210", "STUDYID-QX-5521", "Vorpalquist^Ignatia"} <= found
+    # Nothing else of the source's header (institution, station, operator, performing physician) ...
+    assert not found & {"Xylophant", "XRAYSTATION", "Quillfeather", "Tamsin", "Brambleworth", "Odalys"}, found
+    # ... and no other patient's ID.
+    assert not [i for i in range(1, N_STUDIES // 2) if f"MRN-{7734 + i}-PLANTED".encode() in data]
 
 
 def test_show_phi_reveals_the_identifiers_in_the_study_screen(world):
