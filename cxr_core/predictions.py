@@ -22,14 +22,17 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import DataError
 from cxr_core.text import spreadsheet_safe, spreadsheet_text, visible
+
+if TYPE_CHECKING:
+    from cxr_core.data import Study
 
 TRUTH_PREFIX = "truth:"
 ID_COLUMNS = ("study", "image", "patient")
@@ -184,6 +187,32 @@ class Predictions:
         return cls._from_csv(path, text)
 
     @classmethod
+    def check(cls, path: str | os.PathLike[str]) -> None:
+        """That ``path`` looks like a predictions file, from its first line (CSV: the same header check as
+        :meth:`read`) or first character (JSON), without reading it all: a front-end says what is wrong in one
+        line before it starts, and reads the file later. DataError otherwise."""
+        path = Path(path)
+        hint = "write one with `cxr-tui predict ROOT --model M --out preds.csv`"
+        if not path.exists():
+            raise DataError(f"{path}: no such predictions file")
+        if not path.is_file():
+            raise DataError(f"{path}: not a file ({hint})")
+        try:
+            with path.open("rb") as file:
+                head = file.read(1 << 16)
+        except OSError as err:
+            raise DataError(f"{path}: cannot read predictions ({err})") from None
+        if path.suffix.lower() == ".json":
+            if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+                raise DataError(f"{path}: not a cxr predictions JSON ({hint})")
+            return
+        first = head.decode("utf-8-sig", errors="replace").splitlines()[0] if head.strip() else ""
+        try:
+            cls._from_csv(path, first + "\n")
+        except DataError as err:
+            raise DataError(f"{err}: {hint}") from None
+
+    @classmethod
     def _from_csv(cls, path: Path, text: str) -> Predictions:
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
@@ -236,6 +265,86 @@ class Predictions:
                        split=[str(r.get("split") or "") for r in rows])
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{path}: not a cxr predictions JSON ({type(err).__name__}: {err})") from None
+
+
+@dataclass
+class RootMatch:
+    """A predictions file laid over a data set root (:func:`match_root`): the rows that belong to the root's
+    studies, in the root's order (studies, then each study's images), named as the root names them."""
+
+    predictions: Predictions  # the matched rows: study ids and image paths as the root has them
+    rows: int  # rows in the file
+    unmatched: list[int]  # the file's rows that name no study or image of the root
+    studies: int  # the root's studies with at least one matched row
+    root_studies: int  # the root's studies with an image
+    example: str = ""  # the first unmatched row (study, image), for the summary
+
+    @property
+    def matched(self) -> int:
+        return len(self.predictions)
+
+    def summary(self, source: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+        """One line: how many rows matched how many of the root's studies, and how many did not."""
+        line = (f"{Path(source).name}: {self.matched:,} of {self.rows:,} rows matched {self.studies:,} of the "
+                f"{self.root_studies:,} studies of {Path(root).name or root}")
+        if self.unmatched:
+            line += f"; {len(self.unmatched):,} did not match (e.g. {self.example})"
+        return line
+
+
+def match_root(preds: Predictions, studies: Sequence[Study], base: Path | None = None,
+               source: str | os.PathLike[str] = "predictions", root: str | os.PathLike[str] = "the root") -> RootMatch:
+    """Lay ``preds`` (read from a file, made elsewhere: ``cxr-tui predict --out``) over a root's studies.
+
+    A row matches by its image path (relative to the root; or absolute under ``base``, the root's image base),
+    else by its study id (then to the study's image of the same file name, else after the study's images). The
+    matched rows come back in the root's order with the root's study ids and image paths, and each row's split
+    and patient filled from the study where the file left them blank. A file none of whose rows match (the
+    predictions of another data set) is one :class:`DataError`, not an empty worklist."""
+    if not len(preds):
+        raise DataError(f"{source}: no prediction rows")
+    at_path: dict[str, tuple[int, int]] = {}
+    by_id: dict[str, int] = {}
+    for i, study in enumerate(studies):
+        by_id.setdefault(study.id, i)
+        for j, image in enumerate(study.images):
+            at_path.setdefault(image.path, (i, j))
+    keyed: list[tuple[int, int, int]] = []
+    unmatched: list[int] = []
+    for row, (study_id, image) in enumerate(zip(preds.study, preds.image, strict=True)):
+        hit = at_path.get(image)
+        if hit is None and base is not None and os.path.isabs(image):
+            try:
+                hit = at_path.get(PurePath(image).relative_to(base).as_posix())
+            except ValueError:
+                hit = None
+        if hit is None and study_id in by_id:
+            i = by_id[study_id]
+            name = PurePath(image).name
+            images = studies[i].images
+            hit = (i, next((j for j, im in enumerate(images) if PurePath(im.path).name == name), len(images)))
+        if hit is None:
+            unmatched.append(row)
+        else:
+            keyed.append((*hit, row))
+    if not keyed:
+        made_on = preds.meta.get("root")
+        raise DataError(f"{source}: none of its {len(preds):,} rows match a study or image of {root} "
+                        f"(first row: study {preds.study[0]!r}, image {preds.image[0]!r})"
+                        + (f"; they were made on {made_on}" if made_on else "")
+                        + ": predictions of another data set?")
+    keyed.sort()
+    out = preds.subset(np.array([row for _, _, row in keyed], dtype=np.int64))
+    for k, (i, j, _) in enumerate(keyed):
+        study = studies[i]
+        out.study[k] = study.id
+        if j < len(study.images):
+            out.image[k] = study.images[j].path
+        out.split[k] = out.split[k] or study.split or ""
+        out.patient[k] = out.patient[k] or study.patient_id
+    example = f"study {preds.study[unmatched[0]]!r}, image {preds.image[unmatched[0]]!r}" if unmatched else ""
+    return RootMatch(out, len(preds), unmatched, len({i for i, _, _ in keyed}),
+                     sum(1 for s in studies if s.images), example)
 
 
 def _text_cell(value: str) -> str:

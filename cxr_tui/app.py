@@ -4,14 +4,16 @@ State lives in :class:`~cxr_tui.state.Workspace` and changes in one place, here,
 (:mod:`cxr_tui.messages`); each change bumps a reactive version that screens ``watch``, so no screen calls
 another. Blocking work — indexing, predicting, Grad-CAM — runs in thread workers that call one ``cxr_core``
 function each and post a message; predictions come from the SQLite cache when the same
-images were seen by the same model, so reopening a folder is instant. Worker errors are shown in one place
-(:meth:`on_worker_state_changed`), as one line.
+images were seen by the same model, so reopening a folder is instant. With a predictions file instead of a
+model (``--predictions``, review on a machine without a GPU) the worker reads the file after indexing and
+nothing imports torch. Worker errors are shown in one place (:meth:`on_worker_state_changed`), as one line.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,7 @@ from cxr_core.data import Study
 
 if TYPE_CHECKING:
     from cxr_core.store import IndexedRoot
-from cxr_core.errors import error_text
+from cxr_core.errors import CxrError, error_text
 from cxr_core.text import visible
 from cxr_tui.messages import (
     ModelChosen,
@@ -103,9 +105,13 @@ class CxrApp(App):
 
     def __init__(self, root: Path | None = None, model: Path | None = None, thresholds: Path | None = None, *,
                  image_protocol: str = "auto", show_phi: bool = False, runs_dir: Path | None = None,
-                 use_cache: bool = True, reader: str | None = None) -> None:
+                 use_cache: bool = True, reader: str | None = None, predictions: Path | None = None) -> None:
+        """``predictions``: review a predictions file (``cxr-tui predict --out``) instead of predicting with a
+        model: the worklist and study view without torch; no Grad-CAM. Not with ``model``."""
         super().__init__()
-        if root is not None and model is None:
+        if predictions is not None and model is not None:
+            raise ValueError("a predictions file or a model, not both")
+        if root is not None and model is None and predictions is None:
             model = remembered_model(root)  # `cxr-tui ROOT` reviews with the model last used on that root
         self.workspace = Workspace(root=root, model=model, thresholds_path=thresholds, show_phi=show_phi,
                                    runs_dir=runs_dir)
@@ -118,6 +124,11 @@ class CxrApp(App):
         self.model_name: str | None = None  # the loaded model's run id (or file name), recorded with decisions
         self.model_lock = threading.Lock()
         self._reviews = None  # ReviewStore, opened on first use (see `reviews`)
+        self.predictions_file = predictions
+        self.file_fingerprint: str | None = None  # the model that made the predictions file (its meta), if it says
+        self.startup_error: str | None = None
+        """Why the app left at once (the predictions file does not fit the root): the CLI prints it as one line."""
+        self._first_load = True
 
     # -- start -------------------------------------------------------------------------------------------------
 
@@ -152,12 +163,79 @@ class CxrApp(App):
 
         workspace = self.workspace
         worker = get_current_worker()
+        first, self._first_load = self._first_load, False
         with StudyIndex() as index:
             indexed = index.load(workspace.root, cancel=worker.cancelled_event)
         self.call_from_thread(self._studies_loaded, indexed.root, indexed.studies, indexed.space)
-        if workspace.model is None or worker.is_cancelled:
+        if worker.is_cancelled:
+            return
+        if self.predictions_file is not None:
+            try:
+                self._read_predictions(indexed)
+            except CxrError as err:
+                if not first:
+                    raise  # a root opened later from the app: a notification, the app stays
+                self.startup_error = str(err)  # the root it was started on: one line from the CLI, not an empty list
+                self.call_from_thread(self.exit, None, 1)
+            return
+        if workspace.model is None:
             return
         self._predict(worker.cancelled_event, indexed)
+
+    def _read_predictions(self, indexed: IndexedRoot) -> None:
+        """The predictions file laid over the root's studies (no model, no torch): say how its rows matched."""
+        from cxr_core.data import image_base
+        from cxr_core.predictions import Predictions, match_root
+
+        start = time.perf_counter()
+        path = self.predictions_file
+        match = match_root(Predictions.read(path), indexed.studies, image_base(indexed.root), source=path,
+                           root=indexed.root)
+        preds = match.predictions
+        meta = preds.meta
+        fingerprint = meta.get("fingerprint") if isinstance(meta.get("fingerprint"), str) else None
+        model = meta.get("model") if isinstance(meta.get("model"), str) else None
+        name = meta.get("model_name") if isinstance(meta.get("model_name"), str) else None
+        self.call_from_thread(self._file_loaded, path, fingerprint, model, name)
+        self._load_file_thresholds(model, fingerprint)
+        errors = {item["path"]: item["reason"] for item in indexed.scan.report.unreadable_files}
+        self.post_message(PredictionsReady(preds, errors, 0, 0, time.perf_counter() - start,
+                                           source=match.summary(path, indexed.root)))
+
+    def _file_loaded(self, path: Path, fingerprint: str | None, model: str | None, name: str | None) -> None:
+        """The header names the predictions file and the model that made it (its run id or file), when it says."""
+        from cxr_core.runs import RunDir
+
+        if name is None and model is not None:
+            run = RunDir.of_checkpoint(model)
+            name = run.id if run is not None else Path(model).name
+        self.model_name, self.file_fingerprint = name, fingerprint
+        made_by = " · ".join(part for part in (f"model {name}" if name else "",
+                                               fingerprint[:8] if fingerprint else "") if part)
+        self.sub_title = visible(f"predictions {path.name}" + (f" · {made_by}" if made_by else "")
+                                 + f" · reader {self.workspace.reviewer}")
+
+    def _load_file_thresholds(self, model: str | None, fingerprint: str | None) -> None:
+        """--thresholds, else the thresholds saved for the model that made the file (as with that model loaded),
+        else those saved by fingerprint (where the thresholds screen saves them without a model)."""
+        from cxr_core.eval import load_thresholds, thresholds_path_for
+
+        workspace = self.workspace
+        if workspace.thresholds_path is None and (model or fingerprint):
+            candidates = [thresholds_path_for(model or "unnamed", fingerprint),
+                          thresholds_path_for("unnamed", fingerprint)]
+            workspace.thresholds_path = next((c for c in candidates if c.is_file()), None)
+        if workspace.thresholds_path is not None and workspace.thresholds_path.is_file():
+            workspace.thresholds = dict(load_thresholds(workspace.thresholds_path).thresholds)
+
+    def recorded_model(self) -> tuple[str | None, str | None]:
+        """(fingerprint, name) a decision is recorded with: the loaded model's, else the one that made the
+        predictions file under review (its meta), else (None, None)."""
+        if self.predictor is not None:
+            return self.predictor.fingerprint, self.model_name
+        if self.predictions_file is not None:
+            return self.file_fingerprint, self.model_name
+        return None, None
 
     def _predict(self, cancel: threading.Event, indexed: IndexedRoot) -> None:
         from cxr_core.infer import Predictor, load_model, predict_root, resolve_checkpoint
@@ -234,7 +312,7 @@ class CxrApp(App):
         workspace.study_probs = preds.study_scores(workspace.study_order)
         workspace.image_rows = preds.rows_by_study()
         save_session(workspace)
-        note = f"{len(preds):,} images: {message.cached:,} from the cache, {message.computed:,} computed"
+        note = message.source or f"{len(preds):,} images: {message.cached:,} from the cache, {message.computed:,} computed"
         if message.errors:
             note += f"; {len(message.errors)} unreadable"
         self.notify(note, timeout=4)
@@ -257,6 +335,8 @@ class CxrApp(App):
         self.reviewed = (self.reviewed[0] + 1, message.study)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
+        self.predictions_file = None  # a model now predicts: the file's rows give way to its own
+        self.file_fingerprint = self.model_name = None
         self.workspace.model = message.path
         self.workspace.thresholds_path = None
         self.workspace.thresholds = {}
@@ -303,7 +383,8 @@ class CxrApp(App):
         if isinstance(self.screen, ThresholdsScreen):
             return
         if self.workspace.predictions is None:
-            self.notify("no predictions yet: open a data set with a model first", severity="warning")
+            self.notify("no predictions yet: open a data set with a model (or --predictions FILE) first",
+                        severity="warning")
             return
         self.push_screen(ThresholdsScreen())
 

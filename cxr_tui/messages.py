@@ -30,6 +30,8 @@ class PredictionsReady(Message):
     cached: int
     computed: int
     seconds: float
+    source: str | None = None
+    """Read from a predictions file rather than predicted: how its rows matched the root, in one line."""
 
 
 @dataclass

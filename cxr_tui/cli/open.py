@@ -1,4 +1,7 @@
-"""``cxr-tui [ROOT] [--model ...]``: open the app (the default when no subcommand is given)."""
+"""``cxr-tui [ROOT] [--model ... | --predictions ...]``: open the app (the default when no subcommand is given).
+
+``--predictions preds.csv`` reviews a file ``cxr-tui predict --out`` wrote, on a machine without a GPU: nothing on
+that path (index, predictions file, worklist, study view, thresholds) imports torch."""
 
 from __future__ import annotations
 
@@ -38,11 +41,13 @@ def choose_colors(color: str | None = "auto") -> None:
 
 def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, image_protocol: str = "auto",
            show_phi: bool = False, runs_dir: Path | None = None, color: str | None = "auto",
-           reader: str | None = None) -> None:
+           reader: str | None = None, predictions: Path | None = None) -> None:
     if image_protocol not in PROTOCOLS:
         raise CxrError(f"--image-protocol {image_protocol!r}: choose from {', '.join(PROTOCOLS)}")
     check_color(color)
     reader = check_reader(reader)
+    if predictions is not None:
+        check_predictions(predictions, root, model)
     if root is not None:
         from cxr_core.data import detect_format
 
@@ -56,8 +61,25 @@ def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, im
     choose_colors(color)  # before cxr_tui.app: Textual (and textual-image's terminal queries) come with it
     from cxr_tui.app import CxrApp
 
-    CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir,
-           reader=reader).run()
+    app = CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir,
+                 reader=reader, predictions=predictions)
+    app.run()
+    if app.startup_error is not None:  # the predictions file does not fit the root: one line, exit 1
+        raise CxrError(app.startup_error)
+
+
+def check_predictions(predictions: Path, root: Path | None, model: Path | None) -> None:
+    """``--predictions``: not with ``--model``, on a root, and a file that looks like predictions (its first line;
+    the app reads it all and says how its rows match the root's studies)."""
+    from cxr_core.predictions import Predictions
+
+    if model is not None:
+        raise CxrError("--predictions and --model: choose one (--predictions reviews a predictions file without a "
+                       "model; --model predicts, with Grad-CAM)")
+    if root is None:
+        raise CxrError("--predictions needs the data set root its predictions were made on: "
+                       "cxr-tui ROOT --predictions preds.csv")
+    Predictions.check(predictions)
 
 
 def check_reader(reader: str | None) -> str | None:
@@ -81,11 +103,12 @@ def open_app(
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where training runs live (default: the user data dir).")] = None,
     color: Annotated[str, typer.Option("--color", help="auto | truecolor | 256 | 16 (default: CXR_COLOR, else what the terminal shows, tmux asked).")] = "auto",
     reader: ReaderOpt = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Review this predictions file (`cxr-tui predict --out`) instead of a model: no GPU, no torch, no Grad-CAM. Not with --model.", show_default=False)] = None,
 ) -> None:
     """Open the app: worklist, study viewer with Grad-CAM, thresholds, training."""
     from cxr_tui.state import load_session
 
-    if root is None and model is None:
+    if root is None and model is None and predictions is None:
         session = load_session()
         if session.get("root") and os.path.exists(session["root"]):
             root = Path(session["root"])
@@ -93,4 +116,4 @@ def open_app(
             if thresholds is None and session.get("thresholds") and os.path.exists(session["thresholds"]):
                 thresholds = Path(session["thresholds"])
     launch(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir, color=color,
-           reader=reader)
+           reader=reader, predictions=predictions)

@@ -373,8 +373,13 @@ class StudyScreen(CxrScreen[None]):
             self.notify("blind reading hides the model's output, Grad-CAM included (B on the worklist)", timeout=3)
             return
         if self.app.predictor is None:
-            self.notify("Grad-CAM needs a model (start with --model, or pick one on the training screen)",
-                        severity="warning")
+            if self.app.predictions_file is not None:
+                self.notify(f"Grad-CAM needs a model: these predictions come from {self.app.predictions_file.name} "
+                            "(start with --model instead of --predictions on a machine that has it)",
+                            severity="warning")
+            else:
+                self.notify("Grad-CAM needs a model (start with --model, or pick one on the training screen)",
+                            severity="warning")
             return
         key = (self.study_id, self.image_index, label)
         if key in self.cams:
@@ -471,15 +476,14 @@ class StudyScreen(CxrScreen[None]):
                 continue  # decided already: kept as it is
             decision = "accept" if read == "agree" and flagged else "reject"
             decisions[label] = (decision, score, flagged)
-        predictor = self.app.predictor
+        fingerprint, model_name = self.app.recorded_model()  # the model's, or the predictions file's
         if not decisions:
             self._go(1, unreviewed=True)
             return
         try:
             reviews = self.app.reviews.record_study(workspace.root, self.study_id, decisions,
-                                                    reviewer=workspace.reviewer,
-                                                    model=predictor.fingerprint if predictor else None,
-                                                    model_name=self.app.model_name if predictor else None)
+                                                    reviewer=workspace.reviewer, model=fingerprint,
+                                                    model_name=model_name)
         except CxrError as err:
             self.notify(str(err), severity="error")
             return
@@ -520,14 +524,14 @@ class StudyScreen(CxrScreen[None]):
         prob = float(probs[k]) if probs is not None and not np.isnan(probs[k]) else None
         try:
             store = self.app.reviews
+            fingerprint, model_name = self.app.recorded_model()  # the model's, or the predictions file's
             if decision is None:
                 review = store.set_note(workspace.root, self.study_id, label, note or "", reviewer=workspace.reviewer)
             else:
                 review = store.record(workspace.root, self.study_id, label, decision, note=note,
                                       reviewer=workspace.reviewer, probability=prob,
                                       flagged=None if prob is None else prob >= workspace.threshold(label),
-                                      model=self.app.predictor.fingerprint if self.app.predictor else None,
-                                      model_name=self.app.model_name if self.app.predictor else None)
+                                      model=fingerprint, model_name=model_name)
         except CxrError as err:
             self.notify(str(err), severity="error")
             return False
