@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--labelled", type=float, default=0.3)
+    parser.add_argument("--arms", default="uncertain,random",
+                        help="Orderings to compare (uncertain, margin, entropy: cxr_core.eval.uncertainty; random).")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "active_loop.json")
     args = parser.parse_args()
     results = []
@@ -111,11 +113,15 @@ def main() -> None:
             predictor = Predictor(load_model(checkpoint), device="cpu", cache=False)
             predictions = predict_root(predictor, loaded).predictions
             scores = predictions.study_scores(pool)
-            uncertain = [s for s, _ in review_order(pool, scores, predictions.labels, {}, "uncertain")][:args.budget]
             rng = np.random.default_rng(1000 + seed)
-            random_pick = list(rng.choice(pool, size=min(args.budget, len(pool)), replace=False))
+            picks = {}
+            for arm in args.arms.split(","):
+                if arm == "random":
+                    picks[arm] = list(rng.choice(pool, size=min(args.budget, len(pool)), replace=False))
+                else:
+                    picks[arm] = [s for s, _ in review_order(pool, scores, predictions.labels, {}, arm)][:args.budget]
             aucs = {}
-            for arm, chosen in (("uncertain", uncertain), ("random", random_pick)):
+            for arm, chosen in picks.items():
                 db = tmp / f"reviews-{seed}-{arm}.sqlite"
                 with ReviewStore(db) as store:
                     for study in chosen:
@@ -123,8 +129,8 @@ def main() -> None:
                             f: ("accept" if f in truth[study] else "reject", None, None) for f in space_findings},
                             reviewer="scripted")
                 aucs[arm], _ = train(base.replace(with_reviews=True, reviews_db=str(db)), tmp / "runs")
-            results.append({"seed": seed, "auc_start": auc_start, "auc_uncertain": aucs["uncertain"],
-                            "auc_random": aucs["random"], "pool": len(pool), "reviewed": len(uncertain),
+            results.append({"seed": seed, "auc_start": auc_start, **{f"auc_{arm}": auc for arm, auc in aucs.items()},
+                            "pool": len(pool), "reviewed": args.budget,
                             "seconds": round(time.perf_counter() - started, 1)})
             print(json.dumps(results[-1]), flush=True)
     gains = [r["auc_uncertain"] - r["auc_random"] for r in results]
@@ -132,8 +138,7 @@ def main() -> None:
         "model": args.model, "size": args.size, "images": args.images, "epochs": args.epochs, "budget": args.budget,
         "labelled_fraction": args.labelled, "seeds": results,
         "auc_start": round(statistics.mean(r["auc_start"] for r in results), 4),
-        "auc_uncertain": round(statistics.mean(r["auc_uncertain"] for r in results), 4),
-        "auc_random": round(statistics.mean(r["auc_random"] for r in results), 4),
+        **{f"auc_{arm}": round(statistics.mean(r[f"auc_{arm}"] for r in results), 4) for arm in args.arms.split(",")},
         "gain_mean": round(statistics.mean(gains), 4), "uncertain_wins": sum(g > 0 for g in gains),
         "n_seeds": len(results),
     }

@@ -3,9 +3,14 @@
 Both work on a study's scores (the maximum over its images, :meth:`cxr_core.predictions.Predictions.study_scores`,
 the same numbers the worklist flags), so the worklist's order and ``cxr-tui worklist --order`` agree:
 
-* ``uncertain``: the distance to the decision threshold in logit space, ``min_k |logit(p_k) - logit(t_k)|``,
-  smallest first: a study one finding of which sits on its threshold is the one a reviewer's answer moves most.
-  Logits, not probabilities: 0.50 vs 0.55 is a smaller step for the model than 0.95 vs 0.999.
+* ``uncertain``: the distance to the decision threshold in logit space, ``|logit(p_k) - logit(t_k)|``, taken
+  finding by finding in turn: each finding's closest study, then each finding's second closest, and so on (a
+  study's rank is its best rank over the findings). A study one finding of which sits on its threshold is the
+  one a reviewer's answer moves most; taking findings in turn keeps a common finding whose scores crowd its
+  threshold from filling the whole budget (on phantoms plain ``min_k`` distance lost to random picks). Logits,
+  not probabilities: 0.50 vs 0.55 is a smaller step for the model than 0.95 vs 0.999. Ranks, not distances,
+  so a threshold left at 0.5 for a rare finding still gets its share.
+* ``margin``: the plain smallest logit distance over findings, smallest first.
 * ``entropy``: the mean binary entropy over findings (bits), highest first: unsure about many findings at once.
 
 Studies without scores (not predicted) sort last.
@@ -17,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-ORDERS = ("uncertain", "entropy")
+ORDERS = ("uncertain", "margin", "entropy")
 EPS = 1e-6
 
 
@@ -39,6 +44,28 @@ def threshold_margin(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
+def balanced_rank(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(N,) each row's best rank over findings by logit distance to the threshold (0 = some finding's closest),
+    plus its smallest distance scaled into (0, 1) to order rows of equal rank; NaN where nothing is scored."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(probs)
+    if probs.ndim != 2 or probs.shape[1] == 0 or n == 0:
+        return np.full(n, np.nan)
+    distance = np.abs(_logit(probs) - _logit(np.asarray(thresholds, dtype=np.float64))[None, :])
+    distance[np.isnan(probs)] = np.inf
+    distance[:, np.isnan(np.asarray(thresholds, dtype=np.float64))] = np.inf
+    ranks = np.full(distance.shape, np.inf)
+    for k in range(distance.shape[1]):
+        scored = np.isfinite(distance[:, k])
+        order = np.argsort(distance[scored, k], kind="stable")
+        ranks[np.flatnonzero(scored)[order], k] = np.arange(order.size)
+    best = ranks.min(axis=1)
+    margin = np.min(distance, axis=1)
+    out = best + margin / (1.0 + margin)  # margin / (1 + margin) in [0, 1): orders rows of equal rank
+    out[~np.isfinite(best)] = np.nan
+    return out
+
+
 def mean_entropy(probs: np.ndarray) -> np.ndarray:
     """(N,) mean binary entropy in bits over each row's scored findings (NaN: nothing scored)."""
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
@@ -53,6 +80,8 @@ def mean_entropy(probs: np.ndarray) -> np.ndarray:
 def informativeness(probs: np.ndarray, thresholds: np.ndarray, order: str) -> np.ndarray:
     """(N,) a score where higher = review sooner (NaN for rows without scores)."""
     if order == "uncertain":
+        return -balanced_rank(probs, thresholds)
+    if order == "margin":
         return -threshold_margin(probs, thresholds)
     if order == "entropy":
         return mean_entropy(probs)

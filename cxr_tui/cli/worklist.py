@@ -11,7 +11,7 @@ from rich.table import Table
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
 
-ORDER_CHOICES = ("uncertain", "entropy", "max_prob")
+ORDER_CHOICES = ("uncertain", "margin", "entropy", "max_prob")
 
 
 def worklist_cmd(
