@@ -13,7 +13,7 @@ from cxr_core.train import TrainConfig
 from cxr_tui.cli.main import app
 from cxr_tui.cli.train import train_config
 
-NOT_OPTIONS = {"cv_fold"}  # set by cross-validation on the fold runs it makes, never by a user
+NOT_OPTIONS = {"cv_fold", "reviews_upto"}  # set by cross-validation on its fold runs, and by create_run
 RUN_OPTIONS = {"--config", "--runs-dir", "--resume", "--detach", "--list-models", "--json"}
 
 
