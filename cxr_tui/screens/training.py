@@ -26,11 +26,10 @@ from textual.widgets import DataTable, Footer, Log, Static
 from textual.worker import Worker, WorkerState
 
 from cxr_core.errors import CxrError, error_text
-from cxr_core.eval import evaluation_command, launch_evaluation
 from cxr_core.runs import ACTIVE, LOG_LINES, LogTail, RunDir, RunSummary, default_runs_dir, list_runs, summarize
 from cxr_core.text import visible
 from cxr_core.train import TrainConfig, resume_job, start_job, stop_job
-from cxr_tui.dialogs import ConfirmScreen, LaunchForm, ReportScreen
+from cxr_tui.dialogs import ConfirmScreen, ReportScreen
 from cxr_tui.messages import ModelChosen
 from cxr_tui.run_charts import (
     auc_labels,
@@ -252,6 +251,8 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             if config is not None:
                 self.launch_run(config)
 
+        from cxr_tui.dialogs import LaunchForm  # the model zoo behind it loads torch: only when asked
+
         self.app.push_screen(LaunchForm(self.workspace.root, self.models), launch)
 
     def action_stop_run(self) -> None:
@@ -287,6 +288,8 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             self.notify(f"Run {run.id} has no checkpoint to evaluate yet.", severity="error", markup=False)
             return
         try:
+            from cxr_core.eval import evaluation_command  # evaluation loads torch: only when asked
+
             command = shlex.join(["python", *evaluation_command(run)[1:]])
         except CxrError as exc:
             self.notify(str(exc), severity="error", markup=False)
@@ -335,6 +338,8 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
     @work(thread=True, exit_on_error=False, group=JOB_GROUP)
     def evaluate_run(self, run: RunDir) -> JobDone:
         """The core's evaluation job, detached (it outlives the TUI, like a training job)."""
+        from cxr_core.eval import launch_evaluation
+
         pid, log_path = launch_evaluation(run)
         return JobDone(f"Evaluating {run.id} (pid {pid}, log {log_path}); press e when it is done.")
 
