@@ -1,4 +1,17 @@
-"""PNG and JPEG: header probing without decoding (size, depth, truncation) and decoding to grayscale."""
+"""PNG and JPEG: header probing without decoding (size, depth, truncation) and decoding to grayscale.
+
+Decoding is Pillow's, and for grey images (8/16-bit grey PNG, 8-bit grey JPEG: what chest X-ray exports are)
+Pillow decodes straight into the NumPy array that is returned, instead of into its own buffer that
+``np.asarray`` then copies out (1.2 ms of a 7.5 ms decode of a 1024x1024 NIH PNG, a copy made holding the GIL).
+``benchmarks/decoders.py`` measured the alternatives on those PNGs, one core of a 2-core EPYC: Pillow (with the
+copy) 7.4 ms, libspng (pyspng) 7.2, OpenCV 7.2, torchvision.io 7.2; zlib's inflate is the cost and Pillow's is
+zlib-ng. None is faster than Pillow without the copy, and each changes an error path: pyspng holds the GIL (0.9x
+on 2 threads, and every decoding path here is threaded) and returns pixels from a PNG whose compressed data is
+damaged; OpenCV's libpng/libjpeg write their complaints to the process's stderr (across a TUI's screen) and
+OpenCV returns a truncated JPEG's pixels; torchvision.io crashed the process on a damaged PNG. Every error still
+comes from Pillow, worded as before. ``CXR_IMAGE_DECODER=pillow-copy`` (or :func:`force_decoder`) goes back to
+``np.asarray``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from cxr_core.errors import CorruptImage, ImageTooLarge, MissingDecoder, UnsupportedImage
+from cxr_core.errors import CorruptImage, DataError, ImageTooLarge, MissingDecoder, UnsupportedImage
 from cxr_core.images.pixels import ImageInfo, brief_error, check_pixel_count, stretch_to_uint16
 
 _TAIL_BYTES = 1024
@@ -119,19 +132,79 @@ def _jpeg_header(f: BinaryIO, path: str) -> ImageInfo:
     return ImageInfo("jpeg", width, height, bits=precision, mode=mode)
 
 
+DECODER_ENV = "CXR_IMAGE_DECODER"
+
+DECODERS = ("pillow", "pillow-copy")  # the first is the default
+
+_DIRECT_MODES = {"L": np.dtype(np.uint8), "I;16": np.dtype("<u2")}  # Pillow modes it can decode into NumPy
+
+_forced: str | None = None
+
+
+def available_decoders() -> list[str]:
+    """The ways this installation decodes PNG/JPEG, the default first."""
+    return list(DECODERS)
+
+
+def decoder_name() -> str:
+    """The way PNG/JPEG files are decoded now: :func:`force_decoder`, else ``CXR_IMAGE_DECODER``, else the default."""
+    wanted = _forced or os.environ.get(DECODER_ENV, "").strip().lower() or DECODERS[0]
+    if wanted not in DECODERS:
+        raise DataError(f"{DECODER_ENV} must be one of {', '.join(DECODERS)}; got {wanted!r}")
+    return wanted
+
+
+def force_decoder(name: str | None) -> str | None:
+    """Decode the ``name`` way in this process (None: back to ``CXR_IMAGE_DECODER`` / the default); returns the
+    previous setting. For benchmarks and tests."""
+    global _forced
+    if name is not None and name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r} (choose from {', '.join(DECODERS)})")
+    previous, _forced = _forced, name
+    return previous
+
+
+def _into_numpy(image: Image.Image) -> tuple[np.ndarray, object] | None:
+    """Point a just-opened grey image's pixel memory at a new NumPy array, so ``load`` decodes into it.
+
+    ``Image.frombuffer`` maps the array as a Pillow image core; ``load`` decodes into the core it finds instead of
+    allocating one. Returns (array, core), or None (another mode, or a Pillow that will not take it: the copy then).
+    """
+    dtype = _DIRECT_MODES.get(image.mode)
+    if dtype is None or decoder_name() != "pillow":
+        return None
+    try:
+        width, height = image.size
+        pixels = np.empty((height, width), dtype)
+        core = Image.frombuffer(image.mode, image.size, pixels, "raw", image.mode, 0, 1).im
+        image.im = core
+    except Exception:
+        return None
+    return pixels, core
+
+
 def decode_raster(f: BinaryIO, path: str, info: ImageInfo) -> tuple[np.ndarray, ImageInfo]:
     if info.format == "jpeg" and info.bits != 8:
         return _decode_deep_jpeg(f, path, info), info
     f.seek(0)
     try:
         image = Image.open(f, formats=[info.format.upper()])
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(path, str(err)) from None
+    except Exception as err:
+        raise CorruptImage(path, f"damaged {info.format.upper()} data ({brief_error(err)})") from None
+    direct = _into_numpy(image)
+    try:
         image.load()
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(path, str(err)) from None
     except Exception as err:
         raise CorruptImage(path, f"damaged {info.format.upper()} data ({brief_error(err)})") from None
+    decoded = direct[0] if direct is not None and image.im is direct[1] else None  # Pillow kept our memory
     if image.mode == "L":
-        pixels = np.asarray(image)
+        pixels = decoded if decoded is not None else np.asarray(image)
+    elif image.mode.startswith(("I", "F")) and decoded is not None:
+        pixels = stretch_to_uint16(path, decoded)
     elif image.mode.startswith(("I", "F")):
         pixels = stretch_to_uint16(path, np.asarray(image))
     else:

@@ -371,3 +371,118 @@ def test_real_nih_pngs_read_as_1024_square_uint8(real_data):
         assert (xray.pixels.shape, xray.pixels.dtype) == ((1024, 1024), np.uint8)
         assert probe_xray(path) == xray.info
         assert xray.pixels.std() > 10  # a real radiograph, not a flat fill
+
+
+
+@pytest.fixture()
+def decoders():
+    """cxr_core.images.raster with its decoder choice restored afterwards."""
+    from cxr_core.images import raster
+
+    previous = raster.force_decoder(None)
+    yield raster
+    raster.force_decoder(previous)
+
+
+def _plain_grey_files(folder: Path) -> list[Path]:
+    """Grey files as exports come (8/16-bit grey PNG, 8-bit grey JPEG), and relatives decoded the other way."""
+    rng = np.random.default_rng(3)
+    noisy = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+    twelve = (gradient(70, 90, np.uint16) >> 4) + rng.integers(0, 16, (70, 90), dtype=np.uint16)  # 12 bits stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": the stored pixels are the data, as Pillow reads them
+    with_alpha = Image.fromarray(noisy).convert("LA")
+    files = {
+        "grey8.png": image_bytes(Image.fromarray(noisy), "PNG"),
+        "grey8_smooth.png": image_bytes(Image.fromarray(gradient(70, 90)), "PNG", optimize=True),
+        "grey8_transparent.png": image_bytes(Image.fromarray(noisy), "PNG", transparency=7),
+        "grey16_12bit.png": image_bytes(Image.fromarray(twelve), "PNG"),
+        "grey16_full.png": image_bytes(Image.fromarray(gradient(70, 90, np.uint16)), "PNG"),
+        "grey16_flat.png": image_bytes(Image.fromarray(np.full((20, 30), 700, np.uint16)), "PNG"),
+        "grey.jpg": jpeg_bytes(noisy),
+        "progressive.jpg": image_bytes(Image.fromarray(gradient(70, 90)), "JPEG", progressive=True, quality=80),
+        "exif_rotated.jpg": image_bytes(Image.fromarray(noisy), "JPEG", quality=90, exif=exif),
+        "grey_alpha.png": image_bytes(with_alpha, "PNG"),
+        "palette.png": image_bytes(Image.fromarray(noisy).convert("P"), "PNG"),
+        "colour.jpg": jpeg_bytes(Image.fromarray(noisy).convert("RGB")),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in files]
+
+
+def test_decoding_into_numpy_gives_the_copys_pixels(tmp_path, decoders):
+    files = _plain_grey_files(tmp_path)
+    decoders.force_decoder("pillow-copy")
+    expected = {path.name: read_xray(path) for path in files}
+    assert decoders.available_decoders()[0] == "pillow"
+    for name in decoders.available_decoders():
+        decoders.force_decoder(name)
+        assert decoders.decoder_name() == name
+        for path in files:
+            got = read_xray(path)
+            assert got.pixels.dtype == expected[path.name].pixels.dtype, (name, path.name)
+            np.testing.assert_array_equal(got.pixels, expected[path.name].pixels, err_msg=f"{name} {path.name}")
+            assert got.info == expected[path.name].info, (name, path.name)
+            assert not got.pixels.flags.writeable, (name, path.name)
+
+
+def test_grey_files_are_decoded_into_the_returned_array(tmp_path, decoders, monkeypatch):
+    """No copy: the array Pillow decoded into is the one returned (8-bit as is; 16-bit goes to the stretch)."""
+    made = []
+    real = decoders._into_numpy
+    monkeypatch.setattr(decoders, "_into_numpy", lambda image: made.append(real(image)) or made[-1])
+    decoders.force_decoder(None)
+    for path in _plain_grey_files(tmp_path):
+        pixels = read_xray(path).pixels
+        target = made[-1]
+        if path.name.startswith("grey8") or path.name.endswith("grey.jpg"):
+            assert target is not None and np.shares_memory(pixels, target[0]), path.name
+        elif path.name.startswith(("grey_alpha", "palette", "colour")):
+            assert target is None, path.name  # other modes: Pillow's own buffer, converted
+    assert sum(t is not None for t in made) == 9  # 3 grey PNGs + 3 16-bit PNGs + 3 grey JPEGs
+
+
+def test_damaged_files_get_the_same_verdict_either_way(tmp_path, decoders):
+    data = bytearray(image_bytes(Image.fromarray(gradient(64, 64)), "PNG"))
+    data[60] ^= 0xFF  # inside the compressed pixels; header and IEND intact
+    (tmp_path / "damaged.png").write_bytes(bytes(data))
+    deep = bytearray(image_bytes(Image.fromarray(gradient(64, 64, np.uint16)), "PNG"))
+    deep[70] ^= 0xFF
+    (tmp_path / "damaged16.png").write_bytes(bytes(deep))
+    whole = image_bytes(Image.fromarray(gradient(64, 64)), "PNG")
+    (tmp_path / "short_idat.png").write_bytes(whole[:-40] + whole[-12:])  # pixel data cut, IEND kept
+    reasons: dict[str, set[str]] = {}
+    for name in decoders.available_decoders():
+        decoders.force_decoder(name)
+        for path in sorted(tmp_path.iterdir()):
+            with pytest.raises(CorruptImage) as caught:
+                read_xray(path)
+            reasons.setdefault(path.name, set()).add(caught.value.reason)
+    assert all(len(found) == 1 for found in reasons.values()), reasons
+    assert all(next(iter(found)).startswith("damaged PNG data") for found in reasons.values()), reasons
+
+
+def test_decoder_can_be_chosen_by_environment(tmp_path, decoders, monkeypatch):
+    path = write_png(tmp_path / "a.png", gradient())
+    monkeypatch.setenv(decoders.DECODER_ENV, "pillow-copy")
+    assert decoders.decoder_name() == "pillow-copy"
+    assert read_xray(path).pixels.shape == (48, 64)
+    monkeypatch.setenv(decoders.DECODER_ENV, "fastest-please")
+    with pytest.raises(DataError, match="CXR_IMAGE_DECODER must be"):
+        read_xray(path)
+    with pytest.raises(ValueError):
+        decoders.force_decoder("fastest-please")
+
+
+@pytest.mark.real_data
+def test_real_nih_pngs_decode_the_same_either_way(real_data, decoders):
+    paths = sorted((real_data / "nih-sample" / "images_001" / "images").glob("*.png"))[:4]
+    if not paths:
+        pytest.skip(f"no NIH sample PNGs under {real_data}")
+    decoders.force_decoder("pillow-copy")
+    expected = [read_xray(p).pixels for p in paths]
+    for name in decoders.available_decoders():
+        decoders.force_decoder(name)
+        for path, pixels in zip(paths, expected, strict=True):
+            np.testing.assert_array_equal(read_xray(path).pixels, pixels, err_msg=f"{name} {path.name}")
