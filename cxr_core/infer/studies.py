@@ -5,6 +5,12 @@ so study ids, patients and splits are the worklist's own; the model's labels are
 label space by name (aliases included), and a model label the data set does not know gets no truth (its
 column is blank, and evaluation reports it as unlabelled rather than inventing negatives).
 
+When training left an image cache for the root at the model's input size (:mod:`cxr_core.data.image_cache`: every
+image letterboxed by the same function prediction uses), the images it holds are taken from it and not decoded at
+all: only rows whose file still has the (size, mtime_ns) the cache recorded, exactly the rows training itself
+trusts; the rest are decoded as usual. ``RootPredictions.from_image_cache`` counts them, its ``notes`` say so and
+``Predictions.meta["pixels"]`` records it.
+
 When the checkpoint carries statistics of its training images, ``RootPredictions.ood`` says how far the predicted
 images lie from them (:class:`~cxr_core.ood.OodReport`, per-image distances in the predictions' row order), its
 summary is ``Predictions.meta["ood"]``, and when they lie far its message is one of the warnings.
@@ -14,11 +20,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cxr_core.data import image_cache
 from cxr_core.data.sources import SourceOptions
 from cxr_core.data.study import image_base
 from cxr_core.errors import CxrError
@@ -26,6 +34,7 @@ from cxr_core.images import probe_xray
 from cxr_core.infer.engine import Predictor, Progress
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
 from cxr_core.ood import OodReport
+from cxr_core.paths import data_dir
 from cxr_core.predictions import Predictions
 from cxr_core.store.index import IndexedRoot, StudyIndex
 
@@ -41,6 +50,8 @@ class RootPredictions:
     warnings: list[str] = field(default_factory=list)
     unmatched_labels: list[str] = field(default_factory=list)  # model labels the data set does not label
     ood: OodReport | None = None  # distance from the training images (None: the checkpoint has no stats)
+    from_image_cache: int = 0  # images whose pixels came from the training image cache (not decoded)
+    notes: list[str] = field(default_factory=list)  # what a user may want to know that is not a warning
 
 
 def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None]:
@@ -55,10 +66,11 @@ def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None
 def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoot, *, fmt: str | None = None,
                  split: str | None = None, options: SourceOptions = SourceOptions(), index: StudyIndex | None = None,
                  cancel: threading.Event | None = None, progress: Progress | None = None,
-                 use_cache: bool = True) -> RootPredictions:
+                 use_cache: bool = True, image_cache: bool = True) -> RootPredictions:
     """Predict every present image of a data set root, or of one image file (a study of its own).
 
     ``root`` may be an :class:`IndexedRoot` the caller already loaded (the TUI has one): it is not scanned again.
+    ``image_cache=False`` decodes every file even where the training image cache holds it.
     """
     if not isinstance(root, IndexedRoot) and fmt is None and is_single_image(Path(root)):
         return predict_file(predictor, Path(root), progress=progress, use_cache=use_cache)
@@ -85,8 +97,9 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
                        f"(splits here: {', '.join(sorted(scan.report.splits)) or 'none'})")
     base = image_base(resolved)
     rows = [(s, image.path) for s in studies for image in s.images]
+    made = training_cache_pixels(base, [rel for _, rel in rows], predictor.config.input_size) if image_cache else None
     result = predictor.predict([str(base / rel) for _, rel in rows], cancel=cancel, progress=progress,
-                               use_cache=use_cache)
+                               use_cache=use_cache, pixels=made)
     ok = result.ok
     errors = {item["path"]: item["reason"] for item in scan.report.unreadable_files}
     for path, reason in result.errors.items():
@@ -108,8 +121,73 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
                                     "variant": predictor.variant},
                               split=[s.split or "" for s, _ in kept])
     ood = _with_ood(predictions, result.ood.subset(ok) if result.ood is not None else None, result.warnings)
+    notes, used = [], result.premade
+    if made is not None and used:
+        notes.append(f"{used:,} of {result.computed:,} computed images read from the training image cache "
+                     f"({made.size} px, {made.directory}): not decoded")
+        predictions.meta["pixels"] = {"image_cache": str(made.directory), "images": used}
     return RootPredictions(predictions, errors, result.cached, result.computed, result.seconds, result.cancelled,
-                           result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None], ood)
+                           result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None], ood,
+                           used, notes)
+
+
+class TrainingCachePixels(Mapping[str, np.ndarray]):
+    """Read-only: image path -> its row in a training image cache, for the rows the cache would itself trust.
+
+    Pickles without the memmap (DataLoader workers map the file again).
+    """
+
+    def __init__(self, directory: Path, size: int, row_count: int, rows: dict[str, int]):
+        self.directory = directory
+        self.size = size
+        self.row_count = row_count
+        self.rows = rows
+        self._pixels: np.ndarray | None = None
+
+    def __getitem__(self, path: str) -> np.ndarray:
+        row = self.rows[path]
+        if self._pixels is None:
+            self._pixels = np.memmap(self.directory / "pixels.u8", np.uint8, "r",
+                                     shape=(self.row_count, self.size, self.size))
+        return self._pixels[row]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pixels": None}
+
+
+def training_cache_pixels(base: str | os.PathLike[str], relpaths: Sequence[str], size: int, *,
+                          root: Path | None = None) -> TrainingCachePixels | None:
+    """The rows of the training image cache of ``base`` at ``size`` that can stand in for decoding, or None.
+
+    Nothing is built, locked or written: the cache's index is read as training reads it (same format, resize
+    method, base, size and a pixel file long enough, else nothing is used), and a row counts only while its
+    file's (size, mtime_ns) still equal what the cache recorded. ``root`` defaults to ``data_dir()/cache``.
+    """
+    given = Path(base)  # the keys are spelt as the caller spells its paths: str(base / relpath)
+    absolute = Path(os.path.abspath(given.expanduser()))  # the cache is keyed as training keys it
+    try:
+        directory = (root or data_dir() / "cache") / image_cache.cache_key(absolute) / str(size)
+        if not (directory / "index.json").is_file():
+            return None
+        index = image_cache._read_index(directory, absolute, size)
+    except (OSError, CxrError):
+        return None
+    images = index["images"]
+    rows: dict[str, int] = {}
+    for rel in relpaths:
+        entry = images.get(rel)
+        if entry and 0 <= entry[0] < index["rows"] and tuple(entry[1:3]) == image_cache._source_stat(absolute, rel):
+            rows[str(given / rel)] = int(entry[0])
+    return TrainingCachePixels(directory, size, int(index["rows"]), rows) if rows else None
 
 
 def _with_ood(predictions: Predictions, ood: OodReport | None, warnings: list[str]) -> OodReport | None:

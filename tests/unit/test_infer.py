@@ -285,3 +285,96 @@ def test_a_killed_predict_keeps_the_batches_it_finished(folder, tmp_path):
                            capture_output=True, text=True, timeout=300)
     result = json.loads(again.stdout)
     assert result["images"] == 160 and result["cached"] >= kept and result["computed"] == 160 - result["cached"]
+
+
+def _with_running_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Trained-looking BatchNorm statistics (an untrained model's are the identity: folding them proves nothing)."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,size", [("tiny_resnet", 32), ("efficientnet_b0", 64)])
+def test_batchnorms_folded_into_convolutions_predict_the_same(name, size):
+    from cxr_core.infer.engine import fold_batchnorms
+
+    model = _with_running_stats(create_model(name, labels=LABELS, image_size=size))
+    folded, count = fold_batchnorms(model, size, 3)
+    assert count > 0 and folded is not model
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert norms > 0 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == norms - count
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_whose_convolution_output_is_used_twice_is_not_folded():
+    from cxr_core.infer.engine import fold_batchnorms
+
+    class Shared(torch.nn.Module):  # conv -> bn, and the conv's output also added back: folding would change it
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (self.bn(y) + y).mean(dim=(2, 3))
+
+    model = _with_running_stats(Shared())
+    folded, count = fold_batchnorms(model, 16, 3)
+    assert (folded, count) == (model, 0)
+
+
+def test_cpu_predictor_folds_a_copy_and_keeps_the_model(checkpoint, folder):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    assert predictor.folded > 0 and predictor.inference_model is not predictor.model
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.modules())  # Grad-CAM's model unchanged
+
+
+def test_predict_root_reads_the_training_image_cache_and_only_trusted_rows(checkpoint, folder):
+    import os
+
+    from cxr_core.data.image_cache import ImageCache
+    from cxr_core.infer import predict_root
+    from cxr_core.infer.studies import training_cache_pixels
+
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    decoded = predict_root(predictor, folder)
+    assert decoded.from_image_cache == 0 and not decoded.notes and "pixels" not in decoded.predictions.meta
+    rels = list(decoded.predictions.image)
+    assert training_cache_pixels(folder, rels, 32) is None  # no cache yet: nothing built by asking
+    ImageCache.open_or_build(folder, rels, 32)  # what `cxr-tui train` leaves behind
+    assert training_cache_pixels(folder, rels, 64) is None  # another size: another cache
+    cached = predict_root(predictor, folder)
+    assert cached.from_image_cache == len(rels) == cached.computed
+    assert "training image cache" in cached.notes[0] and cached.predictions.meta["pixels"]["images"] == len(rels)
+    np.testing.assert_array_equal(cached.predictions.probs, decoded.predictions.probs)
+    assert set(cached.errors) == set(decoded.errors)  # the broken file still reported with its reason
+    changed = folder / rels[0]  # same size, new content and time: the cache's row is no longer trusted
+    Image.fromarray(np.full((40, 36), 9, np.uint8)).save(changed)
+    os.utime(changed, ns=(os.stat(changed).st_atime_ns, os.stat(changed).st_mtime_ns + 10**9))
+    again = predict_root(predictor, folder)
+    assert again.from_image_cache == len(rels) - 1
+    fresh = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0).predict([str(changed)])
+    np.testing.assert_allclose(again.predictions.probs[0], fresh.probs[0], rtol=1e-6)
+    assert predict_root(predictor, folder, image_cache=False).from_image_cache == 0
+
+
+def test_cpu_predictor_lets_glibc_keep_freed_memory(checkpoint, monkeypatch):
+    import os
+
+    from cxr_core.infer import engine
+
+    Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    if sys.platform.startswith("linux") and not any(os.environ.get(k) for k in engine._MALLOC_ENV):
+        assert engine._MALLOC_SET and engine.keep_freed_memory()  # once per process, then a no-op
+    monkeypatch.setattr(engine, "_MALLOC_SET", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own setting wins
+    assert engine.keep_freed_memory() is False
