@@ -143,14 +143,11 @@ def variants(files: list[Path], tmp: Path) -> dict[str, list[Path]]:
     return out
 
 
-def single_core_ms(decode: Decoder, blobs: list[bytes], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for blob in blobs:
-            decode(blob)
-        times.append((time.perf_counter() - start) / len(blobs))
-    return statistics.median(times) * 1000
+def one_pass_ms(decode: Decoder, blobs: list[bytes]) -> float:
+    start = time.perf_counter()
+    for blob in blobs:
+        decode(blob)
+    return (time.perf_counter() - start) / len(blobs) * 1000
 
 
 def threaded_img_s(decode: Decoder, blobs: list[bytes], threads: int) -> float:
@@ -169,21 +166,21 @@ def product_path(files: list[Path], size: int, repeat: int) -> dict[str, dict]:
 
     available = getattr(raster, "available_decoders", lambda: ["pillow"])()
     chosen = getattr(raster, "decoder_name", lambda: "pillow")()
-    out: dict[str, dict] = {}
-    for name in available:
-        with _forced(raster, name):
-            reference = None
-            for path in files[:3]:
-                load_letterboxed(path, size)  # warm
-            times = []
-            for _ in range(repeat):
+    times: dict[str, list[float]] = {name: [] for name in available}
+    sums: dict[str, int] = {}
+    for path in files[:3]:
+        load_letterboxed(path, size)  # warm
+    for _ in range(max(repeat, 3)):  # rounds over the decoders in turn
+        for name in available:
+            with _forced(raster, name):
                 start = time.perf_counter()
                 for path in files:
-                    reference = load_letterboxed(path, size)
-                times.append((time.perf_counter() - start) / len(files))
-        out[name] = {"decode_letterbox_ms": round(statistics.median(times) * 1000, 2), "default": name == chosen,
-                     "last_pixels_sum": int(reference.sum()) if reference is not None else None}
-    return out
+                    sums[name] = int(load_letterboxed(path, size).sum())
+                times[name].append((time.perf_counter() - start) / len(files))
+    return {name: {"decode_letterbox_ms": round(statistics.median(times[name]) * 1000, 2), "default": name == chosen,
+                   "speed_vs_default": round(statistics.median([a / b for a, b in zip(times[available[0]], times[name],
+                                                                                 strict=True)]), 3),
+                   "last_pixels_sum": sums.get(name)} for name in available}
 
 
 class _forced:
@@ -222,6 +219,7 @@ def main() -> None:
             blobs = [p.read_bytes() for p in paths]
             fmt = "jpeg" if kind.startswith("jpeg") else "png"
             reference = [_pillow(b) for b in blobs]
+            usable = {}
             for name, (decode, version, formats) in found.items():
                 if fmt not in formats:
                     continue
@@ -230,14 +228,22 @@ def main() -> None:
                 except Exception as err:  # a decoder that cannot read this kind at all
                     rows.append({"images": kind, "decoder": name, "version": version, "error": str(err)[:120]})
                     continue
-                identical = all(p.dtype == r.dtype and np.array_equal(p, r) for p, r in zip(pixels, reference, strict=True))
-                single = single_core_ms(decode, blobs, args.repeat)
-                threaded = threaded_img_s(decode, blobs, cores)
+                identical = all(p.dtype == r.dtype and np.array_equal(p, r)
+                                for p, r in zip(pixels, reference, strict=True))
+                usable[name] = (decode, version, identical, str(pixels[0].dtype))
+            # Rounds over all decoders in turn (this machine's speed drifts): medians of each decoder's passes.
+            single = {name: [] for name in usable}
+            threaded = {name: [] for name in usable}
+            for _ in range(args.repeat):
+                for name, (decode, *_rest) in usable.items():
+                    single[name].append(one_pass_ms(decode, blobs))
+                    threaded[name].append(threaded_img_s(decode, blobs, cores))
+            for name, (_, version, identical, dtype) in usable.items():
+                one, many = statistics.median(single[name]), statistics.median(threaded[name])
                 rows.append({"images": kind, "decoder": name.replace("-jpeg", ""), "version": version,
-                             "ms_one_core": round(single, 2), "img_s_one_core": round(1000 / single, 1),
-                             f"img_s_{cores}_threads": round(threaded, 1),
-                             "thread_scaling": round(threaded * single / 1000, 2),
-                             "dtype": str(pixels[0].dtype), "identical_to_pillow": bool(identical)})
+                             "ms_one_core": round(one, 2), "img_s_one_core": round(1000 / one, 1),
+                             f"img_s_{cores}_threads": round(many, 1), "thread_scaling": round(many * one / 1000, 2),
+                             "dtype": dtype, "identical_to_pillow": bool(identical)})
         for kind in sets:
             mine = [r for r in rows if r["images"] == kind and "ms_one_core" in r]
             pillow = next((r for r in mine if r["decoder"] == "pillow"), None)
@@ -281,7 +287,7 @@ def main() -> None:
     for label, table in (("png8", product), ("png16", product16)):
         for name, entry in table.items():
             print(f"read_xray + letterbox {args.size}, {label}, {name}{' (default)' if entry['default'] else ''}: "
-                  f"{entry['decode_letterbox_ms']} ms")
+                  f"{entry['decode_letterbox_ms']} ms (speed vs default {entry['speed_vs_default']})")
     print(f"decode limit (cores / best decode+letterbox): {report['decode_limit_img_s']} img/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

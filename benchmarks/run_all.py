@@ -34,9 +34,16 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], list[tuple[str, str, str]
     "thresholds": ("threshold_latency.py", [], ["--changes", "500"],
                    [("threshold change p99 (1M x 14) / 5 ms", "p99_vs_goal", "< 1"),
                     ("structure p50 / NumPy recompute", "p50_vs_baseline", "< 1")]),
+    "decoders": ("decoders.py", [], ["--count", "10", "--repeat", "1"],
+                 [("PNG 8-bit: fastest identical decoder / Pillow, one core", "png8_fastest_vs_pillow", "(context)"),
+                  ("PNG 8-bit: best decoder / Pillow, one thread per core", "png8_threaded_best_vs_pillow", ""),
+                  ("PNG 16-bit: fastest identical decoder / Pillow, one core", "png16_fastest_vs_pillow", "")]),
     "predict": ("predict_throughput.py", [], ["--images", "96"],
-                [("engine / per-image loop (img/s)", "engine_vs_loop", ">= 2"),
-                 ("engine eager / loop", "engine_eager_vs_loop", "")]),
+                [("engine (defaults) / per-image loop (img/s)", "engine_vs_loop", ">= 2"),
+                 ("cxr-tui predict (defaults, cold, wall) / loop", "cli_wall_vs_loop", ">= 2"),
+                 ("cxr-tui predict (its own seconds) / loop", "cli_vs_loop", ""),
+                 ("engine / host decode limit", "engine_share_of_decode_limit", ">= 0.8"),
+                 ("engine / in-turn ceiling (decode + model)", "engine_share_of_ceiling", "")]),
     "train": ("train_throughput.py", [], ["--images", "128"],
               [("train loader: cache / PNG decode", "loader_img_s.cache_vs_decode", "> 1"),
                ("training: cache / PNG decode", "train_img_s.cache_vs_decode", "")]),
@@ -45,7 +52,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], list[tuple[str, str, str]
                   ("worklist key p50 / 50 ms", "key_paint_p50_vs_goal", "< 1"),
                   ("worklist key p99 (gc frozen) / 50 ms", "key_paint_p99_vs_goal_gc_frozen", "< 1")]),
 }
-OUTPUTS = {"index": "index_nih.json", "thresholds": "threshold_latency.json", "predict": "predict_throughput.json",
+OUTPUTS = {"decoders": "decoders.json", "index": "index_nih.json", "thresholds": "threshold_latency.json", "predict": "predict_throughput.json",
            "train": "train_throughput.json", "worklist": "tui_worklist.json"}
 
 
