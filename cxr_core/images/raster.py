@@ -2,15 +2,14 @@
 
 Decoding is Pillow's, and for grey images (8/16-bit grey PNG, 8-bit grey JPEG: what chest X-ray exports are)
 Pillow decodes straight into the NumPy array that is returned, instead of into its own buffer that
-``np.asarray`` then copies out (1.2 ms of a 7.5 ms decode of a 1024x1024 NIH PNG, a copy made holding the GIL).
-``benchmarks/decoders.py`` measured the alternatives on those PNGs, one core of a 2-core EPYC: Pillow (with the
-copy) 7.4 ms, libspng (pyspng) 7.2, OpenCV 7.2, torchvision.io 7.2; zlib's inflate is the cost and Pillow's is
-zlib-ng. None is faster than Pillow without the copy, and each changes an error path: pyspng holds the GIL (0.9x
-on 2 threads, and every decoding path here is threaded) and returns pixels from a PNG whose compressed data is
-damaged; OpenCV's libpng/libjpeg write their complaints to the process's stderr (across a TUI's screen) and
-OpenCV returns a truncated JPEG's pixels; torchvision.io crashed the process on a damaged PNG. Every error still
-comes from Pillow, worded as before. ``CXR_IMAGE_DECODER=pillow-copy`` (or :func:`force_decoder`) goes back to
-``np.asarray``.
+``np.asarray`` then copies out (1.2 ms per 1024x1024 image measured alone; 1.04-1.07x on a whole decode).
+``benchmarks/decoders.py`` measured the alternatives on the real NIH PNGs, one core of a 2-core EPYC: Pillow with
+the copy 7.4 ms, without it 7.0, libspng (pyspng) 7.3, OpenCV 7.5, torchvision.io 7.5; zlib's inflate is the cost
+and Pillow's wheel has zlib-ng. None is faster, and each would change an error path: pyspng holds the GIL (0.9x on
+2 threads, and every decoding path here is threaded) and returns pixels from a PNG whose compressed data is
+damaged; OpenCV's libpng/libjpeg print their complaints to the process's stderr (across a TUI's screen);
+torchvision.io crashed the process on a damaged PNG. Every error still comes from Pillow, worded as before.
+``CXR_IMAGE_DECODER=pillow-copy`` (or :func:`force_decoder`) goes back to ``np.asarray``.
 """
 
 from __future__ import annotations
