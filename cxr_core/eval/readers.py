@@ -81,6 +81,14 @@ class ReaderAgreement:
     """Items at least two readers called."""
     disagreements: int = 0
 
+    def headline(self) -> tuple[str, float | None, int]:
+        """The kappa to show: (``Fleiss`` over the items all read, with three or more readers, else ``Cohen`` of the
+        one pair over the items both read), its value (None: undefined) and how many items it covers."""
+        if len(self.readers) >= 3 or not self.pairs:
+            return "Fleiss", self.fleiss, self.fleiss_items
+        pair = next(iter(self.pairs.values()))
+        return "Cohen", pair.kappa, pair.n
+
     def to_dict(self) -> dict[str, Any]:
         return {"finding": self.finding, "readers": list(self.readers), "fleiss_kappa": self.fleiss,
                 "fleiss_items": self.fleiss_items, "items": self.called, "disagreements": self.disagreements,

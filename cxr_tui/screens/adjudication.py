@@ -27,13 +27,9 @@ def agreement_summary(tables: dict, readers: list[str]) -> str:
     pooled = tables.get(ALL_FINDINGS)
     if pooled is None:
         return f"{len(readers)} readers, no shared calls yet"
-    if len(readers) >= 3:
-        kappa = "—" if pooled.fleiss is None else f"{pooled.fleiss:.2f}"
-        what = f"Fleiss' κ {kappa} over {pooled.fleiss_items} items all read"
-    else:
-        pair = next(iter(pooled.pairs.values()))
-        kappa = "—" if pair.kappa is None else f"{pair.kappa:.2f}"
-        what = f"Cohen's κ {kappa} over {pair.n} items both read"
+    name, value, items = pooled.headline()
+    kappa = "—" if value is None else f"{value:.2f}"
+    what = f"{name}'s κ {kappa} over {items} items {'all' if name == 'Fleiss' else 'both'} read"
     return f"{len(readers)} readers ({', '.join(readers)}) · {what} · {pooled.disagreements} disagreements"
 
 

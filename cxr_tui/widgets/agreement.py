@@ -48,11 +48,7 @@ class AgreementPanel(Static):
 
 def readers_text(table: ReaderAgreement) -> Text:
     """Readers among themselves for one finding: Fleiss' kappa (three or more) or Cohen's (two)."""
-    if len(table.readers) >= 3:
-        kappa = "—" if table.fleiss is None else f"{table.fleiss:.2f}"
-        line = f"Fleiss κ {kappa} ({len(table.readers)} readers, {table.fleiss_items} items)"
-    else:
-        pair = next(iter(table.pairs.values()))
-        kappa = "—" if pair.kappa is None else f"{pair.kappa:.2f}"
-        line = f"Cohen κ {kappa} (2 readers, {pair.n} items)"
+    name, value, items = table.headline()
+    kappa = "—" if value is None else f"{value:.2f}"
+    line = f"{name} κ {kappa} ({len(table.readers)} readers, {items} items)"
     return Text.assemble(("Readers", "bold"), f" · {line} · {table.disagreements} disagree")
