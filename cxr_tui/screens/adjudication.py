@@ -29,7 +29,8 @@ def agreement_summary(tables: dict, readers: list[str]) -> str:
         return f"{len(readers)} readers, no shared calls yet"
     name, value, items = pooled.headline()
     kappa = "—" if value is None else f"{value:.2f}"
-    what = f"{name}'s κ {kappa} over {items} items {'all' if name == 'Fleiss' else 'both'} read"
+    possessive = "Fleiss'" if name == "Fleiss" else f"{name}'s"
+    what = f"{possessive} κ {kappa} over {items} items {'all' if name == 'Fleiss' else 'both'} read"
     return f"{len(readers)} readers ({', '.join(readers)}) · {what} · {pooled.disagreements} disagreements"
 
 
