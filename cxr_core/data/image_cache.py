@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -302,3 +302,62 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+class TrainingCachePixels(Mapping[str, np.ndarray]):
+    """Read-only: image path -> its row in a training image cache, for the rows the cache would itself trust.
+
+    Pickles without the memmap (DataLoader workers map the file again).
+    """
+
+    def __init__(self, directory: Path, size: int, row_count: int, rows: dict[str, int]):
+        self.directory = directory
+        self.size = size
+        self.row_count = row_count
+        self.rows = rows
+        self._pixels: np.ndarray | None = None
+
+    def __getitem__(self, path: str) -> np.ndarray:
+        row = self.rows[path]
+        if self._pixels is None:
+            self._pixels = np.memmap(self.directory / "pixels.u8", np.uint8, "r",
+                                     shape=(self.row_count, self.size, self.size))
+        return self._pixels[row]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pixels": None}
+
+
+def training_cache_pixels(base: str | os.PathLike[str], relpaths: Sequence[str], size: int, *,
+                          root: Path | None = None) -> TrainingCachePixels | None:
+    """The rows of the training image cache of ``base`` at ``size`` that can stand in for decoding, or None.
+
+    Nothing is built, locked or written: the cache's index is read as training reads it (same format, resize
+    method, base, size and a pixel file long enough, else nothing is used), and a row counts only while its
+    file's (size, mtime_ns) still equal what the cache recorded. ``root`` defaults to ``data_dir()/cache``.
+    """
+    given = Path(base)  # the keys are spelt as the caller spells its paths: str(base / relpath)
+    absolute = Path(os.path.abspath(given.expanduser()))  # the cache is keyed as training keys it
+    try:
+        directory = (root or data_dir() / "cache") / cache_key(absolute) / str(size)
+        if not (directory / "index.json").is_file():
+            return None
+        index = _read_index(directory, absolute, size)
+    except (OSError, CxrError):
+        return None
+    images = index["images"]
+    rows: dict[str, int] = {}
+    for rel in relpaths:
+        entry = images.get(rel)
+        if entry and 0 <= entry[0] < index["rows"] and tuple(entry[1:3]) == _source_stat(absolute, rel):
+            rows[str(given / rel)] = int(entry[0])
+    return TrainingCachePixels(directory, size, int(index["rows"]), rows) if rows else None

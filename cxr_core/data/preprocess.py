@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cxr_core.images import read_xray
+
+if TYPE_CHECKING:  # the letterbox is NumPy and Pillow: decoding ahead while torch loads needs no torch
+    import torch
 
 RESIZE_METHOD = "letterbox-bicubic-rg2-v1"  # part of the cache key: change it whenever letterbox() changes
 
@@ -95,6 +97,8 @@ class Normalizer:
 
     def augment(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 (S, S) -> uint8 (1, S, S), a copy, through the transform when there is one."""
+        import torch
+
         image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0)
         return image if self.transform is None else self.transform(image)
 
@@ -111,6 +115,8 @@ class Normalizer:
         """
         if self.transform is not None:
             raise ValueError("Normalizer.batch does not apply a transform; call the normalizer per image")
+        import torch
+
         if not isinstance(pixels, torch.Tensor):
             pixels = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
         images = pixels.unsqueeze(1).float().div_(255.0)
@@ -128,6 +134,8 @@ class Normalizer:
 
 
 def _per_channel(values: Sequence[float] | float, channels: int, name: str) -> torch.Tensor:
+    import torch
+
     tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
     if tensor.numel() == 1:
         tensor = tensor.expand(channels)

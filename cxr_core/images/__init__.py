@@ -6,7 +6,7 @@ format module depends on the toolkit only, so there is no import circle.
 """
 
 from cxr_core.images.pixels import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageInfo, XRay, open_image_file
-from cxr_core.images.read import IMAGE_SUFFIXES, looks_like_image, probe_xray, read_xray, sniff_format
+from cxr_core.images.read import IMAGE_SUFFIXES, is_single_image, looks_like_image, probe_xray, read_xray, sniff_format
 
 _LAZY = {"dicom_identifiers": "cxr_core.images.dicom", "SAFE_FIELDS": "cxr_core.images.dicom"}
 """DICOM names load pydicom: only when asked for."""
@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS_ENV",
     "ImageInfo",
+    "is_single_image",
     "XRay",
     "looks_like_image",
     "open_image_file",

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from cxr_core.errors import CorruptImage, ImageReadError, UnsupportedImage
+from cxr_core.errors import CorruptImage, CxrError, ImageReadError, UnsupportedImage
 from cxr_core.images.pixels import ImageInfo, XRay, open_image_file, pixel_limit
 from cxr_core.images.raster import JPEG_MAGIC, PNG_MAGIC, decode_raster, probe_raster
 
@@ -157,3 +158,14 @@ def _with_name_warning(info: ImageInfo, path: str) -> ImageInfo:
     if claimed is None or claimed == info.format:
         return info
     return replace(info, warnings=(*info.warnings, f"content is {info.format.upper()} but the name says {suffix}"))
+
+
+def is_single_image(path: Path) -> bool:
+    """Whether ``path`` is one image file to predict on its own, rather than a data set (a folder, an archive)."""
+    if not path.is_file() or path.suffix.lower() in (".tgz", ".npz", ".csv", ".gz", ".xml"):
+        return False
+    try:
+        probe_xray(path)
+    except CxrError:
+        return path.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # unreadable: say why, as one
+    return True

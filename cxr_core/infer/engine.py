@@ -226,7 +226,7 @@ class Predictor:
         """Probabilities for ``paths`` (cached, or computed in batches).
 
         ``pixels``: path -> its letterboxed uint8 image at this model's input size, already made (the training
-        image cache, :func:`cxr_core.infer.studies.training_cache_pixels`); those files are not decoded. Its
+        image cache, :func:`cxr_core.data.image_cache.training_cache_pixels`); those files are not decoded. Its
         ``get(path)`` returns None for a path it does not hold.
         """
         started = time.perf_counter()

@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cxr_core.data import image_cache
+from cxr_core.data.image_cache import training_cache_pixels
 from cxr_core.data.sources import SourceOptions
 from cxr_core.data.study import image_base
 from cxr_core.errors import CxrError
-from cxr_core.images import probe_xray
+from cxr_core.images import is_single_image
 from cxr_core.infer.engine import Predictor, Progress
 from cxr_core.labels import LabelSpace, UncertaintyPolicy, targets
 from cxr_core.ood import OodReport
-from cxr_core.paths import data_dir
 from cxr_core.predictions import Predictions
 from cxr_core.store.index import IndexedRoot, StudyIndex
 
@@ -52,6 +51,7 @@ class RootPredictions:
     ood: OodReport | None = None  # distance from the training images (None: the checkpoint has no stats)
     from_image_cache: int = 0  # images whose pixels came from the training image cache (not decoded)
     notes: list[str] = field(default_factory=list)  # what a user may want to know that is not a warning
+    premade: int = 0  # computed images whose pixels the caller gave (``pixels=``: decoded while the model loaded)
 
 
 def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None]:
@@ -66,11 +66,14 @@ def truth_columns(model_labels: list[str], space: LabelSpace) -> list[int | None
 def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoot, *, fmt: str | None = None,
                  split: str | None = None, options: SourceOptions = SourceOptions(), index: StudyIndex | None = None,
                  cancel: threading.Event | None = None, progress: Progress | None = None,
-                 use_cache: bool = True, image_cache: bool = True) -> RootPredictions:
+                 use_cache: bool = True, image_cache: bool = True,
+                 pixels: Mapping[str, np.ndarray] | None = None) -> RootPredictions:
     """Predict every present image of a data set root, or of one image file (a study of its own).
 
     ``root`` may be an :class:`IndexedRoot` the caller already loaded (the TUI has one): it is not scanned again.
-    ``image_cache=False`` decodes every file even where the training image cache holds it.
+    ``image_cache=False`` decodes every file even where the training image cache holds it. ``pixels``: images
+    already letterboxed at the model's size, by absolute path (:mod:`cxr_core.infer.overlap` decodes the first
+    ones while the model loads); used when the training image cache holds none of the root.
     """
     if not isinstance(root, IndexedRoot) and fmt is None and is_single_image(Path(root)):
         return predict_file(predictor, Path(root), progress=progress, use_cache=use_cache)
@@ -99,7 +102,7 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
     rows = [(s, image.path) for s in studies for image in s.images]
     made = training_cache_pixels(base, [rel for _, rel in rows], predictor.config.input_size) if image_cache else None
     result = predictor.predict([str(base / rel) for _, rel in rows], cancel=cancel, progress=progress,
-                               use_cache=use_cache, pixels=made)
+                               use_cache=use_cache, pixels=made if made is not None else pixels)
     ok = result.ok
     errors = {item["path"]: item["reason"] for item in scan.report.unreadable_files}
     for path, reason in result.errors.items():
@@ -128,66 +131,7 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
         predictions.meta["pixels"] = {"image_cache": str(made.directory), "images": used}
     return RootPredictions(predictions, errors, result.cached, result.computed, result.seconds, result.cancelled,
                            result.warnings, [name for name, c in zip(labels, columns, strict=True) if c is None], ood,
-                           used, notes)
-
-
-class TrainingCachePixels(Mapping[str, np.ndarray]):
-    """Read-only: image path -> its row in a training image cache, for the rows the cache would itself trust.
-
-    Pickles without the memmap (DataLoader workers map the file again).
-    """
-
-    def __init__(self, directory: Path, size: int, row_count: int, rows: dict[str, int]):
-        self.directory = directory
-        self.size = size
-        self.row_count = row_count
-        self.rows = rows
-        self._pixels: np.ndarray | None = None
-
-    def __getitem__(self, path: str) -> np.ndarray:
-        row = self.rows[path]
-        if self._pixels is None:
-            self._pixels = np.memmap(self.directory / "pixels.u8", np.uint8, "r",
-                                     shape=(self.row_count, self.size, self.size))
-        return self._pixels[row]
-
-    def __contains__(self, path: object) -> bool:
-        return path in self.rows
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pixels": None}
-
-
-def training_cache_pixels(base: str | os.PathLike[str], relpaths: Sequence[str], size: int, *,
-                          root: Path | None = None) -> TrainingCachePixels | None:
-    """The rows of the training image cache of ``base`` at ``size`` that can stand in for decoding, or None.
-
-    Nothing is built, locked or written: the cache's index is read as training reads it (same format, resize
-    method, base, size and a pixel file long enough, else nothing is used), and a row counts only while its
-    file's (size, mtime_ns) still equal what the cache recorded. ``root`` defaults to ``data_dir()/cache``.
-    """
-    given = Path(base)  # the keys are spelt as the caller spells its paths: str(base / relpath)
-    absolute = Path(os.path.abspath(given.expanduser()))  # the cache is keyed as training keys it
-    try:
-        directory = (root or data_dir() / "cache") / image_cache.cache_key(absolute) / str(size)
-        if not (directory / "index.json").is_file():
-            return None
-        index = image_cache._read_index(directory, absolute, size)
-    except (OSError, CxrError):
-        return None
-    images = index["images"]
-    rows: dict[str, int] = {}
-    for rel in relpaths:
-        entry = images.get(rel)
-        if entry and 0 <= entry[0] < index["rows"] and tuple(entry[1:3]) == image_cache._source_stat(absolute, rel):
-            rows[str(given / rel)] = int(entry[0])
-    return TrainingCachePixels(directory, size, int(index["rows"]), rows) if rows else None
+                           used if made is not None else 0, notes, used if made is None else 0)
 
 
 def _with_ood(predictions: Predictions, ood: OodReport | None, warnings: list[str]) -> OodReport | None:
@@ -198,17 +142,6 @@ def _with_ood(predictions: Predictions, ood: OodReport | None, warnings: list[st
     if ood.far:
         warnings.append(ood.message)
     return ood
-
-
-def is_single_image(path: Path) -> bool:
-    """Whether ``path`` is one image file to predict on its own, rather than a data set (a folder, an archive)."""
-    if not path.is_file() or path.suffix.lower() in (".tgz", ".npz", ".csv", ".gz", ".xml"):
-        return False
-    try:
-        probe_xray(path)
-    except CxrError:
-        return path.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # unreadable: say why, as one
-    return True
 
 
 def predict_file(predictor: Predictor, path: Path, *, progress: Progress | None = None,

@@ -6,26 +6,23 @@ hooks, and travels inside checkpoints so ``build_model(config)`` rebuilds the sa
 Nothing here downloads unless ``pretrained=True`` is asked for and the hub answers.
 """
 
-from __future__ import annotations
+from cxr_core._face import lazy
 
-from cxr_core.models.config import ModelConfig
-from cxr_core.models.factory import build_model, check_available, create_model, model_config
-from cxr_core.models.registry import ModelSpec, UnknownModel, get_spec, list_models
-from cxr_core.models.weights import LoadReport, WeightsUnavailable, apply_state_dict, load_weights, read_state_dict
-
-__all__ = [
-    "LoadReport",
-    "ModelConfig",
-    "ModelSpec",
-    "UnknownModel",
-    "WeightsUnavailable",
-    "apply_state_dict",
-    "build_model",
-    "check_available",
-    "create_model",
-    "get_spec",
-    "list_models",
-    "load_weights",
-    "model_config",
-    "read_state_dict",
-]
+# Loaded on first use: a caller that needs only ModelConfig or the registry (reading a checkpoint's header, listing
+# the zoo) does not import torch and timm (~4 s on 2 cores) with them.
+__getattr__, __all__ = lazy(__name__, {
+    "LoadReport": "cxr_core.models.weights",
+    "ModelConfig": "cxr_core.models.config",
+    "ModelSpec": "cxr_core.models.registry",
+    "UnknownModel": "cxr_core.models.registry",
+    "WeightsUnavailable": "cxr_core.models.weights",
+    "apply_state_dict": "cxr_core.models.weights",
+    "build_model": "cxr_core.models.factory",
+    "check_available": "cxr_core.models.factory",
+    "create_model": "cxr_core.models.factory",
+    "get_spec": "cxr_core.models.registry",
+    "list_models": "cxr_core.models.registry",
+    "load_weights": "cxr_core.models.weights",
+    "model_config": "cxr_core.models.factory",
+    "read_state_dict": "cxr_core.models.weights",
+})

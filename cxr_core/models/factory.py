@@ -8,19 +8,28 @@ before anything is built, so an offline failure costs milliseconds, not a model 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cxr_core.errors import CxrError
-from cxr_core.models import biomedclip, timm_models, xrv
 from cxr_core.models.config import ModelConfig
 from cxr_core.models.registry import get_spec
 from cxr_core.models.weights import load_weights
 
-_FAMILIES: dict[str, ModuleType] = {"timm": timm_models, "biomedclip": biomedclip, "xrv": xrv}
+if TYPE_CHECKING:
+    from torch import nn
+
+# Each family's module imports its own libraries (timm; open_clip's tower through timm; torchvision and
+# torchxrayvision), so it is imported when a model of that family is first asked for, not with the factory.
+_FAMILIES: dict[str, str] = {"timm": "cxr_core.models.timm_models", "biomedclip": "cxr_core.models.biomedclip",
+                             "xrv": "cxr_core.models.xrv"}
+
+
+def _family(name: str) -> ModuleType:
+    return importlib.import_module(_FAMILIES[name])
 
 
 def model_config(name: str, labels: Sequence[str], *, image_size: int | None = None,
@@ -32,7 +41,7 @@ def model_config(name: str, labels: Sequence[str], *, image_size: int | None = N
         raise CxrError(f"{spec.name}: no labels given")
     if image_size is not None and image_size <= 0:
         raise CxrError(f"{spec.name}: image_size must be positive, got {image_size}")
-    return _FAMILIES[spec.family].make_config(spec, labels, image_size, unfreeze_layers)
+    return _family(spec.family).make_config(spec, labels, image_size, unfreeze_layers)
 
 
 def check_available(name: str, *, pretrained: bool = False, weights: str | Path | None = None,
@@ -44,12 +53,12 @@ def check_available(name: str, *, pretrained: bool = False, weights: str | Path 
         if not Path(weights).expanduser().is_file():
             raise CxrError(f"{weights}: no such weights file")
     elif pretrained:
-        _FAMILIES[config.family].pretrained_file(config)
+        _family(config.family).pretrained_file(config)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The architecture a config describes, randomly initialised (checkpoints put weights in)."""
-    model = _FAMILIES[config.family].build(config)
+    model = _family(config.family).build(config)
     model.cxr_config = config
     model.cxr_load_report = None
     return model
@@ -63,7 +72,7 @@ def create_model(name: str, num_classes: int | None = None, *, labels: Sequence[
     ``model.cxr_config`` describes it; ``model.cxr_load_report`` says what a weights file provided.
     """
     spec = get_spec(name)
-    family = _FAMILIES[spec.family]
+    family = _family(spec.family)
     if labels is not None and num_classes is not None:
         raise CxrError(f"{spec.name}: give labels or num_classes, not both")
     if labels is None and num_classes is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,6 +12,7 @@ from cxr_core.atomic import check_writable
 from cxr_core.data import SourceOptions
 from cxr_core.errors import CxrError
 from cxr_core.store import StudyIndex
+from cxr_core.text import visible
 
 if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not for --help or --version
     from cxr_core.infer import Predictor, RootPredictions
@@ -65,10 +67,15 @@ def predict(
         raise CxrError(f"{root}: no such file or folder")
     if out is not None:
         check_writable(out, "predictions file")  # said now, not after every image was predicted
-    predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache)
     try:
-        _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)
-        predictor.dist.barrier()  # torchrun: every rank is done (rank 0 has written) before the group goes
+        if _torchrun():
+            predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache)
+            _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)
+            predictor.dist.barrier()  # torchrun: every rank is done (rank 0 has written) before the group goes
+        else:  # the model loads on a thread while the root is indexed and its first images decoded
+            _predict_and_report(lambda path: make_predictor(str(path), device, batch_size, workers, tta, compile,
+                                                            no_cache),
+                                root, out, thresholds, fmt, labels_csv, split, db, json_out, model)
     finally:
         from cxr_core.distributed import shutdown_distributed
 
@@ -77,14 +84,30 @@ def predict(
         shutdown_distributed()
 
 
-def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thresholds: Path | None,
-                        fmt: str | None, labels_csv: Path | None, split: str | None, db: Path | None,
-                        json_out: bool) -> None:
-    if not predictor.dist.is_main:  # torchrun: the other ranks compute their shard and leave the writing to rank 0
+def _torchrun() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root: Path, out: Path | None,
+                        thresholds: Path | None, fmt: str | None, labels_csv: Path | None, split: str | None,
+                        db: Path | None, json_out: bool, model: str | None = None) -> None:
+    """``predictor``: loaded, or (with ``model``) how to load it from the checkpoint path, on a thread."""
+    if not callable(predictor) and not predictor.dist.is_main:  # torchrun: the other ranks compute their shard
         _predict(predictor, root, fmt, labels_csv, split, db, None)
         return
     with progress_bar(not json_out) as progress:
-        result = _predict(predictor, root, fmt, labels_csv, split, db, (lambda d, t: progress("predicting", d, t)) if progress else None)
+        report = (lambda d, t: progress("predicting", d, t)) if progress else None
+        if callable(predictor):
+            from cxr_core.infer import predict_root_loading
+
+            with StudyIndex(db) as index:
+                predictor, result = predict_root_loading(model, predictor, root, fmt=fmt, split=split,
+                                                         options=SourceOptions(labels_csv=labels_csv), index=index,
+                                                         progress=report)
+        else:
+            result = _predict(predictor, root, fmt, labels_csv, split, db, report)
     from cxr_core.eval import load_thresholds, threshold_values
 
     values = threshold_values(load_thresholds(thresholds) if thresholds is not None else None, predictor.labels)
@@ -94,7 +117,8 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
     flags = preds.flagged(values)
     summary = {"images": len(preds), "cached": result.cached, "computed": result.computed,
                "seconds": round(result.seconds, 3), "unreadable": len(result.errors), "errors": result.errors,
-               "warnings": result.warnings, "model": str(predictor.loaded.path), "device": str(predictor.device),
+               "warnings": result.warnings, "notes": result.notes, "decoded_while_loading": result.premade,
+               "model": str(predictor.loaded.path), "device": str(predictor.device),
                "out": str(out) if out else None,
                "flagged": {label: sum(label in f for f in flags) for label in preds.labels}}
     if result.ood is not None:  # distance from the training images; its message is among the warnings when far
@@ -109,6 +133,8 @@ def _predict_and_report(predictor: Predictor, root: Path, out: Path | None, thre
                  f"{f', {rate:.0f} img/s' if rate else ''}) on {predictor.device}")
     for warning in result.warnings:
         warn(warning)
+    for note in result.notes:
+        stdout.print(visible(note), markup=False, highlight=False)
     if out is not None:
         stdout.print(f"wrote {out}")
     else:

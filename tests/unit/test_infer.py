@@ -341,9 +341,8 @@ def test_cpu_predictor_folds_a_copy_and_keeps_the_model(checkpoint, folder):
 def test_predict_root_reads_the_training_image_cache_and_only_trusted_rows(checkpoint, folder):
     import os
 
-    from cxr_core.data.image_cache import ImageCache
+    from cxr_core.data.image_cache import ImageCache, training_cache_pixels
     from cxr_core.infer import predict_root
-    from cxr_core.infer.studies import training_cache_pixels
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
     decoded = predict_root(predictor, folder)
