@@ -41,6 +41,8 @@ __getattr__, __all__ = lazy(__name__, {
     "disagreements": "cxr_core.eval.readers",
     "fleiss_kappa": "cxr_core.eval.readers",
     "ORDERS": "cxr_core.eval.uncertainty",
+    "VIEW_ORDERS": "cxr_core.eval.uncertainty",
+    "mutual_information": "cxr_core.eval.uncertainty",
     "informativeness": "cxr_core.eval.uncertainty",
     "review_order": "cxr_core.eval.uncertainty",
     "ALL_FINDINGS": "cxr_core.eval.readers:ALL",

@@ -9,15 +9,21 @@ import typer
 from rich.table import Table
 
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
-from cxr_tui.cli.output import plain, print_json, stdout
+from cxr_tui.cli.output import plain, print_json, progress_bar, stdout, warn
 
-ORDER_CHOICES = ("uncertain", "margin", "entropy", "max_prob")
+ORDER_CHOICES = ("uncertain", "margin", "entropy", "disagreement", "max_prob")
 
 
 def worklist_cmd(
     preds: Annotated[Path, typer.Option("--preds", "-p", help="Predictions file (from `cxr-tui predict`).")],
     order: Annotated[str, typer.Option("--order", help="uncertain (logit distance to the threshold, smallest first), "
-                                                       "entropy (highest first) or max_prob (the triage order).")] = "uncertain",
+                                                       "entropy (highest first), disagreement (the model's "
+                                                       "answers moving across views of the image and MC-dropout "
+                                                       "samples; needs --model) or max_prob (the triage order).")
+                 ] = "uncertain",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint, run directory or run id that made "
+                                                                    "the predictions (for --order disagreement).",
+                                              show_default=False)] = None,
     thresholds: Annotated[Path | None, typer.Option("--thresholds", help="Thresholds JSON (default 0.5 each).",
                                                     show_default=False)] = None,
     unreviewed: Annotated[bool, typer.Option("--unreviewed", help="Leave out studies the reader has reviewed.")] = False,
@@ -42,13 +48,16 @@ def worklist_cmd(
     values = dict(load_thresholds(thresholds).thresholds) if thresholds else {}
     studies = list(dict.fromkeys(predictions.study))
     scores = predictions.study_scores(studies)
+    information = None
+    if order == "disagreement":
+        information = _disagreement(predictions, studies, model, root, preds)
     if order == "max_prob":
         import numpy as np
 
         top = np.fmax.reduce(scores, axis=1) if scores.size else np.zeros(len(studies))
         ranked = sorted(zip(studies, top.tolist(), strict=True), key=lambda kv: (np.isnan(kv[1]), -np.nan_to_num(kv[1])))
     else:
-        ranked = review_order(studies, scores, predictions.labels, values, order)
+        ranked = review_order(studies, scores, predictions.labels, values, order, information)
     if unreviewed:
         from cxr_core.store import ReviewStore
 
@@ -71,3 +80,31 @@ def worklist_cmd(
     for rank, (study, score) in enumerate(shown, start=1):
         table.add_row(str(rank), plain(study), "—" if score != score else f"{score:.4f}")
     stdout.print(table)
+
+
+def _disagreement(predictions, studies: list[str], model: str | None, root: Path | None, preds: Path):
+    """(studies, K) mutual information of each study's images under the model's views (the highest per finding)."""
+    from cxr_core.data.study import image_base
+    from cxr_core.errors import CxrError
+    from cxr_core.eval import mutual_information
+    from cxr_core.infer import Predictor, view_probabilities
+    from cxr_core.predictions import Predictions
+
+    if model is None:
+        raise CxrError("--order disagreement runs the model on each image under several views: give it with --model")
+    root = root or predictions.meta.get("root")
+    if not root:
+        raise CxrError(f"{preds}: the predictions do not name their data set root; --order disagreement needs --root")
+    predictor = Predictor.from_checkpoint(model, cache=False)
+    if list(predictor.labels) != list(predictions.labels):
+        raise CxrError(f"{model}: its findings are not those of {preds}; give the model that made the predictions")
+    base = image_base(Path(root))
+    with progress_bar(True) as progress:
+        views, errors = view_probabilities(predictor, [str(base / image) for image in predictions.image],
+                                           progress=(lambda d, t: progress("views", d, t)) if progress else None)
+    for index, reason in list(errors.items())[:5]:
+        warn(f"{predictions.image[index]}: {reason}")
+    info = mutual_information(views).astype("float32")
+    per_image = Predictions(predictions.labels, info, list(predictions.study), list(predictions.image),
+                            list(predictions.patient))
+    return per_image.study_scores(studies)
