@@ -48,6 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # before the guard, so a fast test that is the first to import it is not blamed for that.
     import torch  # noqa: F401
 
+    # Likewise matplotlib's first use on a machine builds its font list by running fc-list.
+    import matplotlib.font_manager  # noqa: F401 - loads (or builds and saves) the font list
+
     # Patched once for the session; per test only a module global changes, so the guard costs nothing measurable.
     _refuse_in_fast_tests(subprocess.Popen, "__init__", "subprocess.Popen")  # also run/call/check_output, asyncio
     _refuse_in_fast_tests(multiprocessing.process.BaseProcess, "start", "multiprocessing")  # pools, DataLoader

@@ -84,7 +84,7 @@ def worklist_cmd(
 
 def _disagreement(predictions, studies: list[str], model: str | None, root: Path | None, preds: Path):
     """(studies, K) mutual information of each study's images under the model's views (the highest per finding)."""
-    from cxr_core.data.study import image_base
+    from cxr_core.data import image_base
     from cxr_core.errors import CxrError
     from cxr_core.eval import mutual_information
     from cxr_core.infer import Predictor, view_probabilities

@@ -307,6 +307,7 @@ def test_eval_report_names_the_measure(checkpoints, phantoms, tmp_path):
     assert "training images" not in text and "distribution" not in text
 
 
+@pytest.mark.slow  # the command decodes ahead in spawned helper processes while the model loads
 def test_predict_cli_prints_the_warning_and_json_carries_it(checkpoints, phantoms):
     from cxr_tui.cli.main import app
 
