@@ -65,6 +65,35 @@ def build_root(root: Path, labelled: float, seed: int) -> dict[str, list[str]]:
     return truth
 
 
+def reviewer_thresholds(predictions, mode: str) -> dict[str, float | None]:
+    """The thresholds a reviewer would work with: tuned on the validation split as the thresholds screen tunes them
+    (:func:`cxr_core.eval.tune`), not 0.5 (a rare finding's scores seldom reach it, so "nearest 0.5" is "most
+    probably positive")."""
+    from cxr_core.eval import OperatingPoints, tune
+    from cxr_core.eval.thresholds_file import tuning_rows
+
+    val, _ = tuning_rows(predictions, "val")
+    return {c.label: c.threshold for c in tune(OperatingPoints.from_predictions(val), mode)}
+
+
+def pool_disagreement(predictor, loaded, predictions, pool: list[str]) -> np.ndarray:
+    """(len(pool), K) BALD mutual information of each pool study under the model's views (TTA; MC dropout when
+    the model has dropout), the highest over a study's images."""
+    from cxr_core.data.study import image_base
+    from cxr_core.eval import mutual_information
+    from cxr_core.infer import view_probabilities
+    from cxr_core.predictions import Predictions
+
+    wanted = set(pool)
+    rows = [i for i, study in enumerate(predictions.study) if study in wanted]
+    base = image_base(loaded.root)
+    views, _ = view_probabilities(predictor, [str(base / predictions.image[i]) for i in rows])
+    info = mutual_information(views).astype(np.float32)
+    per_image = Predictions(predictions.labels, info, [predictions.study[i] for i in rows],
+                            [predictions.image[i] for i in rows], [predictions.patient[i] for i in rows])
+    return per_image.study_scores(pool)
+
+
 def train(config, runs: Path) -> tuple[float, Path]:
     from cxr_core.train.jobs import create_run
     from cxr_core.train.runner import run_training
@@ -85,7 +114,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--labelled", type=float, default=0.3)
     parser.add_argument("--arms", default="uncertain,random",
-                        help="Orderings to compare (uncertain, margin, entropy: cxr_core.eval.uncertainty; random).")
+                        help="Orderings to compare (uncertain, margin, entropy, disagreement: cxr_core.eval.uncertainty; "
+                             "random).")
+    parser.add_argument("--thresholds", default="youden",
+                        help="The reviewer's thresholds the orderings measure distance to: tuned on the start model's "
+                             "validation predictions by this operating point (youden, f1, sens=X, ...), or fixed=0.5.")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "active_loop.json")
     args = parser.parse_args()
     results = []
@@ -113,13 +146,18 @@ def main() -> None:
             predictor = Predictor(load_model(checkpoint), device="cpu", cache=False)
             predictions = predict_root(predictor, loaded).predictions
             scores = predictions.study_scores(pool)
+            thresholds = reviewer_thresholds(predictions, args.thresholds)
             rng = np.random.default_rng(1000 + seed)
             picks = {}
+            information = None
+            if "disagreement" in args.arms.split(","):
+                information = pool_disagreement(predictor, loaded, predictions, pool)
             for arm in args.arms.split(","):
                 if arm == "random":
                     picks[arm] = list(rng.choice(pool, size=min(args.budget, len(pool)), replace=False))
                 else:
-                    picks[arm] = [s for s, _ in review_order(pool, scores, predictions.labels, {}, arm)][:args.budget]
+                    picks[arm] = [s for s, _ in review_order(pool, scores, predictions.labels, thresholds, arm,
+                                                             information)][:args.budget]
             aucs = {}
             for arm, chosen in picks.items():
                 db = tmp / f"reviews-{seed}-{arm}.sqlite"
@@ -136,7 +174,8 @@ def main() -> None:
     gains = [r["auc_uncertain"] - r["auc_random"] for r in results]
     summary = {
         "model": args.model, "size": args.size, "images": args.images, "epochs": args.epochs, "budget": args.budget,
-        "labelled_fraction": args.labelled, "seeds": results,
+        "labelled_fraction": args.labelled, "thresholds": args.thresholds, "arms": args.arms.split(","),
+        "seeds": results,
         "auc_start": round(statistics.mean(r["auc_start"] for r in results), 4),
         **{f"auc_{arm}": round(statistics.mean(r[f"auc_{arm}"] for r in results), 4) for arm in args.arms.split(",")},
         "gain_mean": round(statistics.mean(gains), 4), "uncertain_wins": sum(g > 0 for g in gains),

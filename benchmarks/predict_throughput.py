@@ -159,7 +159,8 @@ def run_cli(root: Path, checkpoint: Path, home: Path, extra: list[str], repo: Pa
         raise SystemExit(f"cxr-tui predict failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     summary = json.loads(done.stdout)
     return {"wall_s": round(wall, 2), "seconds": summary["seconds"], "images": summary["images"],
-            "computed": summary["computed"], "unreadable": summary["unreadable"], "device": summary["device"]}
+            "computed": summary["computed"], "unreadable": summary["unreadable"], "device": summary["device"],
+            "decoded_while_loading": summary.get("decoded_while_loading")}
 
 
 def main() -> None:
