@@ -78,20 +78,11 @@ def reviewer_thresholds(predictions, mode: str) -> dict[str, float | None]:
 
 def pool_disagreement(predictor, loaded, predictions, pool: list[str]) -> np.ndarray:
     """(len(pool), K) BALD mutual information of each pool study under the model's views (TTA; MC dropout when
-    the model has dropout), the highest over a study's images."""
+    the model has dropout), the highest over a study's images: what the worklist's disagreement order ranks."""
     from cxr_core.data.study import image_base
-    from cxr_core.eval import mutual_information
-    from cxr_core.infer import view_probabilities
-    from cxr_core.predictions import Predictions
+    from cxr_core.infer import study_disagreement
 
-    wanted = set(pool)
-    rows = [i for i, study in enumerate(predictions.study) if study in wanted]
-    base = image_base(loaded.root)
-    views, _ = view_probabilities(predictor, [str(base / predictions.image[i]) for i in rows])
-    info = mutual_information(views).astype(np.float32)
-    per_image = Predictions(predictions.labels, info, [predictions.study[i] for i in rows],
-                            [predictions.image[i] for i in rows], [predictions.patient[i] for i in rows])
-    return per_image.study_scores(pool)
+    return study_disagreement(predictor, predictions, pool, image_base(loaded.root))[0]
 
 
 def train(config, runs: Path) -> tuple[float, Path]:

@@ -93,6 +93,8 @@ class CxrApp(App):
     """(done, total) of the running prediction."""
     blind_version: var[int] = var(0)
     """Bumped when blind reading changes (Workspace.blind)."""
+    disagreement_version: var[int] = var(0)
+    """Bumped when the studies' disagreement under the model's views is in the workspace (or was reset)."""
     reviewed: var[tuple[int, str]] = var((0, ""))
     """(count, study) of the latest recorded decision: the worklist re-reads that study's status."""
 
@@ -254,6 +256,36 @@ class CxrApp(App):
         self.post_message(PredictionsReady(result.predictions, result.errors, result.cached, result.computed,
                                            result.seconds))
 
+    @work(thread=True, exclusive=True, group="disagreement", exit_on_error=False)
+    def measure_disagreement(self) -> None:
+        """Run the model on every predicted study under several views (and MC-dropout samples when it has dropout)
+        for the worklist's disagreement order; progress as a prediction's. Needs the model (not a predictions file)."""
+        from cxr_core.data import image_base
+        from cxr_core.infer import study_disagreement
+
+        workspace, predictor = self.workspace, self.predictor
+        preds, root, order = workspace.predictions, workspace.root, list(workspace.study_order)
+        if predictor is None or preds is None or root is None:
+            return
+        worker = get_current_worker()
+        with self.model_lock:
+            information, errors = study_disagreement(
+                predictor, preds, order, image_base(root), cancel=worker.cancelled_event,
+                progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
+        if not worker.is_cancelled:
+            self.call_from_thread(self._disagreement_measured, preds, information, len(errors))
+
+    def _disagreement_measured(self, preds, information, unreadable: int) -> None:
+        import numpy as np
+
+        workspace = self.workspace
+        if workspace.predictions is not preds:  # other predictions arrived meanwhile: this is not about them
+            return
+        workspace.study_disagreement = information
+        self.notify(f"disagreement measured for {int((~np.isnan(information).all(axis=1)).sum()):,} studies"
+                    + (f"; {unreadable} images unreadable" if unreadable else ""), timeout=4)
+        self.disagreement_version += 1
+
     def _model_loaded(self, checkpoint: Path, fingerprint: str) -> None:
         """The header names the model every screen is showing: its run id (or file) and fingerprint."""
         from cxr_core.runs import RunDir
@@ -310,6 +342,10 @@ class CxrApp(App):
         for label in preds.labels:
             workspace.thresholds.setdefault(label, 0.5)
         workspace.study_probs = preds.study_scores(workspace.study_order)
+        self.workers.cancel_group(self, "disagreement")  # measured (or being measured) for other predictions
+        if workspace.study_disagreement is not None:
+            workspace.study_disagreement = None
+            self.disagreement_version += 1
         workspace.image_rows = preds.rows_by_study()
         save_session(workspace)
         note = message.source or f"{len(preds):,} images: {message.cached:,} from the cache, {message.computed:,} computed"

@@ -43,6 +43,7 @@ class Workspace:
     label_space: LabelSpace | None = None
     study_probs: np.ndarray | None = None  # (n studies, K) in study_order: each study's score (max over images)
     image_rows: dict[str, list[int]] = field(default_factory=dict)  # study -> its rows of predictions
+    study_disagreement: np.ndarray | None = None  # (n studies, K) in study_order: mutual information under views
     last_load: PredictionsReady | None = None  # how the last predictions came (cache / computed)
     blind: int = 0  # blind reading: 1 hides the data set's labels, 2 the model's output as well
     out_of_distribution: str | None = None  # the warning when the root's films lie far from the model's training images

@@ -34,9 +34,12 @@ if TYPE_CHECKING:
     from cxr_core.data import Study
 
 SortKey = Literal["max_prob", "n_flagged", "study", "patient", "view", "split", "findings", "status", "finding",
-                  "uncertain", "entropy"]
+                  "uncertain", "entropy", "disagreement"]
 """``finding``: one finding's probability (:meth:`StudyList.sort` names which); ``uncertain`` / ``entropy``: how
-unsure the model is (:mod:`cxr_core.eval.uncertainty`, what to review next); the others are columns."""
+unsure the model is (:mod:`cxr_core.eval.uncertainty`, what to review next); ``disagreement``: how much its answers
+move across views of the image (:meth:`StudyList.update_disagreement`); the others are columns."""
+LEARNING_ORDERS = ("uncertain", "entropy", "disagreement")
+"""Sort keys that score how much a study's review would teach the next model (higher = sooner)."""
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)
 REVIEW_STATES: tuple[str, ...] = ("", "partial", "uncertain", "reviewed", "missing")
 """Review status of a study: not started, some findings reviewed, a finding left uncertain, every finding
@@ -103,6 +106,7 @@ class StudyList:
         self._sort_finding: str | None = None
         self.labels: list[str] = list(labels)
         self._probs = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
+        self._information = np.full((n, len(self.labels)), np.nan, dtype=np.float32)  # NaN: not measured
         self._thresholds = np.full(len(self.labels), np.nan, dtype=np.float32)
         self._flags = np.zeros((n, len(self.labels)), dtype=bool)
         self._n_flagged = np.zeros(n, dtype=np.int16)
@@ -219,11 +223,15 @@ class StudyList:
         """The flagged findings of each row as text ("Effusion, Mass"), in row order."""
         return np.asarray(self._all_pattern_texts(), dtype=object)[self._pattern]
 
-    def most_informative(self, order: str = "uncertain") -> str | None:
-        """The unreviewed study with an image (in the whole list, not only the view) the model is least sure of."""
-        from cxr_core.eval import informativeness
+    @property
+    def has_disagreement(self) -> bool:
+        """Whether the disagreement of any study has been measured (:meth:`update_disagreement`)."""
+        return bool(np.isfinite(self._information).any())
 
-        score = informativeness(self._probs, self._thresholds, order)
+    def most_informative(self, order: str = "uncertain") -> str | None:
+        """The unreviewed study with an image (in the whole list, not only the view) the model is least sure of
+        (``order``: one of :data:`LEARNING_ORDERS`)."""
+        score = self._informativeness(order)
         open_ = ((self._status == REVIEW_STATES.index("")) | (self._status == REVIEW_STATES.index("partial"))) \
             & ~np.isnan(score)
         if not open_.any():
@@ -337,17 +345,15 @@ class StudyList:
             primary = self._sort_values(key)
             if descending:
                 primary = -primary
-            if key in ("max_prob", "n_flagged", "finding", "uncertain", "entropy"):
+            if key in ("max_prob", "n_flagged", "finding", *LEARNING_ORDERS):
                 # Unpredicted rows last in both directions: NaN sorts last, and -NaN is NaN.
                 primary = np.where(np.isnan(self._max_prob), np.nan, primary.astype(np.float64))
             self._order = np.lexsort((self._id_rank, primary))
         self._view = self._order[self._keep[self._order]]
 
     def _sort_values(self, key: str) -> np.ndarray:
-        if key in ("uncertain", "entropy"):  # higher = review sooner
-            from cxr_core.eval import informativeness
-
-            return informativeness(self._probs, self._thresholds, key)
+        if key in LEARNING_ORDERS:  # higher = review sooner
+            return self._informativeness(key)
         if key == "finding":
             if self._sort_finding not in self.labels:  # new predictions without it: back to the highest
                 return self._max_prob.astype(np.float64)
@@ -370,6 +376,14 @@ class StudyList:
         if self._patient_rank is None:
             _, self._patient_rank = np.unique(self._patients, return_inverse=True)
         return self._patient_rank.astype(np.int64).reshape(-1)
+
+    def _informativeness(self, order: str) -> np.ndarray:
+        from cxr_core.eval import informativeness
+
+        if order == "disagreement" and not self._information.shape[1]:
+            return np.full(self._ids.size, np.nan)
+        return informativeness(self._probs, self._thresholds, order,
+                               self._information if order == "disagreement" else None)
 
     def _refilter(self) -> None:
         self._keep = self._mask()
@@ -407,12 +421,24 @@ class StudyList:
         if self._filter.finding is not None and self._filter.finding not in names:
             self._filter = StudyFilter(self._filter.flagged_only, None, self._filter.unreviewed_only,
                                        self._filter.split, self._filter.with_image_only)
+        if names != self.labels or self._information.shape != probs.shape:
+            self._information = np.full(probs.shape, np.nan, dtype=np.float32)  # other findings: measure again
         self.labels, self._probs = names, probs
         self._max_prob = (np.fmax.reduce(probs, axis=1).astype(np.float32) if names
                           else np.full(self._ids.size, np.nan, dtype=np.float32))
         self._reflag(thresholds)
         self._keep = self._mask()
         self._resort()
+
+    def update_disagreement(self, information: np.ndarray) -> None:
+        """Take (N, K) mutual information of each study under the model's views, in row order and the columns of
+        the current predictions (NaN: not measured; :func:`cxr_core.infer.study_disagreement`)."""
+        information = np.asarray(information, dtype=np.float32)
+        if information.shape != self._probs.shape:
+            raise ValueError(f"disagreement of shape {information.shape}; expected {self._probs.shape}")
+        self._information = information
+        if self._sort_key == "disagreement":
+            self._resort()
 
     def update_thresholds(self, thresholds: Mapping[str, float | None]) -> None:
         """Re-flag the stored probabilities at new thresholds (arithmetic only; nothing is re-run). The order

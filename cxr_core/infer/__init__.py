@@ -14,6 +14,7 @@ __getattr__, __all__ = lazy(__name__, {
     "predict_root": "cxr_core.infer.studies",
     "predict_root_loading": "cxr_core.infer.overlap",
     "view_probabilities": "cxr_core.infer.disagreement",
+    "study_disagreement": "cxr_core.infer.disagreement",
     "RootPredictions": "cxr_core.infer.studies",
     "cam_for_image": "cxr_core.infer.cam",
     "cam_is_empty": "cxr_core.infer.cam",

@@ -22,6 +22,8 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from torch import nn
 from cxr_core.data.dataset import PredictDataset
 from cxr_core.errors import CxrError
 from cxr_core.infer.engine import Predictor, _cores
+
+if TYPE_CHECKING:
+    from cxr_core.predictions import Predictions
 
 VIEWS = ("identity", "scale", "shift")  # the default views; "hflip" when asked
 VIEW_CHOICES = ("identity", "scale", "shift", "hflip")
@@ -152,3 +157,26 @@ def _sigmoid(predictor: Predictor, model: Callable[[torch.Tensor], torch.Tensor]
 
 def _autocast(predictor: Predictor) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=predictor.amp_dtype) if predictor.amp_dtype else contextlib.nullcontext()
+
+
+def study_disagreement(predictor: Predictor, predictions: Predictions, studies: Sequence[str], base: Path, *,
+                       cancel: threading.Event | None = None, progress: Callable[[int, int], None] | None = None,
+                       ) -> tuple[np.ndarray, dict[str, str]]:
+    """``(information, errors)``: (len(studies), K) BALD mutual information of each study under the model's
+    views, a study's value for a finding the highest over its images (NaN for a study without readable images);
+    ``errors``: image path (relative to ``base``) -> why it could not be read. Only the images of ``studies``
+    (taken from ``predictions``, the model's predictions of the root at ``base``) are run."""
+    from cxr_core.eval.uncertainty import mutual_information
+    from cxr_core.predictions import Predictions
+
+    if list(predictor.labels) != list(predictions.labels):
+        raise CxrError("the model's findings are not those of the predictions: give the model that made them")
+    wanted = set(studies)
+    rows = [i for i, study in enumerate(predictions.study) if study in wanted]
+    images = [predictions.image[i] for i in rows]
+    views, failed = view_probabilities(predictor, [str(Path(base) / image) for image in images], cancel=cancel,
+                                       progress=progress)
+    information = mutual_information(views).astype(np.float32)
+    per_image = Predictions(predictions.labels, information, [predictions.study[i] for i in rows], images,
+                            [predictions.patient[i] for i in rows])
+    return per_image.study_scores(list(studies)), {images[i]: reason for i, reason in failed.items()}

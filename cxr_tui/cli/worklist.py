@@ -86,9 +86,7 @@ def _disagreement(predictions, studies: list[str], model: str | None, root: Path
     """(studies, K) mutual information of each study's images under the model's views (the highest per finding)."""
     from cxr_core.data import image_base
     from cxr_core.errors import CxrError
-    from cxr_core.eval import mutual_information
-    from cxr_core.infer import Predictor, view_probabilities
-    from cxr_core.predictions import Predictions
+    from cxr_core.infer import Predictor, study_disagreement
 
     if model is None:
         raise CxrError("--order disagreement runs the model on each image under several views: give it with --model")
@@ -98,13 +96,10 @@ def _disagreement(predictions, studies: list[str], model: str | None, root: Path
     predictor = Predictor.from_checkpoint(model, cache=False)
     if list(predictor.labels) != list(predictions.labels):
         raise CxrError(f"{model}: its findings are not those of {preds}; give the model that made the predictions")
-    base = image_base(Path(root))
     with progress_bar(True) as progress:
-        views, errors = view_probabilities(predictor, [str(base / image) for image in predictions.image],
-                                           progress=(lambda d, t: progress("views", d, t)) if progress else None)
-    for index, reason in list(errors.items())[:5]:
-        warn(f"{predictions.image[index]}: {reason}")
-    info = mutual_information(views).astype("float32")
-    per_image = Predictions(predictions.labels, info, list(predictions.study), list(predictions.image),
-                            list(predictions.patient))
-    return per_image.study_scores(studies)
+        information, errors = study_disagreement(
+            predictor, predictions, studies, image_base(Path(root)),
+            progress=(lambda d, t: progress("views", d, t)) if progress else None)
+    for image, reason in list(errors.items())[:5]:
+        warn(f"{image}: {reason}")
+    return information

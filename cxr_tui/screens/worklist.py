@@ -18,6 +18,7 @@ from cxr_tui.widgets.worklist import WorklistTable
 
 SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"),
          ("uncertain", True, "most uncertain first (to learn from)"), ("entropy", True, "entropy"),
+         ("disagreement", True, "disagreement across views and dropout (to learn from)"),
          ("study", False, "study id"))
 
 
@@ -81,6 +82,7 @@ class WorklistScreen(CxrScreen[None]):
         self.watch(app, "thresholds_version", lambda _: self.thresholds_changed(), init=False)
         self.watch(app, "reviewed", lambda event: self.review_changed(event[1]), init=False)
         self.watch(app, "blind_version", lambda _: self.blind_changed(), init=False)
+        self.watch(app, "disagreement_version", lambda _: self.disagreement_measured(), init=False)
         self.query_one(WorklistTable).focus()
 
     # -- the workspace changed (watched on the app) -------------------------------------------------------------
@@ -116,7 +118,31 @@ class WorklistScreen(CxrScreen[None]):
         self.query_one("#worklist-progress", ProgressBar).display = False
         self.study_list.update_predictions(workspace.study_probs, workspace.thresholds, workspace.predictions.labels)
         self._apply()
+        if SORTS[self.sort_index][0] == "disagreement" and self.finding is None:
+            self._measure_disagreement()
         self.query_one(WorklistTable).move_cursor(0)  # fresh predictions: start at the most suspicious study
+
+    def disagreement_measured(self) -> None:
+        information = self.app.workspace.study_disagreement
+        if information is None or information.shape != (self.study_list.total, len(self.study_list.labels)):
+            return
+        self.query_one("#worklist-progress", ProgressBar).display = False
+        self.study_list.update_disagreement(information)
+        self._apply()
+        if SORTS[self.sort_index][0] == "disagreement":
+            self.query_one(WorklistTable).move_cursor(0)  # the most disputed study
+
+    def _measure_disagreement(self) -> bool:
+        """Start measuring the studies' disagreement unless it is measured; False when it cannot be (no model)."""
+        app = self.app
+        if app.workspace.study_disagreement is not None:
+            return True
+        if app.workspace.model is None or app.predictions_file is not None:
+            return False
+        if app.predictor is not None and app.workspace.predictions is not None \
+                and not any(w.group == "disagreement" and w.is_running for w in app.workers):
+            app.measure_disagreement()
+        return True
 
     def thresholds_changed(self) -> None:
         if self.app.workspace.predictions is not None:
@@ -163,6 +189,9 @@ class WorklistScreen(CxrScreen[None]):
                 parts.append(f"split {self.split}")
             if self.app.workspace.predictions is None and self.app.workspace.model is not None:
                 parts.append("predicting…")
+            elif SORTS[self.sort_index][0] == "disagreement" and not self.finding \
+                    and self.app.workspace.study_disagreement is None:
+                parts.append("measuring disagreement…")
             text = " · ".join(parts)
         self.query_one("#worklist-status", Static).update(visible(text))
 
@@ -190,6 +219,10 @@ class WorklistScreen(CxrScreen[None]):
 
     def action_cycle_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
+        if SORTS[self.sort_index][0] == "disagreement" and not self._measure_disagreement():
+            self.notify("disagreement runs the model on each study under several views: review with a model "
+                        "(--model) to sort by it", timeout=4)
+            self.sort_index = (self.sort_index + 1) % len(SORTS)
         self._apply()
 
     def action_cycle_finding(self) -> None:
@@ -207,7 +240,9 @@ class WorklistScreen(CxrScreen[None]):
         if self.app.workspace.predictions is None:
             self.notify("no predictions yet: the model's uncertainty orders what to review next", severity="warning")
             return
-        study = self.study_list.most_informative()
+        order = "disagreement" if SORTS[self.sort_index][0] == "disagreement" and self.finding is None \
+            and self.study_list.has_disagreement else "uncertain"
+        study = self.study_list.most_informative(order)
         if study is None:
             self.notify("every study with an image is reviewed", timeout=3)
             return

@@ -249,3 +249,39 @@ async def test_film_keys_zoom_window_level_and_full_screen(phantom_set, checkpoi
         assert view.fullscreen
         await pilot.press("escape")  # leaves full screen, stays on the study
         assert not view.fullscreen and app.screen is study
+
+
+async def test_disagreement_sort_measures_the_studies_and_next_opens_the_most_disputed(phantom_set, checkpoint):
+    """`o` to the disagreement order runs the model under several views in the background; the worklist then
+    shows the core's disagreement ordering and `n` opens its first unreviewed study."""
+    import numpy as np
+
+    from cxr_core.data import image_base
+    from cxr_core.eval import review_order
+    from cxr_core.infer import Predictor, study_disagreement
+    from cxr_tui.screens.worklist import SORTS
+
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(120, 32)) as pilot:
+        await until(pilot, lambda: app.workspace.last_load is not None)
+        screen = app.screen
+        while SORTS[screen.sort_index][0] != "disagreement":
+            await pilot.press("o")
+        await until(pilot, lambda: app.workspace.study_disagreement is not None)
+        await pilot.pause()
+        status = str(screen.query_one("#worklist-status").render())
+        assert "sorted by disagreement" in status and "measuring" not in status
+        workspace = app.workspace
+        studies = workspace.study_order
+        expected_info, _ = study_disagreement(Predictor.from_checkpoint(checkpoint, device="cpu", cache=False),
+                                              workspace.predictions, studies, image_base(workspace.root))
+        np.testing.assert_allclose(workspace.study_disagreement, expected_info, rtol=1e-4, atol=1e-6)
+        expected = [s for s, _ in review_order(studies, workspace.study_probs, workspace.predictions.labels,
+                                               workspace.thresholds, "disagreement", expected_info)]
+        shown = [screen.study_list.study_at(i) for i in range(len(screen.study_list))]
+        assert shown == expected
+
+        await pilot.press("n")  # the most disputed study not yet reviewed
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        assert app.screen.study_id == expected[0]
+        await pilot.press("escape", "q")

@@ -201,7 +201,7 @@ async def main():
     app = CxrApp(root, predictions=preds, image_protocol="halfcell")
     async with app.run_test(size=(120, 36)) as pilot:
         await until(pilot, lambda: app.workspace.last_load is not None, "the predictions")
-        await pilot.press("o", "o", "o", "f", "escape")  # every sort, the flagged filter
+        await pilot.press("o", "o", "o", "o", "o", "f", "escape")  # every sort (disagreement: no model, passed), flagged
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, StudyScreen), "the study screen")
         await until(pilot, lambda: app.screen.pixels is not None, "the image")

@@ -9,7 +9,7 @@ import pytest
 from textual import on
 from textual.app import App, ComposeResult
 
-from cxr_tui.study_list import NOT_PREDICTED, SORT_KEYS, StudyList
+from cxr_tui.study_list import LEARNING_ORDERS, NOT_PREDICTED, SORT_KEYS, StudyList
 from cxr_tui.widgets.worklist import WorklistTable, column_layout, probability_bar
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule"]
@@ -92,7 +92,7 @@ def test_unpredicted_rows_show_a_dash_and_sort_last_both_ways() -> None:
             assert set(view_ids(model)[-2:]) == unpredicted
 
 
-@pytest.mark.parametrize("key", [key for key in SORT_KEYS if key not in ("finding", "uncertain", "entropy")])
+@pytest.mark.parametrize("key", [key for key in SORT_KEYS if key != "finding" and key not in LEARNING_ORDERS])
 @pytest.mark.parametrize("descending", [False, True])
 def test_sort_matches_python_sorted(key: str, descending: bool) -> None:
     model, _ = make_model()
@@ -154,6 +154,25 @@ def test_uncertainty_orders_match_the_core_ordering_the_cli_uses(order: str) -> 
     assert model.most_informative(order) == expected[0]
     model.update_status({expected[0]: "reviewed"})
     assert model.most_informative(order) == expected[1]
+
+
+def test_disagreement_order_is_the_core_ordering_once_measured() -> None:
+    from cxr_core.eval import review_order
+
+    model, probs = make_model()
+    model.sort("disagreement", True)
+    assert not model.has_disagreement and view_ids(model) == sorted(view_ids(model))  # nothing measured: by id
+    info = np.random.default_rng(3).random(probs.shape).astype(np.float32) * 0.3
+    info[[3, 7]] = np.nan  # not measured (not predicted either)
+    model.update_disagreement(info)  # re-sorts: the key is disagreement
+    studies = [str(model._ids[i]) for i in range(len(model._ids))]
+    expected = [s for s, _ in review_order(studies, probs, LABELS, THRESHOLDS, "disagreement", info)]
+    assert model.has_disagreement and view_ids(model) == expected
+    assert model.most_informative("disagreement") == expected[0]
+    with pytest.raises(ValueError, match="shape"):
+        model.update_disagreement(info[:, :2])
+    model.update_predictions(probs[:, :3], THRESHOLDS, LABELS[:3])  # other findings: the measurement no longer applies
+    assert not model.has_disagreement
 
 
 def test_studies_without_an_image_can_be_hidden_and_known_labels_shown() -> None:

@@ -16,7 +16,7 @@ from cxr_core.checkpoint import save_checkpoint
 from cxr_core.errors import CxrError
 from cxr_core.eval import mutual_information, review_order
 from cxr_core.eval.uncertainty import disagreement_rank
-from cxr_core.infer import Predictor, view_probabilities
+from cxr_core.infer import Predictor, study_disagreement, view_probabilities
 from cxr_core.infer.disagreement import has_dropout, head_dropout
 from cxr_core.models import create_model
 from cxr_core.predictions import Predictions
@@ -123,3 +123,22 @@ def test_worklist_orders_by_disagreement_with_the_model(setup, tmp_path):
     missing = runner.invoke(__import__("cxr_tui.cli.main", fromlist=["app"]).app,
                             ["worklist", "--preds", str(csv), "--order", "disagreement"])
     assert missing.exit_code == 1 and "--model" in missing.output + str(missing.exception)
+
+
+def test_study_disagreement_runs_only_the_asked_studies_and_takes_each_findings_highest(setup):
+    root, checkpoint = setup
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    images = [f"s{i}.png" for i in range(6)] + ["broken.png"]
+    studies = ["a", "a", "b", "b", "c", "d", "e"]  # e: only an unreadable image
+    preds = Predictions(LABELS, np.full((7, 2), 0.5, dtype=np.float32), studies, images)
+    asked: list[int] = []
+    info, errors = study_disagreement(predictor, preds, ["e", "b", "a"], root, progress=lambda d, t: asked.append(t))
+    assert asked and set(asked) == {5}  # a's two, b's two and e's one image; not c's or d's
+    assert list(errors) == ["broken.png"] and errors["broken.png"]
+    per_image = mutual_information(view_probabilities(predictor, [str(root / p) for p in images[:4]])[0])
+    np.testing.assert_allclose(info[2], np.fmax(per_image[0], per_image[1]), rtol=1e-5)  # a
+    np.testing.assert_allclose(info[1], np.fmax(per_image[2], per_image[3]), rtol=1e-5)  # b
+    assert np.isnan(info[0]).all()  # e: nothing readable
+    other = Predictions(["Effusion"], np.full((7, 1), 0.5, dtype=np.float32), studies, images)
+    with pytest.raises(CxrError, match="findings"):
+        study_disagreement(predictor, other, ["a"], root)
