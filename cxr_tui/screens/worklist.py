@@ -18,7 +18,7 @@ from cxr_tui.widgets.worklist import WorklistTable
 
 SORTS = (("max_prob", True, "max probability"), ("n_flagged", True, "number flagged"),
          ("uncertain", True, "most uncertain first (to learn from)"), ("entropy", True, "entropy"),
-         ("disagreement", True, "disagreement across views and dropout (to learn from)"),
+         ("disagreement", True, "disagreement across views (to learn from)"),
          ("study", False, "study id"))
 
 
