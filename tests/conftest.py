@@ -46,10 +46,9 @@ def _refuse_in_fast_tests(owner: object, name: str, what: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # torch's first import may run a helper process of its own (ctypes.util.find_library runs ldconfig): import it
     # before the guard, so a fast test that is the first to import it is not blamed for that.
-    import torch  # noqa: F401
-
     # Likewise matplotlib's first use on a machine builds its font list by running fc-list.
     import matplotlib.font_manager  # noqa: F401 - loads (or builds and saves) the font list
+    import torch  # noqa: F401
 
     # Patched once for the session; per test only a module global changes, so the guard costs nothing measurable.
     _refuse_in_fast_tests(subprocess.Popen, "__init__", "subprocess.Popen")  # also run/call/check_output, asyncio

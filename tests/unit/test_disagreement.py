@@ -4,7 +4,6 @@ scored as BALD mutual information, ranked findings in turn; in the core and in `
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
