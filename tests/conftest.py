@@ -44,9 +44,9 @@ def _refuse_in_fast_tests(owner: object, name: str, what: str) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # torch's first import may run a helper process of its own (ctypes.util.find_library runs ldconfig): import it
-    # before the guard, so a fast test that is the first to import it is not blamed for that.
-    # Likewise matplotlib's first use on a machine builds its font list by running fc-list.
+    # Libraries whose first use runs a helper process of their own, imported before the guard so that a fast test
+    # that is the first to use them is not blamed for it: torch (ctypes.util.find_library runs ldconfig) and
+    # matplotlib (its first use on a machine builds the font list by running fc-list).
     import matplotlib.font_manager  # noqa: F401 - loads (or builds and saves) the font list
     import torch  # noqa: F401
 
