@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,24 +132,27 @@ class AheadDecoder:
         limit = min(len(paths), max(1, max_bytes // (size * size)))
         pending: dict[Future, str] = {}
         queued = 0
-        while not until.is_set():
-            while queued < limit and len(pending) < 4 * self.workers:
-                pending[self._pool.submit(_letterboxed, paths[queued], size)] = paths[queued]
-                queued += 1
-            if not pending:
-                break
-            done, _ = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-            for future in done:
-                path = pending.pop(future)
-                pixels = future.result()
-                if pixels is not None:
-                    made[path] = pixels
+        try:
+            while not until.is_set():
+                while queued < limit and len(pending) < 4 * self.workers:
+                    pending[self._pool.submit(_letterboxed, paths[queued], size)] = paths[queued]
+                    queued += 1
+                if not pending:
+                    break
+                done, _ = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+                for future in done:
+                    path = pending.pop(future)
+                    pixels = future.result()
+                    if pixels is not None:
+                        made[path] = pixels
+        except BrokenExecutor:  # a helper died (killed, out of memory): what it did not decode, prediction will
+            pending = {}
         for future, path in pending.items():
             if future.done() and not future.cancelled() and future.exception() is None:
                 pixels = future.result()
                 if pixels is not None:
                     made[path] = pixels
-        return made
+        return {path: made[path] for path in paths[:queued] if path in made}  # in the order of ``paths``
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -139,4 +140,20 @@ def test_helper_processes_decode_ahead_the_same_pixels(checkpoint, folder, tmp_p
     with StudyIndex(tmp_path / "index.sqlite") as index:
         _, result = predict_root_loading(checkpoint, _slow_loader(3.0), folder, index=index)
     assert result.premade == 12
+    np.testing.assert_array_equal(result.predictions.probs, reference.predictions.probs)
+
+
+def _die(*_: object) -> None:
+    os._exit(9)  # a helper killed mid-image (the OOM killer, a user's kill)
+
+
+@pytest.mark.slow
+def test_a_helper_that_dies_costs_only_the_head_start(checkpoint, folder, tmp_path, monkeypatch):
+    from cxr_core.infer import overlap
+
+    monkeypatch.setattr(overlap, "_letterboxed", _die)  # pickled by name: the spawned helpers run _die
+    reference = predict_root(Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0), folder)
+    with StudyIndex(tmp_path / "index.sqlite") as index:
+        _, result = predict_root_loading(checkpoint, _slow_loader(3.0), folder, index=index)
+    assert result.premade == 0 and len(result.predictions) == len(reference.predictions)
     np.testing.assert_array_equal(result.predictions.probs, reference.predictions.probs)
