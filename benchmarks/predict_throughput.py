@@ -209,7 +209,7 @@ def main() -> None:
     from cxr_core.images import raster
 
     old = Predictor(load_model(checkpoint, device), device=device, cache=False, batch_size=args.batch_size or 8,
-                    workers=args.workers)
+                    workers=args.workers, amp=False)
     old.inference_model = old.forward = old.model
 
     def previous_engine() -> tuple[float, object]:
@@ -222,13 +222,21 @@ def main() -> None:
     previous_engine()  # warm
     # Rounds of loop, engine, previous engine, interleaved: this machine's speed drifts by 2x within minutes, so
     # each figure is a median over rounds and each ratio the median of its rounds' ratios.
-    loops, engines, olds = [], [], []
-    result = None
+    # The engine in float32 (``--fp32``), when it runs in bf16 by default here (a CPU with native bf16).
+    fp32 = Predictor(load_model(checkpoint, device), device=device, cache=False, amp=False, **kwargs) \
+        if engine.precision != "fp32" else None
+    if fp32 is not None:
+        fp32.predict(warm)
+    loops, engines, olds, fp32s = [], [], [], []
+    result = exact = None
     for _ in range(args.rounds):
         loops.append(loop_in_fresh_process(checkpoint, loop_n, device))
         result = engine.predict(paths)
         engines.append(len(paths) / result.seconds)
         olds.append(previous_engine()[0])
+        if fp32 is not None:
+            exact = fp32.predict(paths)
+            fp32s.append(len(paths) / exact.seconds)
     loops.append(loop_in_fresh_process(checkpoint, loop_n, device))
     loop_pairs = [(a + b) / 2 for a, b in zip(loops, loops[1:], strict=False)]  # the loop around each round
     loop_rate, engine_rate, old_rate = (float(np.median(v)) for v in (loops, engines, olds))
@@ -284,7 +292,11 @@ def main() -> None:
         "cpu": _cpu(), "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "batch_size": engine.batch_size, "workers": args.workers if args.workers is not None else "auto",
-        "batchnorms_folded": engine.folded, "engine_setup_s": round(setup_s, 2),
+        "batchnorms_folded": engine.folded, "engine_setup_s": round(setup_s, 2), "compute_dtype": engine.precision,
+        "engine_fp32_img_s": round(float(np.median(fp32s)), 2) if fp32s else None,
+        "engine_vs_fp32": round(float(np.median([e / f for e, f in zip(engines, fp32s, strict=True)])), 3)
+        if fp32s else None,
+        "vs_fp32_max_abs_diff": float(np.nanmax(np.abs(result.probs - exact.probs))) if exact is not None else None,
         "rounds": args.rounds, "loop_img_s": round(loop_rate, 2), "loop_rounds_img_s": [round(v, 2) for v in loops],
         "loop_images": len(loop_n),
         "engine_img_s": round(engine_rate, 2), "engine_rounds_img_s": [round(v, 2) for v in engines],

@@ -156,7 +156,7 @@ def _sigmoid(predictor: Predictor, model: Callable[[torch.Tensor], torch.Tensor]
 
 
 def _autocast(predictor: Predictor) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=predictor.amp_dtype) if predictor.amp_dtype else contextlib.nullcontext()
+    return predictor.autocast()
 
 
 def study_disagreement(predictor: Predictor, predictions: Predictions, studies: Sequence[str], base: Path, *,

@@ -121,7 +121,7 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
                               [s.patient_id for s, _ in kept], truth,
                               meta={"model": str(predictor.loaded.path), "fingerprint": predictor.fingerprint,
                                     "root": str(resolved), "format": scan.report.format, "split": split,
-                                    "variant": predictor.variant},
+                                    "variant": predictor.variant, "compute_dtype": predictor.precision},
                               split=[s.split or "" for s, _ in kept])
     ood = _with_ood(predictions, result.ood.subset(ok) if result.ood is not None else None, result.warnings)
     notes, used = [], result.premade

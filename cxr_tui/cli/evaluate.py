@@ -15,6 +15,7 @@ from cxr_tui.cli.options import (
     DbOpt,
     DeviceOpt,
     FormatOpt,
+    Fp32Opt,
     JsonOpt,
     LabelsOpt,
     NoCacheOpt,
@@ -45,6 +46,7 @@ def eval_cmd(
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     tta: TtaOpt = None,
+    fp32: Fp32Opt = False,
     no_cache: NoCacheOpt = False,
     db: DbOpt = None,
     json_out: JsonOpt = False,
@@ -52,7 +54,7 @@ def eval_cmd(
     """Per-class AUC (95% CI by patient), AP, sensitivity/specificity/PPV/NPV/F1, calibration; report + plots."""
     from cxr_core.eval import evaluate_run, overall_pointing
 
-    predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache)
+    predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache, fp32)
     with StudyIndex(db) as index, progress_bar(not json_out) as progress:
         result = evaluate_run(predictor, data, split=split, fmt=fmt, options=SourceOptions(labels_csv=labels_csv),
                               out=out, thresholds=thresholds, allow_same_split=allow_same_split, boxes=boxes,

@@ -23,6 +23,7 @@ from cxr_tui.cli.options import (
     DbOpt,
     DeviceOpt,
     FormatOpt,
+    Fp32Opt,
     JsonOpt,
     LabelsOpt,
     ModelOpt,
@@ -37,12 +38,12 @@ LIST_LIMIT = 20
 
 
 def make_predictor(model: str, device: str, batch_size: int | None, workers: int | None, tta: str | None,
-                   compile: bool, no_cache: bool) -> Predictor:
+                   compile: bool, no_cache: bool, fp32: bool = False) -> Predictor:
     from cxr_core.infer import Predictor
 
     return Predictor.from_checkpoint(model, device=device, batch_size=batch_size, workers=workers,
                                      tta=[t.strip() for t in (tta or "").split(",") if t.strip()],
-                                     compile=compile, cache=not no_cache)
+                                     compile=compile, cache=not no_cache, amp=not fp32)
 
 
 def predict(
@@ -58,6 +59,7 @@ def predict(
     workers: WorkersOpt = None,
     tta: TtaOpt = None,
     compile: CompileOpt = False,
+    fp32: Fp32Opt = False,
     no_cache: NoCacheOpt = False,
     db: DbOpt = None,
     json_out: JsonOpt = False,
@@ -69,12 +71,12 @@ def predict(
         check_writable(out, "predictions file")  # said now, not after every image was predicted
     try:
         if _torchrun():
-            predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache)
+            predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache, fp32)
             _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)
             predictor.dist.barrier()  # torchrun: every rank is done (rank 0 has written) before the group goes
         else:  # the model loads on a thread while the root is indexed and its first images decoded
             _predict_and_report(lambda path: make_predictor(str(path), device, batch_size, workers, tta, compile,
-                                                            no_cache),
+                                                            no_cache, fp32),
                                 root, out, thresholds, fmt, labels_csv, split, db, json_out, model)
     finally:
         from cxr_core.distributed import shutdown_distributed
@@ -118,7 +120,7 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
     summary = {"images": len(preds), "cached": result.cached, "computed": result.computed,
                "seconds": round(result.seconds, 3), "unreadable": len(result.errors), "errors": result.errors,
                "warnings": result.warnings, "notes": result.notes, "decoded_while_loading": result.premade,
-               "model": str(predictor.loaded.path), "device": str(predictor.device),
+               "model": str(predictor.loaded.path), "device": str(predictor.device), "compute_dtype": predictor.precision,
                "out": str(out) if out else None,
                "flagged": {label: sum(label in f for f in flags) for label in preds.labels}}
     if result.ood is not None:  # distance from the training images; its message is among the warnings when far
@@ -130,7 +132,8 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
         return
     rate = result.computed / result.seconds if result.seconds and result.computed else 0.0
     stdout.print(f"{len(preds):,} images predicted ({result.cached:,} from the cache, {result.computed:,} computed"
-                 f"{f', {rate:.0f} img/s' if rate else ''}) on {predictor.device}")
+                 f"{f', {rate:.0f} img/s' if rate else ''}) on {predictor.device}"
+                 f"{f' ({predictor.precision})' if predictor.precision != 'fp32' else ''}")
     for warning in result.warnings:
         warn(warning)
     for note in result.notes:

@@ -56,7 +56,7 @@ def _images(root: Path) -> list[str]:
 
 
 def test_predictions_equal_the_model_on_preprocessed_pixels(checkpoint, folder):
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, amp=False)
     paths = _images(folder)
     result = predictor.predict(paths)
     assert result.probs.shape == (10, 3) and result.ok.all() and result.computed == 10
@@ -65,6 +65,28 @@ def test_predictions_equal_the_model_on_preprocessed_pixels(checkpoint, folder):
     with torch.no_grad():
         expected = torch.sigmoid(predictor.model(batch)).numpy()
     np.testing.assert_allclose(result.probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_on_a_cpu_stays_near_float32_and_is_cached_apart(checkpoint, folder, tmp_path, monkeypatch):
+    """Where the CPU computes bf16 natively the engine autocasts to it (forced here, so any CPU runs this):
+    probabilities within 0.03 of float32, recorded as the precision, and never served from float32's cache."""
+    from cxr_core.infer.engine import cpu_runs_bf16
+
+    monkeypatch.setenv("CXR_CPU_BF16", "0")
+    assert not cpu_runs_bf16()
+    monkeypatch.setenv("CXR_CPU_BF16", "1")
+    paths = _images(folder)
+    cache = PredictionCache(tmp_path / "cache.sqlite")
+    fp32 = Predictor.from_checkpoint(checkpoint, device="cpu", cache=cache, workers=0, amp=False)
+    bf16 = Predictor.from_checkpoint(checkpoint, device="cpu", cache=cache, workers=0)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and bf16.amp_dtype == torch.bfloat16
+    assert fp32.variant == "plain" and bf16.variant == "plain@bf16"
+    exact = fp32.predict(paths)
+    fast = bf16.predict(paths)
+    assert fast.computed == len(paths)  # float32's cached rows were not taken for bf16 ones
+    assert not np.array_equal(fast.probs, exact.probs)  # it did run in bf16
+    np.testing.assert_allclose(fast.probs, exact.probs, atol=0.03)
+    assert bf16.predict(paths).cached == len(paths) and fp32.predict(paths).cached == len(paths)
 
 
 @pytest.mark.slow
@@ -136,8 +158,8 @@ def test_cancel_stops_before_computing(checkpoint, folder):
 
 
 def test_tta_averages_flip_in_probability_space(checkpoint, folder):
-    plain = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0)
-    tta = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, tta=["hflip"])
+    plain = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, amp=False)
+    tta = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, tta=["hflip"], amp=False)
     paths = _images(folder)[:3]
     normalise = Normalizer(plain.config)
     batch = torch.stack([normalise(load_letterboxed(p, 32)) for p in paths])

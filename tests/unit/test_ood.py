@@ -210,7 +210,7 @@ def _pngs(root: Path) -> list[str]:
 
 
 def test_predict_scores_each_image_from_the_same_forward(checkpoints, phantoms):
-    predictor = Predictor.from_checkpoint(checkpoints["new"], device="cpu", cache=False, tta=["hflip"])
+    predictor = Predictor.from_checkpoint(checkpoints["new"], device="cpu", cache=False, tta=["hflip"], amp=False)
     paths = _pngs(phantoms["shown"])
     result = predictor.predict(paths)
     assert result.ood is not None and not result.ood.far and result.ood.measure == FEATURE
