@@ -157,3 +157,31 @@ def test_a_helper_that_dies_costs_only_the_head_start(checkpoint, folder, tmp_pa
         _, result = predict_root_loading(checkpoint, _slow_loader(3.0), folder, index=index)
     assert result.premade == 0 and len(result.predictions) == len(reference.predictions)
     np.testing.assert_array_equal(result.predictions.probs, reference.predictions.probs)
+
+
+
+def test_the_input_size_is_read_from_the_checkpoint_header(checkpoint, tmp_path):
+    from cxr_core.infer.overlap import peek_input_size
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.safetensors").write_bytes(checkpoint.read_bytes())
+    assert peek_input_size(checkpoint) == 32 and peek_input_size(run) == 32
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    (tmp_path / "short.safetensors").write_bytes(b"\x01")
+    for odd in ("junk.safetensors", "short.safetensors", "missing.safetensors"):
+        assert peek_input_size(tmp_path / odd) is None  # the loader's own reading says what is wrong
+    assert peek_input_size("a-run-id") is None and peek_input_size(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_reading_the_input_size_imports_no_torch(checkpoint):
+    """Decoding ahead starts before torch is imported: the size comes from the safetensors header alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cxr_core.infer.overlap import peek_input_size; "
+            f"print(peek_input_size({str(checkpoint)!r}), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["32", "False"]
