@@ -105,8 +105,9 @@ def test_cpu_thread_decoding_gives_the_dataloader_results(checkpoint, folder):
     images = _images(folder)
     broken = str(folder / "s3" / "broken.png")
     paths = [images[0], broken, *images[1:5], broken, *images[5:]]  # bad files inside batches, not only last
-    threads = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4).predict(paths)
-    loader = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=1).predict(paths)
+    threads = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, amp=False).predict(paths)
+    loader = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=4, workers=1,
+                                       amp=False).predict(paths)
     assert list(threads.errors) == list(loader.errors) == [broken]
     assert np.isnan(threads.probs[[1, 6]]).all() and threads.ok.sum() == 10
     np.testing.assert_allclose(threads.probs, loader.probs, rtol=1e-5, atol=1e-6, equal_nan=True)
