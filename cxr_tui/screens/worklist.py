@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -124,7 +125,10 @@ class WorklistScreen(CxrScreen[None]):
 
     def disagreement_measured(self) -> None:
         information = self.app.workspace.study_disagreement
-        if information is None or information.shape != (self.study_list.total, len(self.study_list.labels)):
+        shape = (self.study_list.total, len(self.study_list.labels))
+        if information is None:  # reset (new predictions): the old measurement no longer orders anything
+            information = np.full(shape, np.nan, dtype=np.float32)
+        if information.shape != shape:
             return
         self.query_one("#worklist-progress", ProgressBar).display = False
         self.study_list.update_disagreement(information)
