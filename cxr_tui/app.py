@@ -268,10 +268,9 @@ class CxrApp(App):
         if predictor is None or preds is None or root is None:
             return
         worker = get_current_worker()
-        with self.model_lock:
-            information, errors = study_disagreement(
-                predictor, preds, order, image_base(root), cancel=worker.cancelled_event,
-                progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
+        information, errors = study_disagreement(  # the model lock a batch at a time: Grad-CAM waits a batch
+            predictor, preds, order, image_base(root), cancel=worker.cancelled_event, lock=self.model_lock,
+            progress=lambda done, total: self.post_message(PredictionProgressed(done, total)))
         if not worker.is_cancelled:
             self.call_from_thread(self._disagreement_measured, preds, information, len(errors))
 

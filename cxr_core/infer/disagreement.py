@@ -86,9 +86,12 @@ def _shifted(x: torch.Tensor, background: torch.Tensor, d: int) -> torch.Tensor:
 
 def view_probabilities(predictor: Predictor, paths: Sequence[str], *, views: Sequence[str] = VIEWS,
                        mc_samples: int = MC_SAMPLES, cancel: threading.Event | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+                       progress: Callable[[int, int], None] | None = None,
+                       lock: threading.Lock | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """``(probs, errors)``: probs (S, N, K) float32, one slice per view / dropout sample (NaN rows for unreadable
-    images, whose reasons are in ``errors`` by index). MC dropout samples are added only when the model has dropout."""
+    images, whose reasons are in ``errors`` by index). MC dropout samples are added only when the model has dropout.
+    ``lock``: held around each batch's forwards (not the whole run), so others sharing the model (the TUI's
+    Grad-CAM) wait a batch, not the measurement."""
     unknown = [v for v in views if v not in VIEW_CHOICES]
     if unknown or not views:
         raise CxrError(f"unknown view {', '.join(unknown) or '(none given)'} (choose from {', '.join(VIEW_CHOICES)})")
@@ -115,39 +118,47 @@ def view_probabilities(predictor: Predictor, paths: Sequence[str], *, views: Seq
                 if reason:
                     errors[start + m] = reason
             if good:
-                x = normalizer.batch(items["pixels"][good].to(predictor.device))
-                if predictor.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                shown: list[torch.Tensor] = []
-                for view in views:
-                    if view == "identity":
-                        shown.append(x)
-                    elif view == "scale":
-                        shown.append(predictor._rescale(x))
-                    elif view == "hflip":
-                        shown.append(torch.flip(x, dims=[-1]))
-                    else:
-                        shown += [_shifted(x, background, d), _shifted(x, background, -d)]
-                rows = np.array([start + m for m in good])
-                for s, view in enumerate(shown):
-                    out[s, rows] = _sigmoid(predictor, model, view)
-                if layers:
-                    with _sampling(layers):
-                        for t in range(mc_samples):
-                            out[len(shown) + t, rows] = _sigmoid(predictor, model, x)
-                elif head:
-                    with _autocast(predictor):
-                        features = model.forward_features(x)
-                    was = model.training
-                    try:
-                        model.training = True  # the top module only: its head's F.dropout samples, nothing else changes
-                        for t in range(mc_samples):
-                            out[len(shown) + t, rows] = _sigmoid(predictor, model.forward_head, features)
-                    finally:
-                        model.training = was
+                with lock or contextlib.nullcontext():
+                    _views_of_batch(predictor, model, normalizer.batch(items["pixels"][good].to(predictor.device)),
+                                    views, background, d, layers, head, mc_samples, out,
+                                    np.array([start + m for m in good]))
             if progress:
                 progress(min(start + batch, n), n)
     return out, errors
+
+
+def _views_of_batch(predictor: Predictor, model: nn.Module, x: torch.Tensor, views: Sequence[str],
+                    background: torch.Tensor, d: int, layers: Sequence[nn.Module], head: float, mc_samples: int,
+                    out: np.ndarray, rows: np.ndarray) -> None:
+    """One batch's probabilities under every view and dropout sample, into ``out[:, rows]``."""
+    if predictor.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    shown: list[torch.Tensor] = []
+    for view in views:
+        if view == "identity":
+            shown.append(x)
+        elif view == "scale":
+            shown.append(predictor._rescale(x))
+        elif view == "hflip":
+            shown.append(torch.flip(x, dims=[-1]))
+        else:
+            shown += [_shifted(x, background, d), _shifted(x, background, -d)]
+    for s, view in enumerate(shown):
+        out[s, rows] = _sigmoid(predictor, model, view)
+    if layers:
+        with _sampling(layers):
+            for t in range(mc_samples):
+                out[len(shown) + t, rows] = _sigmoid(predictor, model, x)
+    elif head:
+        with _autocast(predictor):
+            features = model.forward_features(x)
+        was = model.training
+        try:
+            model.training = True  # the top module only: its head's F.dropout samples, nothing else changes
+            for t in range(mc_samples):
+                out[len(shown) + t, rows] = _sigmoid(predictor, model.forward_head, features)
+        finally:
+            model.training = was
 
 
 def _sigmoid(predictor: Predictor, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
@@ -161,7 +172,7 @@ def _autocast(predictor: Predictor) -> contextlib.AbstractContextManager:
 
 def study_disagreement(predictor: Predictor, predictions: Predictions, studies: Sequence[str], base: Path, *,
                        cancel: threading.Event | None = None, progress: Callable[[int, int], None] | None = None,
-                       ) -> tuple[np.ndarray, dict[str, str]]:
+                       lock: threading.Lock | None = None) -> tuple[np.ndarray, dict[str, str]]:
     """``(information, errors)``: (len(studies), K) BALD mutual information of each study under the model's
     views, a study's value for a finding the highest over its images (NaN for a study without readable images);
     ``errors``: image path (relative to ``base``) -> why it could not be read. Only the images of ``studies``
@@ -175,7 +186,7 @@ def study_disagreement(predictor: Predictor, predictions: Predictions, studies: 
     rows = [i for i, study in enumerate(predictions.study) if study in wanted]
     images = [predictions.image[i] for i in rows]
     views, failed = view_probabilities(predictor, [str(Path(base) / image) for image in images], cancel=cancel,
-                                       progress=progress)
+                                       progress=progress, lock=lock)
     information = mutual_information(views).astype(np.float32)
     per_image = Predictions(predictions.labels, information, [predictions.study[i] for i in rows], images,
                             [predictions.patient[i] for i in rows])

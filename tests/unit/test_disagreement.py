@@ -141,3 +141,28 @@ def test_study_disagreement_runs_only_the_asked_studies_and_takes_each_findings_
     other = Predictions(["Effusion"], np.full((7, 1), 0.5, dtype=np.float32), studies, images)
     with pytest.raises(CxrError, match="findings"):
         study_disagreement(predictor, other, ["a"], root)
+
+
+def test_the_model_lock_is_held_a_batch_at_a_time(setup):
+    """The TUI's Grad-CAM shares the model: the measurement takes the lock per batch, never for the whole run."""
+    import threading
+
+    class Counting:
+        def __init__(self) -> None:
+            self.lock, self.entered = threading.Lock(), 0
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+            self.entered += 1
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    root, checkpoint = setup
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, workers=0, batch_size=2)
+    lock = Counting()
+    held_between: list[bool] = []
+    views, _ = view_probabilities(predictor, [str(root / f"s{i}.png") for i in range(6)], lock=lock,
+                                  progress=lambda done, total: held_between.append(lock.lock.locked()))
+    assert lock.entered == 3 and held_between == [False, False, False]  # three batches, free after each
+    assert not np.isnan(views).any()
