@@ -150,7 +150,7 @@ def _views_of_batch(predictor: Predictor, model: nn.Module, x: torch.Tensor, vie
             for t in range(mc_samples):
                 out[len(shown) + t, rows] = _sigmoid(predictor, model, x)
     elif head:
-        with _autocast(predictor):
+        with predictor.autocast():
             features = model.forward_features(x)
         was = model.training
         try:
@@ -162,12 +162,8 @@ def _views_of_batch(predictor: Predictor, model: nn.Module, x: torch.Tensor, vie
 
 
 def _sigmoid(predictor: Predictor, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
-    with _autocast(predictor):
+    with predictor.autocast():
         return torch.sigmoid(model(x).float()).cpu().numpy()
-
-
-def _autocast(predictor: Predictor) -> contextlib.AbstractContextManager:
-    return predictor.autocast()
 
 
 def study_disagreement(predictor: Predictor, predictions: Predictions, studies: Sequence[str], base: Path, *,

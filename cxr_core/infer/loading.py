@@ -20,8 +20,8 @@ from cxr_core.checkpoint import CheckpointError, load_checkpoint
 from cxr_core.errors import CxrError
 from cxr_core.models import ModelConfig, apply_state_dict, build_model
 from cxr_core.ood import TrainingStats
+from cxr_core.runs.rundir import CHECKPOINT_NAMES
 
-CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
 _fingerprints: dict[tuple[str, int, int], str] = {}
 
 

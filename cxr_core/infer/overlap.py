@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from cxr_core.infer.studies import RootPredictions
     from cxr_core.store.index import StudyIndex
 
-CHECKPOINT_FILES = ("best.safetensors", "last.safetensors")  # as cxr_core.infer.loading resolves a run directory
 AHEAD_BYTES = 512 << 20  # at most this much decoded ahead (2,300 images at 224 px when the model is slow to load)
 
 
@@ -96,10 +95,12 @@ def peek_input_size(ref: str | os.PathLike[str]) -> int | None:
     import json
     import struct
 
+    from cxr_core.runs.rundir import CHECKPOINT_NAMES
+
     try:
         path = Path(ref).expanduser()
         if path.is_dir():
-            path = next(folder / name for folder in (path / "checkpoints", path) for name in CHECKPOINT_FILES
+            path = next(folder / name for folder in (path / "checkpoints", path) for name in CHECKPOINT_NAMES
                         if (folder / name).is_file())
         with open(path, "rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))

@@ -29,6 +29,9 @@ from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir, ensure_private_dir
 
+CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
+"""A run's checkpoints (in ``checkpoints/``), in the order a run directory given as a model resolves to."""
+
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
