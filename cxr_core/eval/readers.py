@@ -4,7 +4,8 @@ they disagree on (what an adjudicator settles).
 Input is the readers' current decisions (``ReviewStore.reviews(root)``: every reader's latest action per
 study and finding, with ``reviewer`` and ``role``). A call is accept (positive) or reject (negative);
 ``uncertain`` and cleared decisions are not calls and are left out, as in :mod:`cxr_core.eval.agreement`.
-Adjudicators' decisions never count as a reader's; they mark a disagreement as settled.
+Adjudicators' decisions never count as a reader's: an accept or reject settles a disagreement; an adjudicator's
+``uncertain`` is kept and shown ("unsure") but settles nothing.
 
 Fleiss' kappa needs the same number of raters for every item, so it is computed over the items every reader
 called (with two readers it equals Scott's pi, not Cohen's kappa: the pairwise table gives Cohen's).
@@ -62,6 +63,18 @@ class Disagreement:
     calls: dict[str, str]
     adjudicated: str | None = None
 
+    @property
+    def settled(self) -> bool:
+        """True when an adjudicator accepted or rejected it (``uncertain`` leaves it open)."""
+        return self.adjudicated in ("accept", "reject")
+
+    @property
+    def adjudicated_text(self) -> str:
+        """The adjudication as a table shows it: accept, reject, unsure, or an em dash for none."""
+        if self.adjudicated is None:
+            return "\u2014"
+        return "unsure" if self.adjudicated == "uncertain" else self.adjudicated
+
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "finding": self.finding, "calls": dict(self.calls), "adjudicated": self.adjudicated}
 
@@ -103,12 +116,12 @@ def _calls(reviews: Iterable[_ReaderReview]) -> tuple[dict[tuple[str, str], dict
     settled: dict[tuple[str, str], str] = {}
     for review in reviews:
         call = _reviewer_call(review.decision)
-        if call is None:
-            continue
         key = (review.study, review.finding)
         if getattr(review, "role", "reader") == ADJUDICATOR:
-            settled[key] = review.decision
-        else:
+            if call is not None or review.decision == "uncertain":
+                settled[key] = review.decision  # the latest adjudication (reviews come in action order)
+            continue
+        if call is not None:
             calls[key][review.reviewer] = call
     return calls, settled
 
@@ -146,14 +159,15 @@ def _agreement(finding: str, items: list[dict[str, bool]], readers: tuple[str, .
 
 def disagreements(reviews: Iterable[_ReaderReview], *, unsettled_only: bool = False) -> list[Disagreement]:
     """Every (study, finding) readers called both ways (accept by one, reject by another), by study then finding,
-    with the adjudicated decision where there is one (``unsettled_only``: only those without)."""
+    with the adjudicated decision where there is one (``unsettled_only``: only those no adjudicator accepted or
+    rejected; an adjudicator's ``uncertain`` leaves it unsettled)."""
     calls, settled = _calls(reviews)
     out = []
     for key in sorted(calls):
         by_reader = calls[key]
         if len(set(by_reader.values())) < 2:
             continue
-        if unsettled_only and key in settled:
+        if unsettled_only and settled.get(key) in ("accept", "reject"):
             continue
         out.append(Disagreement(key[0], key[1], {r: "accept" if c else "reject" for r, c in sorted(by_reader.items())},
                                 settled.get(key)))

@@ -176,7 +176,7 @@ def disagreements_cmd(
         table.add_column(column)
     for d in found:
         calls = ", ".join(f"{reader}: {call}" for reader, call in d.calls.items())
-        table.add_row(*(plain(c) for c in (d.study, d.finding, calls, d.adjudicated or "—")))
+        table.add_row(*(plain(c) for c in (d.study, d.finding, calls, d.adjudicated_text)))
     stdout.print(table)
 
 

@@ -77,11 +77,11 @@ class AdjudicationScreen(CxrScreen[None]):
         self.readers = sorted({r.reviewer for r in reviews if r.role == "reader" and r.decided})
         self.rows = disagreements(reviews)
         status = agreement_summary(reader_agreement([r for r in reviews if r.role == "reader"]), self.readers)
-        settled = sum(d.adjudicated is not None for d in self.rows)
+        settled = sum(d.settled for d in self.rows)
         self.query_one("#adjudication-status", Static).update(
             Text(visible(f"{status} · {settled} of {len(self.rows)} adjudicated"), style="bold"))
         cells = [[visible(d.study), visible(d.finding), *(d.calls.get(r, "—") for r in self.readers),
-                  d.adjudicated or "—"] for d in self.rows]
+                  d.adjudicated_text] for d in self.rows]
         headers = ["study", "finding", *(visible(r) for r in self.readers), "adjudicated"]
         for k, header in enumerate(headers):  # widths from the content: nothing cut
             table.add_column(header, width=max([len(header), *(len(row[k]) for row in cells)]))

@@ -70,6 +70,22 @@ def test_disagreements_list_exactly_the_split_calls_and_adjudication_settles_the
         assert "dr-adj" not in reader_agreement(store.reviews(ROOT))["Effusion"].readers  # not a reader
 
 
+def test_an_adjudicators_unsure_is_shown_but_settles_nothing(tmp_path: Path) -> None:
+    with ReviewStore(tmp_path / "r.sqlite") as store:
+        store.record(ROOT, "s1", "Effusion", "accept", reviewer="ana")
+        store.record(ROOT, "s1", "Effusion", "reject", reviewer="bo")
+        store.record(ROOT, "s1", "Effusion", "uncertain", reviewer="chief", role="adjudicator")
+        (row,) = disagreements(store.reviews(ROOT))
+        assert row.adjudicated == "uncertain" and row.adjudicated_text == "unsure" and not row.settled
+        assert [d.study for d in disagreements(store.reviews(ROOT), unsettled_only=True)] == ["s1"]
+        shown = CliRunner().invoke(app, ["disagreements", "--db", str(tmp_path / "r.sqlite")])
+        assert shown.exit_code == 0 and "unsure" in shown.output, shown.output
+        store.record(ROOT, "s1", "Effusion", "reject", reviewer="chief", role="adjudicator")  # then decided
+        (row,) = disagreements(store.reviews(ROOT))
+        assert row.adjudicated == "reject" and row.settled and row.adjudicated_text == "reject"
+        assert disagreements(store.reviews(ROOT), unsettled_only=True) == []
+
+
 def test_reviews_agreement_disagreements_and_adjudicate_commands(tmp_path: Path) -> None:
     db = tmp_path / "r.sqlite"
     with ReviewStore(db) as store:
