@@ -9,8 +9,9 @@ image::
 tunes thresholds on the file knows what they were tuned on. ``<label>`` columns are probabilities; ``truth:`` columns are 1 / 0 / blank (blank = unknown or excluded
 by the uncertainty policy) and appear only when the predictions were made on labelled data; ``flagged``
 lists the labels over their thresholds, ``|``-separated, when thresholds were given. Anyone can recompute
-every metric from this file. Text cells (ids, file names) are shown as :func:`cxr_core.text.visible` text and
-a cell a spreadsheet would run as a formula gets a leading ``'`` (stripped again on reading).
+every metric from this file. Text cells (ids, file names) are :func:`cxr_core.text.name_text` (controls and
+bytes that are not UTF-8 as escapes, one-to-one; read back to the same names) and a cell a spreadsheet would run
+as a formula gets a leading ``'`` (stripped again on reading).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import DataError
-from cxr_core.text import spreadsheet_safe, spreadsheet_text, visible
+from cxr_core.text import name_from_text, name_text, spreadsheet_safe, spreadsheet_text
 
 if TYPE_CHECKING:
     from cxr_core.data import Study
@@ -239,10 +240,10 @@ class Predictions:
                     truth.append([_truth(row[c]) if c >= 0 else math.nan for c in truth_cols])
             except (ValueError, IndexError):
                 raise DataError(f"{path}: line {line_no}: expected numbers in the probability and truth columns") from None
-            study.append(spreadsheet_text(row[0]))
-            image.append(spreadsheet_text(row[1]))
-            patient.append(spreadsheet_text(row[2]) if has_patient else "")
-            split.append(spreadsheet_text(row[split_col]) if split_col >= 0 else "")
+            study.append(name_from_text(spreadsheet_text(row[0])))
+            image.append(name_from_text(spreadsheet_text(row[1])))
+            patient.append(name_from_text(spreadsheet_text(row[2])) if has_patient else "")
+            split.append(name_from_text(spreadsheet_text(row[split_col])) if split_col >= 0 else "")
         return cls(labels, np.array(probs, dtype=np.float32).reshape(len(study), len(labels)), study, image, patient,
                    np.array(truth, dtype=np.float32).reshape(len(study), len(labels)) if has_truth else None,
                    meta={"source": str(path)}, split=split)
@@ -348,8 +349,9 @@ def match_root(preds: Predictions, studies: Sequence[Study], base: Path | None =
 
 
 def _text_cell(value: str) -> str:
-    """An id or name as a CSV cell: controls and undecodable bytes shown as escapes, formulas neutralised."""
-    return spreadsheet_safe(visible(value))
+    """An id or name as a CSV cell: controls and undecodable bytes shown as escapes (one-to-one, read back by
+    :func:`~cxr_core.text.name_from_text`), formulas neutralised."""
+    return spreadsheet_safe(name_text(value))
 
 
 def _fmt(value: float) -> str:

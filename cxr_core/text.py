@@ -6,8 +6,10 @@ UTF-8, and a cell can start with ``=HYPERLINK(...)``. This module is the one pla
 
 * :func:`visible` — display text: every control character (C0, DEL, C1), bidirectional override and other
   invisible format character is written as an escape (``\\x1b``, ``\\u202e``), and a byte that was not UTF-8
-  (kept by Python as a surrogate escape, PEP 383) as ``\\xe9``. Nothing is dropped: two different names never
-  look the same, and a name that is not UTF-8 is still a name. Printers and screens show only ``visible`` text.
+  (kept by Python as a surrogate escape, PEP 383) as ``\\xe9``. Nothing is dropped, and a name that is not UTF-8
+  is still a name. ``visible`` is idempotent (safe to apply again at every printer); :func:`name_text` is its
+  one-to-one form for names and ids (a backslash that would read as an escape doubled), so two different names
+  never look the same, and :func:`name_from_text` reads one back. Printers and screens show only ``visible`` text.
   (Markup is the front-end's business: the CLI and the TUI never parse outside text as markup.)
 * :func:`spreadsheet_safe` / :func:`spreadsheet_text` — a CSV cell a spreadsheet would run as a formula gets a
   leading ``'`` (and reading strips exactly that ``'`` again), for every CSV cxr writes.
@@ -24,6 +26,9 @@ import re
 _KEEP_IN_LINES = frozenset("\n\t")
 """Python counts every "Other" and "Separator" character as not printable (the ASCII space excepted): controls,
 surrogates, bidi overrides, zero-width and non-ASCII spaces are all escaped, so look-alike names stay apart."""
+_ESCAPE_NEXT = frozenset("xuU\\")
+"""What follows the backslash of an escape :func:`visible` writes."""
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -56,13 +61,48 @@ def visible(value: object, *, lines: bool = False) -> str:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, as Python keeps it (surrogateescape)
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x100:
+        elif code < 0x80:  # (0x80 and above as \\u00NN: \\x85 is the byte 0x85 that was not UTF-8, not U+0085)
             out.append(f"\\x{code:02x}")
         elif code < 0x10000:
             out.append(f"\\u{code:04x}")
         else:
             out.append(f"\\U{code:08x}")
     return "".join(out)
+
+
+def name_text(value: object) -> str:
+    """A name or id as text that stands for it alone (CSV cells, worklist rows): :func:`visible`, and one-to-one.
+
+    ``visible`` is idempotent (printers apply it again to lines built from its output), so a file literally named
+    ``\\x1b[31mred.png`` shows as the file named ESC ``[31mred.png``. Here a backslash that would read as the
+    start of an escape (before ``x``, ``u``, ``U``, another backslash, or a character shown escaped) is doubled,
+    so no two names give the same text, and :func:`name_from_text` gives the name back. Any other backslash
+    (``ORIGINAL\\PRIMARY``) stays as it is, and a clean name without backslashes is itself.
+    """
+    text = as_text(value)
+    if "\\" not in text:
+        return visible(text)
+    out = [visible(ch) for ch in text]
+    for k in range(len(out) - 1):
+        if out[k] == "\\" and out[k + 1][0] in _ESCAPE_NEXT:
+            out[k] = "\\\\"
+    return "".join(out)
+
+
+def name_from_text(text: str) -> str:
+    """The name :func:`name_text` (or :func:`visible`, for a name without a literal backslash before an escape) was
+    given: escapes read back, a byte that was not UTF-8 as its surrogate escape (PEP 383)."""
+    if "\\" not in text:
+        return text
+    return _ESCAPE.sub(_unescape, text)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    if escape == "\\":
+        return "\\"
+    code = int(escape[1:], 16)
+    return chr(0xDC00 + code) if escape[0] == "x" and code >= 0x80 else chr(code)
 
 
 def is_clean(value: str) -> bool:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
 import numpy as np
 
-from cxr_core.text import visible
+from cxr_core.text import name_text, visible
 
 if TYPE_CHECKING:
     from cxr_core.data import Study
@@ -270,8 +270,8 @@ class StudyList:
         predicted = not np.isnan(prob)
         shown = self.shown_prob_at(pos)
         return RowText(  # outside text shown, never acted on (an ESC in a file name is drawn as \x1b)
-            study=visible(str(self._ids[i])),
-            patient=visible(str(self._patients[i])),
+            study=name_text(str(self._ids[i])),  # one-to-one: two files never one row name
+            patient=name_text(str(self._patients[i])),
             view=visible(self._views[self._view_codes[i]]),
             split=visible(self._splits[self._split_codes[i]]),
             n_flagged=str(self._n_flagged[i]) if predicted else NOT_PREDICTED,

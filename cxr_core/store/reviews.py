@@ -47,7 +47,7 @@ from cxr_core.atomic import atomic_path
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir
 from cxr_core.store.db import Database, open_database
-from cxr_core.text import db_value, fs_text, spreadsheet_safe, visible
+from cxr_core.text import db_value, fs_text, name_text, spreadsheet_safe, visible
 from cxr_core.users import current_user
 
 ACCEPT, REJECT, UNCERTAIN, CLEAR = "accept", "reject", "uncertain", "clear"
@@ -563,6 +563,10 @@ class ReviewStore:
             shown = visible(value, lines=lines)
             return shown if raw_text else spreadsheet_safe(shown)
 
+        def name(value: str) -> str:  # ids and names one-to-one: two studies never export as one
+            shown = name_text(value)
+            return shown if raw_text else spreadsheet_safe(shown)
+
         rows = self.reviews(root, history=history)
         target = Path(path).expanduser()
         if not target.parent.is_dir():
@@ -574,8 +578,8 @@ class ReviewStore:
                     writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
                     writer.writerow(EXPORT_COLUMNS)
                     for r in rows:
-                        writer.writerow([text(r.study), text(r.finding), r.decision, text(r.note or "", lines=True),
-                                         text(r.reviewer), r.when,
+                        writer.writerow([name(r.study), name(r.finding), r.decision, text(r.note or "", lines=True),
+                                         name(r.reviewer), r.when,
                                          "" if r.probability is None else repr(r.probability),
                                          "" if r.flagged is None else int(r.flagged), text(r.model or ""),
                                          text(r.root), text(r.model_name or ""), r.role])

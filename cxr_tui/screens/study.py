@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from cxr_core.errors import CxrError
-from cxr_core.text import visible
+from cxr_core.text import name_text, visible
 from cxr_tui.messages import ReviewRecorded
 from cxr_tui.screens.base import CxrScreen
 from cxr_tui.widgets.xray import XRayView
@@ -129,7 +129,7 @@ class StudyScreen(CxrScreen[None]):
     def load_study(self) -> None:
         study = self.study
         if study is None:
-            self.query_one("#study-title", Static).update(Text(f"{visible(self.study_id)}: not in this data set"))
+            self.query_one("#study-title", Static).update(Text(f"{name_text(self.study_id)}: not in this data set"))
             return
         self.image_index = min(self.image_index, max(0, len(study.images) - 1))
         self.dicom_fields = {}
@@ -222,8 +222,8 @@ class StudyScreen(CxrScreen[None]):
 
     def _fill_info(self) -> None:
         study = self.study
-        title = Text.assemble((visible(study.id), "bold"),
-                              f"  patient {visible(study.patient_id)}  {visible(study.view or '')}  "
+        title = Text.assemble((name_text(study.id), "bold"),
+                              f"  patient {name_text(study.patient_id)}  {visible(study.view or '')}  "
                               f"{visible(study.split or '')}")
         if len(study.images) > 1:
             title.append(f"  image {self.image_index + 1}/{len(study.images)} (m: next)")
@@ -492,7 +492,7 @@ class StudyScreen(CxrScreen[None]):
         self._fill_findings()
         self.app.post_message(ReviewRecorded(self.study_id, labels[0], read))  # the worklist follows
         accepted = sum(decision == "accept" for decision, _, _ in decisions.values())
-        self.notify(f"{visible(self.study_id)}: {STUDY_READS[read]}" + (f" ({accepted} accepted)" if accepted else ""),
+        self.notify(f"{name_text(self.study_id)}: {STUDY_READS[read]}" + (f" ({accepted} accepted)" if accepted else ""),
                     timeout=2)
         self._go(1, unreviewed=True)
 
