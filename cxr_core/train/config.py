@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ import tomli_w
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError
 from cxr_core.runs.rundir import RunDir, RunError
+from cxr_core.text import name_from_text, name_text
 
 LOSSES = ("bce", "bce-posweight", "focal", "asl")
 SAMPLERS = ("none", "oversample")
@@ -137,6 +139,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"invalid training config: {message}")
+        problem = device_problem(self.device)
+        if problem:
+            raise ConfigError(f"invalid training config: device = {self.device}: {problem}")
         return self
 
     def resolve(self) -> TrainConfig:
@@ -157,7 +162,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+            flags = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name for f in fields(cls) if "flag" in f.metadata}
+            hints = [f" (in a config file --{k.replace('_', '-')} is `{flags[k]}`)" for k in unknown if k in flags]
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}{''.join(hints)}")
         hints = _hints()
         values = {}
         for name, value in data.items():
@@ -177,6 +184,24 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def device_problem(name: str) -> str | None:
+    """Why the device ``name`` cannot train here (no CUDA GPU, fewer GPUs than its index, no MPS), or None. torch is
+    imported only for a GPU name, so a settings mistake or ``cpu`` stays quick."""
+    if name in ("auto", "cpu") or _DEVICE.fullmatch(name) is None:
+        return None
+    import torch
+
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return None if mps is not None and mps.is_available() else "no Apple GPU (MPS) is available here"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible here (use cpu or auto)"
+    count, index = torch.cuda.device_count(), int(name.partition(":")[2] or 0)
+    if index >= count:
+        return f"this machine has {count} CUDA GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+    return None
+
+
 def _finite(low: float, *, above: bool = False, high: float | None = None, below: bool = False):
     def ok(value: float) -> bool:
         if not math.isfinite(value) or value < low or (above and value == low):
@@ -185,12 +210,15 @@ def _finite(low: float, *, above: bool = False, high: float | None = None, below
     return ok
 
 
+MAX_EPOCHS = 100_000
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
+
 RULES: dict[str, tuple[Any, str]] = {
     "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
     "sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
     "uncertainty": (lambda v: v in UNCERTAINTY, f"one of {', '.join(UNCERTAINTY)}"),
-    "epochs": (lambda v: v >= 1, "a whole number >= 1"),
+    "epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"a whole number from 1 to {MAX_EPOCHS:,}"),
     "batch_size": (lambda v: v >= 1, "a whole number >= 1"),
     "lr": (_finite(0.0, above=True), "a finite number > 0"),
     "weight_decay": (_finite(0.0), "a finite number >= 0"),
@@ -213,6 +241,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "cv": (lambda v: v == 0 or v >= 2, "0 (off) or a number of folds >= 2"),
     "epochs_grid": (lambda v: all(e >= 1 for e in v), "whole numbers of epochs >= 1"),
     "labels": (lambda v: all(name.strip() for name in v), "finding names, none empty"),
+    "device": (lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, cuda, cuda:N or mps"),
 }
 """The range of every bounded setting (types come from the dataclass annotations): predicate, what is allowed."""
 
@@ -259,18 +288,34 @@ def _shown(value: Any) -> str:
 
 
 def load_config(path: Path) -> TrainConfig:
-    """Read a TOML config; a ``[train]`` table is accepted as well as top-level keys."""
+    """Read a TOML config; a ``[train]`` table is accepted as well as top-level keys. Path settings are read with
+    :func:`~cxr_core.text.name_from_text` (how :func:`dump_config` writes a path that is not UTF-8)."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return TrainConfig.from_dict(data.get("train", data), str(path))
+    table = data.get("train", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [train] is not a table")
+    paths = _path_settings()
+    table = {k: name_from_text(v) if k in paths and isinstance(v, str) else v for k, v in table.items()}
+    return TrainConfig.from_dict(table, str(path))
 
 
 def dump_config(config: TrainConfig) -> str:
-    return tomli_w.dumps(config.to_dict())
+    """The config as TOML. TOML is UTF-8 text, so a path that is not UTF-8 (a hospital folder named in Latin-1) is
+    written as :func:`~cxr_core.text.name_text` (its odd bytes as ``\\xNN``), which :func:`load_config` reads back."""
+    paths = _path_settings()
+    return tomli_w.dumps({k: name_text(v) if k in paths and isinstance(v, str) else v
+                          for k, v in config.to_dict().items()})
+
+
+def _path_settings() -> frozenset[str]:
+    return frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("path"))
 
 
 def write_run_config(run: RunDir, config: TrainConfig) -> None:

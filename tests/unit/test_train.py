@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from cxr_core.checkpoint import load_checkpoint, read_metadata
 from cxr_core.runs import RunDir
-from cxr_core.train.config import ConfigError, TrainConfig, load_config, write_run_config
+from cxr_core.train.config import ConfigError, TrainConfig, load_config, read_run_config, write_run_config
 from cxr_core.train.runner import run_training
 from cxr_core.train.trainer import Trainer
 
@@ -89,6 +90,37 @@ def test_config_file_options_override_and_errors(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="loss"):
         TrainConfig(data="x", loss="hinge").validate()
+
+
+def test_config_mistakes_found_before_a_run_exists(tmp_path, monkeypatch):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"\xff\xfe\x00")  # not text: one line, not a UnicodeDecodeError
+    with pytest.raises(ConfigError, match="bad.toml: not a TOML file"):
+        load_config(path)
+    path.write_text('findings = ["Effusion"]\n')  # the option's name, not the setting's
+    with pytest.raises(ConfigError, match="--findings is `labels`"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="from 1 to 100,000"):
+        TrainConfig(data="x", epochs=10**20).validate()
+    with pytest.raises(ConfigError, match="auto, cpu, cuda"):
+        TrainConfig(data="x", device="gpu").validate()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="cuda:7: no CUDA GPU is visible"):  # was a torch traceback in the job
+        TrainConfig(data="x", device="cuda:7").validate()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="has 2 CUDA GPUs"):
+        TrainConfig(data="x", device="cuda:7").validate()
+    TrainConfig(data="x", device="cuda:1").validate()
+
+
+def test_a_root_that_is_not_utf8_survives_the_run_config(tmp_path):
+    root = os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9sum\xe9")  # a Latin-1 folder name
+    run = RunDir.create(tmp_path / "runs")
+    write_run_config(run, TrainConfig(data=root, weights=os.fsdecode(b"/w/\xff.pt")))
+    back = read_run_config(run)
+    assert (back.data, back.weights) == (root, os.fsdecode(b"/w/\xff.pt"))
+    assert run.config_path.read_text(encoding="utf-8").count("\\\\xe9") == 2  # TOML holds text: escapes
 
 
 @pytest.mark.slow
