@@ -28,6 +28,7 @@ were chosen on.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,21 @@ class LabelThreshold:
     mode: str
     metrics: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and math.isfinite(self.threshold):
+            self.threshold = as_written(self.threshold)
+
+
+def as_written(threshold: float) -> float:
+    """A threshold as files hold it: 9 significant digits, as a predictions CSV writes scores.
+
+    A tuned threshold is one of the scores (float32). Written in full (0.06560483574867249) it lies above that
+    score's CSV text (0.0656048357), so anyone applying the file to the CSV in float64 (NumPy, pandas, R) lost
+    the very positive it was tuned on. 9 digits tell every float32 apart and map back to the same float32, so
+    cxr's own float32 comparisons are unchanged and the CSV's text compares the same way in float64.
+    """
+    return float(f"{float(threshold):.9g}")
 
 
 ALL_SPLITS = "all"

@@ -3,6 +3,7 @@ thresholds file; the ``thresholds`` CLI."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from fractions import Fraction
@@ -418,6 +419,32 @@ def test_cli_tune_writes_a_file_and_json_parses(tmp_path):
     assert shown.exit_code == 0 and json.loads(shown.stdout)["labels"]["Nodule"]["mode"] == "youden"
     shown = runner.invoke(app, ["show", str(out)])
     assert shown.exit_code == 0 and "Effusion" in shown.stdout and "tune" in shown.stdout
+
+
+def test_a_tuned_file_applied_to_the_csv_in_float64_keeps_its_sensitivity(tmp_path):
+    # What a statistician does with the two files: read the CSV (pandas/NumPy, float64), apply the JSON thresholds.
+    # The thresholds were float32 scores written in full, above their 9-digit CSV text: the tuning's own
+    # positives fell below them (sens 0.857 reported, 0.714 recomputed).
+    rng = np.random.default_rng(4)
+    labels, n = ["Atelectasis", "Effusion"], 400
+    truth = (rng.random((n, 2)) < 0.2).astype(np.float32)
+    probs = np.clip(rng.normal(0.3 + 0.3 * truth, 0.2), 0, 1).astype(np.float32)
+    preds = tmp_path / "preds.csv"
+    Predictions(labels, probs, [f"s{i}" for i in range(n)], [f"s{i}.png" for i in range(n)], truth=truth).write(preds)
+    out = tmp_path / "thr.json"
+    for mode in ("sens=0.8", "sens=0.9", "youden"):
+        result = CliRunner().invoke(app, ["tune", "--preds", str(preds), "--mode", mode, "--out", str(out), "--json",
+                                          "--split", "all"])
+        assert result.exit_code == 0, result.output
+        tuned = json.loads(out.read_text())["labels"]
+        with open(preds, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        for name in labels:
+            score = np.array([float(r[name]) for r in rows])  # float64, from the CSV's text
+            positive = np.array([r["truth:" + name] == "1" for r in rows])
+            flagged = score >= tuned[name]["threshold"]
+            assert flagged[positive].mean() == pytest.approx(tuned[name]["metrics"]["sensitivity"]), (mode, name)
+            assert (~flagged[~positive]).mean() == pytest.approx(tuned[name]["metrics"]["specificity"]), (mode, name)
 
 
 def test_cli_user_mistakes_raise_cxr_errors(tmp_path):
