@@ -59,6 +59,9 @@ def launch(root: Path | None, model: Path | None, thresholds: Path | None, *, im
 
         model = resolve_checkpoint(model)
     choose_colors(color)  # before cxr_tui.app: Textual (and textual-image's terminal queries) come with it
+    from cxr_tui.image_support import prepare
+
+    prepare(image_protocol)  # a named protocol: no graphics queries (tmux showed one as the pane title)
     from cxr_tui.app import CxrApp
 
     app = CxrApp(root, model, thresholds, image_protocol=image_protocol, show_phi=show_phi, runs_dir=runs_dir,

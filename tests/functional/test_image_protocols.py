@@ -79,3 +79,50 @@ async def test_sixel_streams_the_picture_at_the_widget_size():
     assert width > 0 and height > 0 and abs(height / width - 320 / 256) < 0.15  # the portrait aspect kept
     assert "\x1b\\" in stream[header.end():]  # the DCS string is terminated
     assert len(re.findall(r"#\d+;2;", stream)) > 8  # a grey ramp needs many palette entries
+
+
+_PROBE = """
+import sys
+from cxr_tui.image_support import prepare
+prepare(sys.argv[1])
+import cxr_tui.widgets.xray
+"""
+
+
+def _bytes_written_to_a_terminal(protocol: str) -> bytes:
+    """What importing the image widgets for ``protocol`` writes to a terminal (a pty), before any app runs."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120x40 terminal
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, protocol], stdin=follower, stdout=follower,
+                            stderr=subprocess.PIPE)
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.1)[0]:
+            try:
+                out += os.read(leader, 4096)
+            except OSError:
+                break
+    proc.wait(timeout=10)
+    os.close(leader)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    return out
+
+
+@pytest.mark.slow
+def test_a_named_protocol_asks_the_terminal_no_graphics_question():
+    # tmux showed textual-image's kitty query as the pane's title (Gi=...;AAAA) under --image-protocol halfcell.
+    assert b"\x1b_G" in _bytes_written_to_a_terminal("auto")  # auto detects: the kitty graphics query is sent
+    quiet = _bytes_written_to_a_terminal("halfcell")
+    assert b"\x1b_G" not in quiet and b"\x1b[c" not in quiet  # no kitty APC, no DA1 (sixel) query
