@@ -550,7 +550,7 @@ class StudyScreen(CxrScreen[None]):
         note.display = True
         current = self.decisions.get(label)
         note.value = getattr(current, "note", None) or ""
-        note.placeholder = f"note for {label} (enter saves, escape cancels)"
+        note.placeholder = f"note on {label} (enter saves, esc cancels)"
         note.focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

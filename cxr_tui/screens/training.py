@@ -163,7 +163,7 @@ when the terminal or SSH connection closes, and show up here again. A run whose 
             for row in rows:
                 if row != self.rows.get(row.run):
                     for column, cell in zip(COLUMNS, run_cells(row), strict=True):
-                        table.update_cell(row.run, column, cell)
+                        table.update_cell(row.run, column, cell, update_width=True)  # "queued" -> "running"
             self.rows = {row.run: row for row in rows}
         self._show_detail()
         self.follow_run()

@@ -17,7 +17,7 @@ def agreement_text(table: Agreement) -> Text:
     """The 2x2 table (study level), kappa and what was left out."""
     kappa = "—" if table.kappa is None else f"{table.kappa:.2f}"
     observed = "—" if table.observed is None else f"{100 * table.observed:.0f}%"
-    text = Text.assemble((TITLE, "bold"), f" ({table.n} studies)\n")
+    text = Text.assemble((TITLE, "bold"), f" ({table.n} studies, every split)\n")  # not only the tuning split
     text.append(f"{'':13}{'accept':>8}{'reject':>8}\n", style="dim")
     text.append(f"{'model flags':13}{table.both_positive:>8}{table.model_only:>8}\n")
     text.append(f"{'model does not':13}{table.reviewer_only:>8}{table.both_negative:>8}\n")

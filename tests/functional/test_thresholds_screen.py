@@ -318,7 +318,7 @@ async def test_agreement_with_reviews(tmp_path: Path) -> None:
         assert table.model_only == sum(f and d == "reject" for f, d in expect)
         assert table.reviewer_only == 0 and table.excluded == 2
         panel = str(screen.query_one("#thresholds-agreement", Static).render())
-        assert "kappa" in panel and f"({table.n} studies)" in panel
+        assert "kappa" in panel and f"({table.n} studies, every split)" in panel
         for _ in range(5):
             await pilot.press("right")
         perfect = screen.reviewed.agreement("Atelectasis", k, screen.thresholds["Atelectasis"])
@@ -326,7 +326,7 @@ async def test_agreement_with_reviews(tmp_path: Path) -> None:
         assert perfect.kappa == pytest.approx(1.0) and "kappa 1.00" in str(
             screen.query_one("#thresholds-agreement", Static).render())
         await pilot.press("j")
-        assert "(0 studies)" in str(screen.query_one("#thresholds-agreement", Static).render())
+        assert "(0 studies, every split)" in str(screen.query_one("#thresholds-agreement", Static).render())
 
 
 async def test_no_reviews_yet(tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ async def test_form_refuses_bad_input(runs_dir: Path, tmp_path: Path) -> None:
         assert isinstance(form, LaunchForm)
         assert form.query_one("#data", Input).value == str(tmp_path)  # the workspace's root
         error = form.query_one("#launch-error", Static)
-        for field, value, message in (("epochs", "0", "epochs = 0: a whole number >= 1"),
+        for field, value, message in (("epochs", "0", "epochs = 0: a whole number from 1 to 100,000"),
                                       ("epochs", "", "epochs: a value is required"),
                                       ("image-size", "8", "image_size = 8: a whole number of pixels from 16 to 2048"),
                                       ("lr", "-1", "lr = -1.0: a finite number > 0"),
