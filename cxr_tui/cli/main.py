@@ -12,8 +12,9 @@ import typer
 
 from cxr_core import __version__
 from cxr_core.errors import CxrError, database_error_text, os_error_text
+from cxr_core.text import visible
 from cxr_tui.cli import cam, data, demo, evaluate, jobs, open, predict, reviews, thresholds, train, worklist
-from cxr_tui.cli.output import error_line
+from cxr_tui.cli.output import error_line, print_json
 
 ENV_COLOR = "CXR_COLOR"  # cxr_tui.terminal.ENV_VAR (not imported here: the light commands stay light)
 
@@ -74,24 +75,35 @@ def with_default_command(args: list[str]) -> list[str]:
     return [*front, "open", *args]
 
 
+def _failure_printer(json_out: bool):
+    """How a failure ends the command: one line on stderr, and with ``--json`` also ``{"error": ...}`` on stdout, so
+    a script reading the JSON gets an object either way (the exit code says which)."""
+
+    def fail(message: str, code: int) -> None:
+        error_line(message)
+        if json_out:
+            print_json({"error": visible(message), "exit_code": code})
+        sys.exit(code)
+
+    return fail
+
+
 def run() -> None:
     """Console-script entry point, and the CLI's one error boundary: a user mistake or a fault of the world (a
     full disk, a read-only folder, a database another process holds or that is damaged) becomes one line on
     stderr naming the file and the cause, and exit code 1; only a bug is a traceback."""
+    args = sys.argv[1:]
+    fail = _failure_printer("--json" in args[: args.index("--")] if "--" in args else "--json" in args)
     try:
-        app(args=with_default_command(sys.argv[1:]))
+        app(args=with_default_command(args))
     except CxrError as exc:
-        error_line(str(exc))
-        sys.exit(1)
+        fail(str(exc), 1)
     except OSError as exc:
-        error_line(os_error_text(exc))
-        sys.exit(1)
+        fail(os_error_text(exc), 1)
     except sqlite3.Error as exc:
-        error_line(database_error_text(None, exc))
-        sys.exit(1)
+        fail(database_error_text(None, exc), 1)
     except KeyboardInterrupt:
-        error_line("interrupted")
-        sys.exit(130)
+        fail("interrupted", 130)
     finally:
         # Everything left is about to go with the process: out of the collector's way, so the interpreter's
         # last collections do not walk torch's and timm's objects (a second of exit after a prediction here,
