@@ -6,6 +6,7 @@ import gc
 import os
 import sqlite3
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -92,6 +93,10 @@ def run() -> None:
     """Console-script entry point, and the CLI's one error boundary: a user mistake or a fault of the world (a
     full disk, a read-only folder, a database another process holds or that is damaged) becomes one line on
     stderr naming the file and the cause, and exit code 1; only a bug is a traceback."""
+    # pydicom warns about odd header text (an unknown character-set escape in a PatientID) with the bytes in the
+    # message and its own file path: noise on a user's terminal, and the value is outside text. Files it cannot
+    # read are reported by cxr itself.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     args = sys.argv[1:]
     fail = _failure_printer("--json" in args[: args.index("--")] if "--" in args else "--json" in args)
     try:
