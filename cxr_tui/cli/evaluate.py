@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cxr_core.atomic import check_writable_dir
 from cxr_core.data import SourceOptions
+from cxr_core.outputs import check_eval_out
 from cxr_core.store import StudyIndex
 from cxr_tui.cli.options import (
     BatchOpt,
@@ -34,7 +36,8 @@ def eval_cmd(
     labels_csv: LabelsOpt = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: test, val, train, ... or all (every split).")] = "test",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: the run's eval/<split>/, "
-                                             "or ./cxr-eval/<split>/ for a checkpoint outside a run).")] = None,
+                                             "or ./cxr-eval/<split>/ for a checkpoint outside a run). An existing "
+                                             "one must be empty or hold an earlier eval report.")] = None,
     thresholds: ThresholdsOpt = None,
     allow_same_split: Annotated[bool, typer.Option(
         "--allow-same-split", help="Evaluating on the split the thresholds were tuned on is intended (the report "
@@ -49,9 +52,15 @@ def eval_cmd(
     fp32: Fp32Opt = False,
     no_cache: NoCacheOpt = False,
     db: DbOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write the report into --out even when it holds other files (report.md, per_class.csv, "
+                        "predictions.csv and the plots are replaced).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Per-class AUC (95% CI by patient), AP, sensitivity/specificity/PPV/NPV/F1, calibration; report + plots."""
+    if out is not None:  # before the model loads: never a folder of the user's files
+        check_writable_dir(out, "report folder")
+        check_eval_out(out, force=force)
     from cxr_core.eval import evaluate_run, overall_pointing
 
     predictor = make_predictor(model, device, batch_size, workers, tta, False, no_cache, fp32)

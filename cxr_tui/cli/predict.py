@@ -11,6 +11,7 @@ import typer
 from cxr_core.atomic import check_writable
 from cxr_core.data import SourceOptions
 from cxr_core.errors import CxrError
+from cxr_core.outputs import check_predictions_out
 from cxr_core.store import StudyIndex
 from cxr_core.text import visible
 
@@ -62,13 +63,17 @@ def predict(
     fp32: Fp32Opt = False,
     no_cache: NoCacheOpt = False,
     db: DbOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out even when it exists and is not a predictions file (without it, only a "
+                        "predictions file is replaced).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict every readable image; unreadable files are listed with their reason and the rest go on."""
     if not root.exists():
         raise CxrError(f"{root}: no such file or folder")
-    if out is not None:
-        check_writable(out, "predictions file")  # said now, not after every image was predicted
+    if out is not None:  # said now, not after every image was predicted
+        check_writable(out, "predictions file")
+        check_predictions_out(out, force=force)  # never the data set's labels.csv or another file of the user's
     try:
         if _torchrun():
             predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache, fp32)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cxr_core.errors import CxrError
+from cxr_core.outputs import check_reviews_out
 from cxr_core.store import EXPORT_COLUMNS, ReviewStore
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
@@ -22,8 +23,8 @@ NOTE_WIDTH = 40
 @app.command("export")
 def export_cmd(
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="CSV file to write (replaced atomically). Default reviews.csv; with --dicom-sr only when "
-                            "given.")] = None,
+        "--out", "-o", help="CSV file to write (replaced atomically; an existing file only when it is a reviews "
+                            "export). Default reviews.csv; with --dicom-sr only when given.")] = None,
     root: RootOpt = None,
     db: ReviewsDbOpt = None,
     history: Annotated[bool, typer.Option("--history", help="Every action, not only the current decisions.")] = False,
@@ -35,6 +36,8 @@ def export_cmd(
         help="Also (or instead of the CSV) write one DICOM Structured Report per study read from DICOM into OUTDIR "
              "(TID 1500: each reader's and adjudicator's decisions, the model as observer device, the source images "
              "referenced, the patient as the source names them). Needs the dicom-sr extra (highdicom).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out even when it exists and is not a reviews export.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write the current decision of every (study, finding) as CSV: study, finding, decision, note, reviewer, at, ...
@@ -43,6 +46,8 @@ def export_cmd(
         raise CxrError("--history is for the CSV: a DICOM SR holds the current decisions")
     if dicom_sr is None and out is None:
         out = Path("reviews.csv")
+    if out is not None:  # before the database is opened: never a spreadsheet of the user's
+        check_reviews_out(out, force=force)
     result: dict = {}
     with ReviewStore(db) as store:
         if out is not None:
