@@ -31,6 +31,7 @@ __getattr__, __all__ = lazy(__name__, {
     "thresholds_from_choices": "cxr_core.eval.thresholds_file",
     "split_check": "cxr_core.eval.thresholds_file",
     "threshold_values": "cxr_core.eval.thresholds_file",
+    "threshold_mismatch": "cxr_core.eval.thresholds_file",
     "thresholds_path_for": "cxr_core.eval.thresholds_file",
     "tuning_choices": "cxr_core.eval.thresholds_file",
     "tuning_rows": "cxr_core.eval.thresholds_file",

@@ -46,6 +46,7 @@ from cxr_core.eval.operating_points import Choice, OperatingPoints, json_number
 from cxr_core.paths import data_dir
 from cxr_core.predictions import Predictions
 from cxr_core.runs import RunDir
+from cxr_core.text import visible
 from cxr_core.users import current_user  # one definition of who is acting
 
 FORMAT_VERSION = 1
@@ -341,6 +342,34 @@ def threshold_values(file: ThresholdsFile | None, labels: Sequence[str]) -> dict
     """label -> the threshold in force: the file's where it has one, 0.5 otherwise (and without a file)."""
     values = file.thresholds if file is not None else {}
     return {label: values.get(label, DEFAULT_THRESHOLD) for label in labels}
+
+
+def threshold_mismatch(file: ThresholdsFile | None, labels: Sequence[str], source: object = "") -> str | None:
+    """What does not fit between a thresholds file and the findings it is applied to, as one warning (None when
+    it fits): findings of the file the model does not have (another model's file?), and the model's findings the
+    file leaves at 0.5. A file none of whose findings fit would otherwise be ignored without a word."""
+    if file is None or not file.thresholds:
+        return None
+    have, want = list(file.thresholds), list(labels)
+    unknown = [name for name in have if name not in want]
+    missing = [name for name in want if name not in file.thresholds]
+    if not unknown and not missing:
+        return None
+    where = f"{visible(source)}: " if source else "thresholds file: "
+    if len(unknown) == len(have):
+        return (where + f"none of its findings ({_names(unknown)}) is one of the model's ({_names(want)}); "
+                f"{DEFAULT_THRESHOLD} used for every finding")
+    parts = []
+    if unknown:
+        parts.append(f"findings the model does not have: {_names(unknown)} (ignored)")
+    if missing:
+        parts.append(f"no threshold for {_names(missing)} ({DEFAULT_THRESHOLD} used)")
+    return where + "; ".join(parts)
+
+
+def _names(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(visible(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def thresholds_from_choices(choices: Sequence[Choice], predictions: str = "", n: int = 0,

@@ -74,6 +74,10 @@ def predict(
     if out is not None:  # said now, not after every image was predicted
         check_writable(out, "predictions file")
         check_predictions_out(out, force=force)  # never the data set's labels.csv or another file of the user's
+    if thresholds is not None:  # a damaged thresholds file: said now, not after every image was predicted
+        from cxr_core.eval import load_thresholds
+
+        load_thresholds(thresholds)
     try:
         if _torchrun():
             predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache, fp32)
@@ -115,9 +119,13 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
                                                          progress=report)
         else:
             result = _predict(predictor, root, fmt, labels_csv, split, db, report)
-    from cxr_core.eval import load_thresholds, threshold_values
+    from cxr_core.eval import load_thresholds, threshold_mismatch, threshold_values
 
-    values = threshold_values(load_thresholds(thresholds) if thresholds is not None else None, predictor.labels)
+    file = load_thresholds(thresholds) if thresholds is not None else None
+    values = threshold_values(file, predictor.labels)
+    mismatch = threshold_mismatch(file, predictor.labels, thresholds or "")
+    if mismatch:
+        result.warnings.append(mismatch)
     preds = result.predictions
     if out is not None:
         preds.write(out, values)

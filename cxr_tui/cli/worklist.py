@@ -39,13 +39,17 @@ def worklist_cmd(
     """Studies in the order to review them: most informative for the next model first (as the TUI's worklist
     sorts them with `o`, and opens the first with `n`)."""
     from cxr_core.errors import CxrError
-    from cxr_core.eval import load_thresholds, review_order
+    from cxr_core.eval import load_thresholds, review_order, threshold_mismatch
     from cxr_core.predictions import Predictions
 
     if order not in ORDER_CHOICES:
         raise CxrError(f"--order {order!r}: choose from {', '.join(ORDER_CHOICES)}")
     predictions = Predictions.read(preds)
-    values = dict(load_thresholds(thresholds).thresholds) if thresholds else {}
+    file = load_thresholds(thresholds) if thresholds else None
+    values = dict(file.thresholds) if file is not None else {}
+    mismatch = threshold_mismatch(file, predictions.labels, thresholds or "")
+    if mismatch:
+        warn(mismatch)
     studies = list(dict.fromkeys(predictions.study))
     scores = predictions.study_scores(studies)
     information = None

@@ -553,3 +553,19 @@ def test_show_a_hand_edited_file_with_odd_metric_values(tmp_path):
     result = CliRunner().invoke(app, ["show", str(path)])
     assert result.exit_code == 0, result.output
     assert "?" in result.stdout and "0.5000" in result.stdout
+
+
+def test_a_thresholds_file_that_does_not_fit_the_model_is_said(tmp_path):
+    from cxr_core.eval.thresholds_file import LabelThreshold, threshold_mismatch
+
+    def file(**values):
+        return ThresholdsFile(labels={k: LabelThreshold(v, "fixed") for k, v in values.items()})
+
+    model = ["Atelectasis", "Effusion"]
+    assert threshold_mismatch(None, model) is None and threshold_mismatch(file(), model) is None
+    assert threshold_mismatch(file(Atelectasis=0.3, Effusion=0.4), model) is None
+    other = threshold_mismatch(file(Dragon=0.3, **{"\x1b[31mEvil": 0.2}), model, "t.json")
+    assert other.startswith("t.json: none of its findings (Dragon, \\x1b[31mEvil) is one of the model's")
+    assert other.endswith("0.5 used for every finding")
+    part = threshold_mismatch(file(Atelectasis=0.3, Mass=0.2), model)
+    assert "findings the model does not have: Mass (ignored)" in part and "no threshold for Effusion (0.5 used)" in part
