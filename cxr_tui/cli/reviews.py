@@ -11,6 +11,7 @@ from rich.table import Table
 from cxr_core.errors import CxrError
 from cxr_core.outputs import check_reviews_out
 from cxr_core.store import EXPORT_COLUMNS, ReviewStore
+from cxr_core.text import visible
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
 
@@ -199,6 +200,15 @@ def adjudicate_cmd(
     """Store an adjudicated decision for a (study, finding): it settles the readers' disagreement and is what
     training with --with-reviews takes first."""
     with ReviewStore(db) as store:
+        readers = [r for r in store.reviews(root, role="reader") if r.study == study]
+        if not readers:  # a typo in --root or --study would store a decision nothing ever reads
+            known = "no reader has decided anything there" if not store.reviews(root) else "no reader decided it"
+            raise CxrError(f"{visible(root)}: study {visible(study)} has no readers' decisions to adjudicate ({known}; "
+                           "check --root and --study)")
+        findings = sorted({r.finding for r in readers})
+        if finding not in findings:
+            raise CxrError(f"{visible(study)}: no reader decided {visible(finding)} (decided: "
+                           f"{', '.join(visible(f) for f in findings)})")
         review = store.record(root, study, finding, decision, note=note, reviewer=reader, role="adjudicator")
     if json_out:
         print_json(review.to_dict())

@@ -104,3 +104,24 @@ def test_reviews_agreement_disagreements_and_adjudicate_commands(tmp_path: Path)
     assert done.exit_code == 0, done.output
     left = json.loads(runner.invoke(app, ["disagreements", "--db", str(db), "--json", "--unsettled"]).output)
     assert study not in {d["study"] for d in left} and len(left) == len(listed) - 1
+
+
+def test_adjudicate_refuses_what_no_reader_decided(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    with ReviewStore(db) as store:
+        store.record(ROOT, "s1", "Effusion", "accept", reviewer="ana")
+        store.record(ROOT, "s1", "Effusion", "reject", reviewer="bo")
+    runner = CliRunner()
+
+    def adjudicate(root: str, study: str, finding: str):
+        return runner.invoke(app, ["adjudicate", "--db", str(db), "--root", root, "--study", study, "--finding",
+                                   finding, "--decision", "accept", "--reader", "chief"])
+
+    for root, study, finding, message in ((ROOT, "nosuch", "Effusion", "study nosuch has no readers' decisions"),
+                                          ("/nope", "s1", "Effusion", "no reader has decided anything there"),
+                                          (ROOT, "s1", "Dragon", "s1: no reader decided Dragon (decided: Effusion)")):
+        result = adjudicate(root, study, finding)
+        assert result.exit_code != 0 and message in str(result.exception), (message, result.exception)
+    with ReviewStore(db) as store:
+        assert not store.reviews(role="adjudicator")  # nothing stored by the refused ones
+    assert adjudicate(ROOT, "s1", "Effusion").exit_code == 0
