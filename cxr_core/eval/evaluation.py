@@ -10,8 +10,10 @@ their statistics), and writes the report folder. The front-ends only choose the 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_core.atomic import check_writable_dir
 from cxr_core.data.sources import SourceOptions
+from cxr_core.data.splits import TRAIN_SPLITS
 from cxr_core.errors import CxrError
 from cxr_core.eval.evaluate import evaluate
 from cxr_core.eval.localisation import localise, overall_pointing
@@ -35,6 +38,7 @@ from cxr_core.infer.studies import predict_root
 from cxr_core.ood import OodReport
 from cxr_core.predictions import Predictions
 from cxr_core.runs import RunDir, detach
+from cxr_core.text import name_from_text
 
 if TYPE_CHECKING:
     from cxr_core.store.index import StudyIndex
@@ -127,6 +131,10 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
     if result.ood is not None and result.ood.far:
         caveats.append(result.ood.message)
     run = RunDir.of_checkpoint(checkpoint)
+    seen = _trained_on_these(run, preds)
+    if seen:
+        warnings.insert(0, seen)
+        caveats.insert(0, seen)
     reviews = _trained_with_reviews(run)
     if reviews:  # the labels' provenance belongs beside the numbers they produced
         preds.meta["trained_with_reviews"] = reviews
@@ -136,6 +144,23 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
                           caveats=caveats, ood=result.ood)
     return Evaluation(metrics, preds, target, files, checkpoint, thresholds, tuned, same_split, allow_same_split,
                       localisation, result.errors, result.unmatched_labels, warnings, result.ood)
+
+
+def _trained_on_these(run: RunDir | None, preds: Predictions) -> str | None:
+    """A caveat when the evaluated images include the training split of the data set the run trained on: the model
+    has seen them, so the metrics are optimistic (None otherwise, or when the run is not known)."""
+    seen = sum(n for name, n in preds.splits.items() if name in TRAIN_SPLITS)
+    if run is None or not seen or not preds.meta.get("root"):
+        return None
+    try:  # the run's config.toml, read here (no import of the training package): its data root
+        table = tomllib.loads(run.config_path.read_text(encoding="utf-8"))
+        trained_on = name_from_text(str(table.get("train", table).get("data", "")))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not trained_on or os.path.realpath(os.path.expanduser(trained_on)) != os.path.realpath(preds.meta["root"]):
+        return None
+    return (f"{seen:,} of the {len(preds):,} images are in the training split of the data set {run.id} trained on: "
+            "the model has seen them, so these metrics are optimistic")
 
 
 def _trained_with_reviews(run: RunDir | None) -> str | None:

@@ -347,3 +347,23 @@ def test_modules_load_neither_matplotlib_nor_scipy_on_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_evaluating_the_training_images_of_the_run_says_the_metrics_are_optimistic(tmp_path):
+    from cxr_core.eval.evaluation import _trained_on_these
+    from cxr_core.runs import RunDir
+    from cxr_core.train.config import TrainConfig, write_run_config
+
+    root = tmp_path / "data"
+    root.mkdir()
+    run = RunDir.create(tmp_path / "runs")
+    write_run_config(run, TrainConfig(data=str(root)))
+    preds = Predictions(["Effusion"], np.zeros((4, 1), np.float32), ["a", "b", "c", "d"], ["a", "b", "c", "d"],
+                        split=["train", "train", "val", "test"], meta={"root": str(root)})
+    said = _trained_on_these(run, preds)
+    assert said is not None and said.startswith("2 of the 4 images are in the training split") and "optimistic" in said
+    assert _trained_on_these(run, preds.subset(np.array([2, 3]))) is None  # val and test only
+    assert _trained_on_these(None, preds) is None  # a checkpoint outside a run: not known
+    other = RunDir.create(tmp_path / "runs", "other")
+    write_run_config(other, TrainConfig(data=str(tmp_path / "elsewhere")))
+    assert _trained_on_these(other, preds) is None  # trained on another data set
