@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir
 from cxr_core.store.db import open_database
-from cxr_core.text import db_value, fs_text
+from cxr_core.text import db_value, fs_text, visible
 
 MIGRATIONS = (
     """
@@ -53,10 +54,31 @@ def content_hash(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _move_aside(path: Path) -> Path:
+    """Rename a damaged database (and its -wal / -shm files) to ``NAME.damaged-YYYYmmdd-HHMMSS``."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            os.replace(extra, aside.with_name(aside.name + suffix))
+    os.replace(path, aside)
+    return aside
+
+
 class PredictionCache:
     def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = Path(path) if path else default_cache_path()
-        self._db = open_database(self.path, MIGRATIONS)
+        self.note: str | None = None
+        """Set when a damaged cache file was moved aside and a new one started (said once by prediction)."""
+        try:
+            self._db = open_database(self.path, MIGRATIONS)
+        except CxrError as err:
+            if "damaged" not in str(err) or not self.path.is_file():
+                raise
+            aside = _move_aside(self.path)  # only a cache: keep the file for a look, start a new one
+            self._db = open_database(self.path, MIGRATIONS)
+            self.note = (f"{visible(self.path)}: the prediction cache was damaged; moved aside to "
+                         f"{visible(aside.name)} and started again (every image is computed once more)")
         self._conn = self._db.conn  # one connection per file per process; used under self._db.reading()
 
     def close(self) -> None:

@@ -125,6 +125,10 @@ def predict_root(predictor: Predictor, root: str | os.PathLike[str] | IndexedRoo
                               split=[s.split or "" for s, _ in kept])
     ood = _with_ood(predictions, result.ood.subset(ok) if result.ood is not None else None, result.warnings)
     notes, used = [], result.premade
+    cache = predictor.cache
+    if cache is not None and cache.note:  # a damaged cache was moved aside: said once
+        notes.append(cache.note)
+        cache.note = None
     if made is not None and used:
         notes.append(f"{used:,} of {result.computed:,} computed images read from the training image cache "
                      f"({made.size} px, {made.directory}): not decoded")

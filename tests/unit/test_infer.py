@@ -143,6 +143,22 @@ def test_cache_hits_by_content_and_misses_on_new_content(checkpoint, folder, tmp
     assert cache.count(fingerprint(checkpoint)) == 10 + 1 + 10
 
 
+def test_a_damaged_prediction_cache_is_moved_aside_and_started_again(checkpoint, folder, tmp_path):
+    from cxr_core.infer import predict_root
+
+    path = tmp_path / "preds.sqlite"
+    path.write_bytes(b"this is not a database" * 100)  # a cache, not the user's data: never a dead end
+    cache = PredictionCache(path)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("preds.sqlite.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert cache.note is not None and "moved aside" in cache.note
+    result = predict_root(Predictor.from_checkpoint(checkpoint, device="cpu", cache=cache, workers=0), folder)
+    assert result.computed > 0 and any("prediction cache was damaged" in note for note in result.notes)
+    assert cache.note is None  # said once
+    with PredictionCache(path) as again:  # the new file is a good cache
+        assert again.note is None and again.count(fingerprint(checkpoint)) == result.computed
+
+
 def test_cancel_stops_before_computing(checkpoint, folder):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", cache=False, batch_size=2, workers=0)
     cancel = threading.Event()
