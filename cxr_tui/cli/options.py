@@ -15,7 +15,17 @@ TTA_CHOICES = ("hflip", "scale")  # cxr_core.infer.engine.TTA_CHOICES (checked t
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables and text.")]
 RootArg = Annotated[Path, typer.Argument(help="Data set root: a folder, or a .tgz / .npz file.", show_default=False)]
 FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help=f"Layout ({', '.join(SOURCES)}); detected when omitted.")]
-LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels CSV for the folder layout (default: ROOT/labels.csv).")]
+def _labels_path(value: Path | None) -> Path | None:
+    """``--labels x.csv``: the file in the current folder when it is there (as every other path option), else under
+    ROOT (how it was always read)."""
+    if value is not None and not value.is_absolute() and value.is_file():
+        return value.absolute()
+    return value
+
+
+LabelsOpt = Annotated[Path | None, typer.Option("--labels", callback=_labels_path, help=(
+    "Labels CSV for the folder layout (default: ROOT/labels.csv); a relative path is read from the current folder, "
+    "else from ROOT."))]
 UncertainOpt = Annotated[UncertaintyPolicy, typer.Option("--uncertainty", help="CheXpert uncertain labels become: ones, zeros, or ignore (masked).")]
 OutsideOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Accept labels-CSV paths that point outside ROOT.")]
 IUMappingOpt = Annotated[str, typer.Option("--iu-mapping", help="IU MeSH mapping: published (reproduces the published IU-35 counts) or clinical (docs/iu-labels.md).")]

@@ -33,3 +33,15 @@ def test_json_after_a_double_dash_is_an_argument_not_the_option(tmp_path, monkey
     with pytest.raises(SystemExit):
         run()
     assert capsys.readouterr().out == ""
+
+
+def test_labels_option_reads_a_relative_path_from_the_current_folder_first(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from cxr_tui.cli.options import _labels_path
+
+    monkeypatch.chdir(tmp_path)
+    assert _labels_path(None) is None
+    assert _labels_path(Path("labels.csv")) == Path("labels.csv")  # not here: ROOT/labels.csv, as before
+    Path("alt.csv").write_text("image,labels\n")
+    assert _labels_path(Path("alt.csv")) == tmp_path / "alt.csv"  # was looked for under ROOT: "not found"
