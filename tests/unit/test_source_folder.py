@@ -80,6 +80,19 @@ def test_a_question_mark_means_not_labelled_yet_not_normal(tmp_path, index):
     assert space.positives(by_id["a"].labels) == ["Effusion"]
 
 
+def test_a_short_row_is_reported_not_read_as_normal(tmp_path, index):
+    root = tmp_path / "d"
+    for name in ("a", "b"):
+        _png(root / f"{name}.png")
+    (root / "labels.csv").write_text("image,patient_id,labels\na.png,p1,Effusion\nb.png,p2\n")  # b's labels lost
+    result = index.scan(root)
+    by_id = {s.id: s for s in index.studies(result.report.root)}
+    space = index.label_space(result.report.root)
+    assert space.positives(by_id["b"].labels) != ["No Finding"]  # not a normal film: unlabelled
+    assert any(p["path"].endswith("labels.csv:3") and "fewer fields than the header" in p["reason"]
+               for p in result.report.problems)
+
+
 @pytest.mark.slow
 def test_mixed_good_and_malformed_folder_indexes_with_every_bad_file_listed(tmp_path):
     root = tmp_path / "mixed files"

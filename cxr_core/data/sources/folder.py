@@ -52,6 +52,9 @@ def read_labels_csv(path: Path) -> tuple[str, list[dict[str, str]], list[Problem
                 if None in raw:
                     problems.append(Problem(f"{path}:{line_no}", "row has more fields than the header"))
                     continue
+                if None in raw.values():  # a short row: its labels would read as "nothing found"
+                    problems.append(Problem(f"{path}:{line_no}", "row has fewer fields than the header"))
+                    continue
                 row = {k.strip().casefold(): (v or "").strip() for k, v in raw.items() if k is not None}
                 if not row.get(key):
                     problems.append(Problem(f"{path}:{line_no}", f"row has no {key}"))
