@@ -32,6 +32,7 @@ Files are written owner-only (0600): they carry the patient's identity.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import uuid
 import warnings
@@ -192,8 +193,12 @@ def _export_root(hd: Any, root: str, studies: dict[str, list[Review]], index: St
     try:
         indexed = {s.id: s for s in index.studies(root, present_only=True)}
     except DataError as exc:
-        n = len(studies)
-        result.problems.append(Problem(visible(root), f"{exc}: {n} stud{'ies' if n != 1 else 'y'} with decisions, no SR"))
+        n, reason = len(studies), str(exc)
+        head, sep, rest = reason.partition(": ")
+        if sep and os.path.realpath(head) == os.path.realpath(root):  # the error names the root too: once is enough
+            reason = rest
+        result.problems.append(Problem(visible(root), f"{reason}: {n} stud{'ies' if n != 1 else 'y'} with decisions, "
+                                                      "no SR"))
         return
     base = image_base(Path(root))
     for study_id, reviews in studies.items():

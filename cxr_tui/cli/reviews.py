@@ -59,9 +59,12 @@ def export_cmd(
 
             reports = export_dicom_sr(dicom_sr, root, store=store)
             result["dicom_sr"] = reports.to_dict()
+    # Nothing of what was asked for written, only errors: exit 1 (a partial export lists its problems, exit 0).
+    failed = dicom_sr is not None and out is None and not reports.written and any(
+        p.severity == "error" for p in reports.problems)
     if json_out:
         print_json(result)
-        return
+        raise typer.Exit(1 if failed else 0)
     if out is not None:
         what = "actions" if history else "decisions"
         stdout.print(f"wrote {result['rows']} {what} to {out}")
@@ -69,6 +72,8 @@ def export_cmd(
         for problem in reports.problems:
             stdout.print(f"{problem.severity}: {problem.path}: {problem.reason}")
         stdout.print(reports.summary())
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("list")

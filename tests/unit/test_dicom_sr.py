@@ -364,6 +364,9 @@ def test_an_unindexed_root_is_a_problem_not_a_failure(tmp_path):
         result = export_dicom_sr(tmp_path / "sr", store=store)
     assert result.written == [] and len(result.problems) == 1
     assert "not indexed" in result.problems[0].reason and "1 study with decisions" in result.problems[0].reason
+    assert result.problems[0].reason.startswith("not indexed yet")  # the root is the problem's place: not again
+    cli = CliRunner().invoke(app, ["export", "--dicom-sr", str(tmp_path / "sr"), "--db", str(db)])
+    assert cli.exit_code == 1 and "error: " in cli.stdout  # nothing exported, only errors: not a success
 
 
 def test_without_highdicom_the_error_says_what_to_install(tmp_path, monkeypatch):
