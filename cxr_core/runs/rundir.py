@@ -14,13 +14,16 @@ The TUI and ``cxr-tui jobs`` never talk to a trainer: they read these files. A r
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
 import socket
+import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,17 @@ CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
+LOCK_NAME = ".job.lock"
+"""The run's lock file: held (flock) across every read-modify-write of status.json and across a launch."""
+LOCK_TIMEOUT_S = 15.0
+
+# status.json fields and the types they must have (None is always allowed): anything else is a damaged file.
+_STATUS_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,), "pid": (int,), "pid_start": (str, int), "launcher_pid": (int,), "launcher_start": (str, int),
+    "epoch": (int,), "epochs": (int,), "best_metric": (int, float), "best_epoch": (int,), "error": (str,),
+    "phase": (str,), "host": (str,), "gpus": (str,), "resumed": (bool,), "detached": (bool,),
+    "finished_at": (int, float), "updated_at": (int, float),
+}
 
 
 class RunError(CxrError):
@@ -63,8 +77,14 @@ def pid_alive(pid: int | None, start: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # a zombie (ended, not yet reaped by the process that started it, e.g. the TUI) is gone
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        fields = []
+    if fields and fields[0] in ("Z", "X"):
+        return False
     if start is not None and Path("/proc").is_dir():
-        return process_start_time(pid) == start
+        return process_start_time(pid) == str(start)
     return True
 
 
@@ -173,12 +193,19 @@ class RunDir:
     # -- status ------------------------------------------------------------------------------------
 
     def read_status(self) -> RunStatus:
+        """The run's state; a live-looking state whose process is gone reads ``interrupted``, and a status.json
+        that is not a JSON object with the expected field types reads ``failed`` with the reason (never raises)."""
         try:
-            raw = json.loads(self.status_path.read_text(encoding="utf-8"))
+            raw: Any = json.loads(self.status_path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raw = {"state": "queued" if self.config_path.is_file() else "failed"}
-        except (OSError, ValueError) as exc:
-            raw = {"state": "failed", "error": f"status.json unreadable ({exc})"}
+        except (OSError, ValueError, RecursionError) as exc:
+            raw = {"state": "failed", "error": f"status.json: unreadable ({_short(exc)})"}
+        else:
+            problem = _status_problem(raw)
+            if problem is not None:
+                kept = _clean_status(raw) if isinstance(raw, dict) else {}
+                raw = {**kept, "state": "failed", "error": f"status.json: damaged ({problem})"}
         state = raw.get("state", "failed")
         if state in ACTIVE:
             pid, start = raw.get("pid"), raw.get("pid_start")
@@ -188,21 +215,109 @@ class RunDir:
                 state = "interrupted"
         return RunStatus(state, raw)
 
-    def update_status(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into status.json (atomic rewrite; only the run's own process writes it)."""
+    def _raw_status(self) -> dict[str, Any]:
+        """status.json as it is, its damaged fields left out (what a rewrite starts from)."""
         try:
-            raw = json.loads(self.status_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raw = {}
-        raw.update(fields)
-        raw["updated_at"] = time.time()
-        atomic_write_text(self.status_path, json.dumps(raw, indent=2) + "\n")
-        return raw
+            raw = json.loads(self.status_path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return {}
+        return _clean_status(raw) if isinstance(raw, dict) else {}
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the run's exclusive lock (``flock`` on ``.job.lock`` in the run directory): a check of the
+        status and what follows from it (writing ``queued`` and starting the job) happen as one step for every
+        process and thread. Re-entrant within a thread. Raises RunError when another holder keeps it past
+        ``timeout`` or it cannot be taken at all."""
+        key = os.path.realpath(self.path)
+        held: dict[str, int] = _held.__dict__.setdefault("locks", {})
+        if key in held:
+            held[key] += 1
+            try:
+                yield
+            finally:
+                held[key] -= 1
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: unlocked
+            yield
+            return
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RunError(f"{self.path / LOCK_NAME}: cannot lock the run ({exc.strerror or exc})") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise RunError(f"{self.path / LOCK_NAME}: another process holds the run's lock (for more "
+                                       f"than {timeout:.0f} s); try again") from None
+                    time.sleep(0.02)
+                except OSError as exc:
+                    raise RunError(f"{self.path / LOCK_NAME}: cannot lock the run ({exc.strerror or exc})") from None
+            held[key] = 1
+            try:
+                yield
+            finally:
+                del held[key]
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def update_status(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into status.json (atomic rewrite under the run's lock; damaged fields are dropped)."""
+        with contextlib.ExitStack() as stack:
+            with contextlib.suppress(RunError):  # a writer never fails for want of the lock: the rewrite is atomic
+                stack.enter_context(self.lock())
+            raw = self._raw_status()
+            raw.update(fields)
+            raw["updated_at"] = time.time()
+            atomic_write_text(self.status_path, json.dumps(raw, indent=2) + "\n")
+            return raw
+
+    def owner(self, *, trainer_only: bool = False) -> int | None:
+        """The pid of another live process on this machine that runs this run: its trainer, or (unless
+        ``trainer_only``) the launcher of a queued job. Read from status.json's own fields, so a status damaged
+        elsewhere still names its live trainer."""
+        raw = self._raw_status()
+        if raw.get("state") not in ACTIVE or raw.get("host") not in (None, socket.gethostname()):
+            return None  # another machine's pid says nothing here
+        candidates = [("pid", "pid_start")] + ([] if trainer_only else [("launcher_pid", "launcher_start")])
+        for pid_key, start_key in candidates:
+            pid = raw.get(pid_key)
+            if pid and pid != os.getpid() and pid_alive(pid, raw.get(start_key)):
+                return pid
+        return None
 
     def mark_running(self, **fields: Any) -> None:
+        """Record this process as the run's trainer. Refuses (RunError) when another live trainer already runs it
+        (two resumes that raced): the run keeps one trainer and one metrics.jsonl writer."""
         pid = os.getpid()
-        self.update_status(state="running", pid=pid, pid_start=process_start_time(pid), host=socket.gethostname(),
-                           error=None, **fields)
+        with self.lock():
+            other = self.owner(trainer_only=True)
+            if other is not None:
+                raise RunError(f"{self.path}: run {self.id} is already running (pid {other}); this process ({pid}) "
+                               "leaves it to that one")
+            self.update_status(state="running", pid=pid, pid_start=process_start_time(pid),
+                               host=socket.gethostname(), error=None, finished_at=None, **fields)
+
+    def remove_checkpoint_leftovers(self) -> int:
+        """Remove temporary checkpoint files (``.last.safetensors.*.tmp``) that killed writes left behind, of
+        any age, unless another live trainer owns the run (its write may be in flight). Returns how many."""
+        if self.owner(trainer_only=True) is not None:
+            return 0
+        removed = 0
+        for name in CHECKPOINT_NAMES:
+            with contextlib.suppress(OSError):
+                for leftover in self.checkpoints.glob(f".{glob.escape(name)}.*.tmp"):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+                        removed += 1
+        return removed
 
     # -- metrics -----------------------------------------------------------------------------------
 
@@ -218,22 +333,113 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete line (a line still being written, or damaged, is skipped)."""
-        try:
-            text = self.metrics_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        rows = []
-        for line in text.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-        return rows
+        return self.read_metrics_counted()[0]
 
-    def truncate_metrics(self, after_epoch: int) -> None:
-        """Drop rows of epochs after ``after_epoch`` (a resume redoes the epoch that was in progress)."""
-        rows = [r for r in self.read_metrics() if int(r.get("epoch", 0)) <= after_epoch]
+    def read_metrics_counted(self) -> tuple[list[dict[str, Any]], int]:
+        """The rows of metrics.jsonl and how many lines were skipped as damaged: not UTF-8, not JSON, not an
+        object, or an ``epoch`` / ``step`` that is not a whole number. A partial last line (being written) is
+        skipped without counting. Never raises for what the file holds."""
+        try:
+            data = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return [], 0
+        except OSError:
+            return [], 0
+        lines = data.split(b"\n")
+        partial = lines.pop()  # after the last newline: empty, or a line still being written
+        rows: list[dict[str, Any]] = []
+        damaged = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            row = _metrics_row(line)
+            if row is None:
+                damaged += 1
+            else:
+                rows.append(row)
+        if partial.strip():
+            row = _metrics_row(partial)
+            if row is not None:
+                rows.append(row)
+        return rows, damaged
+
+    def truncate_metrics(self, after_epoch: int) -> int:
+        """Drop rows of epochs after ``after_epoch`` (a resume redoes the epoch that was in progress), and damaged
+        lines; returns how many damaged lines were dropped."""
+        rows, damaged = self.read_metrics_counted()
+        rows = [r for r in rows if r.get("epoch", 0) <= after_epoch]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        return damaged
+
+
+_held = threading.local()  # the run locks this thread holds: {real path: depth}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_ok(key: str, value: Any) -> bool:
+    types = _STATUS_TYPES.get(key)
+    if value is None or types is None:
+        return True
+    if bool not in types and isinstance(value, bool):
+        return False
+    if not isinstance(value, types):
+        return False
+    return not (isinstance(value, float) and not (value == value and abs(value) != float("inf")))
+
+
+def _status_problem(raw: Any) -> str | None:
+    """Why a parsed status.json is not a status, or None when it is one."""
+    if not isinstance(raw, dict):
+        return f"a JSON {_json_kind(raw)}, not an object"
+    for key, value in raw.items():
+        if not _field_ok(key, value):
+            types = _STATUS_TYPES[key]
+            wanted = "a number" if float in types else {int: "a whole number", str: "text"}.get(types[0], "true or false")
+            return f"{key} is {_preview(value)}, not {wanted}"
+    state = raw.get("state")
+    if state is not None and state not in STATES:
+        return f"unknown state {_preview(state)}"
+    return None
+
+
+def _clean_status(raw: dict[str, Any]) -> dict[str, Any]:
+    clean = {k: v for k, v in raw.items() if _field_ok(k, v)}
+    if clean.get("state") not in (None, *STATES):
+        clean.pop("state")
+    return clean
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "value")
+
+
+def _preview(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _metrics_row(line: bytes) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(row, dict):
+        return None
+    for key in ("epoch", "step"):
+        if key in row and not _is_int(row[key]):
+            return None
+    if row.get("type") == "epoch" and "epoch" not in row:
+        return None
+    return row
 
 
 def _json_default(value: Any) -> Any:

@@ -29,17 +29,21 @@ class RunSummary:
 
 def summarize(run: RunDir) -> RunSummary:
     """The run's state (a dead process reads as ``interrupted``), progress, best validation AUC and model; a
-    damaged config still gives a row, with what the status says."""
+    damaged config still gives a row, with what the status says, and so does a damaged status.json (``failed``,
+    its error naming the file)."""
     status = run.read_status()
     settings = run.settings()
     best = status["best_metric"]
-    epochs = status["epochs"] or settings.get("epochs")
+    epochs = _int(status["epochs"]) or _int(settings.get("epochs"))
     return RunSummary(
-        run=run.id, state=status.state, epoch=int(status["epoch"] or 0),
-        epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None,
+        run=run.id, state=status.state, epoch=_int(status["epoch"]) or 0, epochs=epochs,
         best_metric=float(best) if isinstance(best, int | float) and not isinstance(best, bool) else None,
-        best_epoch=status["best_epoch"], model=_text(settings.get("model")), data=_text(settings.get("data")),
-        phase=status["phase"], error=status["error"], pid=status["pid"], path=str(run.path))
+        best_epoch=_int(status["best_epoch"]), model=_text(settings.get("model")), data=_text(settings.get("data")),
+        phase=_text(status["phase"]), error=_text(status["error"]), pid=_int(status["pid"]), path=str(run.path))
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> str | None:

@@ -68,51 +68,98 @@ def job_command(run: RunDir, *, resume: bool = False, gpus: str | None = None) -
 
 
 def launch(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> int:
-    """Start the run detached; returns the launcher pid (also written to status.json)."""
-    status = run.read_status()
-    if status.state in ACTIVE and status["pid"]:
-        raise JobError(f"run {run.id} is already {status.state} (pid {status['pid']})")
+    """Start the run detached; returns the launcher pid (also written to status.json).
+
+    The check that nothing runs the run yet, writing ``queued`` and recording the started process happen under
+    the run's lock, so of two launches (or resumes) at the same moment exactly one starts a job."""
+    with run.lock():
+        _refuse_if_owned(run)
+        return _spawn(run, resume=resume, gpus=gpus)
+
+
+def _refuse_if_owned(run: RunDir) -> None:
+    owner = run.owner()
+    if owner is not None:
+        state = run.read_status().state
+        raise JobError(f"run {run.id} is already {state if state in ACTIVE else 'running'} (pid {owner})")
+
+
+def _spawn(run: RunDir, *, resume: bool, gpus: str | None) -> int:
+    """Write ``queued`` and start the job; the caller holds the run's lock."""
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_list(gpus))
-    run.update_status(state="queued", pid=None, pid_start=None, error=None, detached=True, gpus=gpus)
-    pid = detach(job_command(run, resume=resume, gpus=gpus), run.log_path, env)
+    run.update_status(state="queued", pid=None, pid_start=None, launcher_pid=None, launcher_start=None, error=None,
+                      phase=None, finished_at=None, detached=True, gpus=gpus)
+    try:
+        pid = detach(job_command(run, resume=resume, gpus=gpus), run.log_path, env)
+    except OSError as exc:
+        run.update_status(state="failed", error=f"could not start the job ({exc.strerror or exc})")
+        raise JobError(f"{run.path}: could not start the job ({exc.strerror or exc})") from None
     # Only the launcher's identity: the trainer records its own pid and state when it starts.
     run.update_status(launcher_pid=pid, launcher_start=process_start_time(pid))
     return pid
 
 
 def stop(run: RunDir, timeout: float = STOP_TIMEOUT_S, wait: bool = True) -> RunStatus:
-    """SIGTERM the job and (``wait``) until its status leaves running/queued; the trainer checkpoints first."""
-    status = run.read_status()
-    if status.state not in ACTIVE:
-        raise JobError(f"run {run.id} is {status.state}, not running")
-    pid = status["launcher_pid"] or status["pid"]
-    start = status["launcher_start"] if status["launcher_pid"] else status["pid_start"]
-    if not pid_alive(pid, start):
-        raise JobError(f"run {run.id}: its process {pid} is gone (the run is interrupted; resume it)")
-    os.kill(pid, signal.SIGTERM)
+    """SIGTERM the job and (``wait``) until its status leaves running/queued; the trainer checkpoints first.
+
+    A job stopped while still starting (the signal can arrive before the trainer has its handler, and end the
+    process at once) is recorded here as ``stopped``, with a line in its log, instead of reading ``interrupted``."""
+    with run.lock():
+        status = run.read_status()
+        if status.state not in ACTIVE:
+            why = f" ({status['error']})" if status.state == "failed" and status["error"] else ""
+            raise JobError(f"run {run.id} is {status.state}{why}, not running")
+        pid = status["launcher_pid"] or status["pid"]
+        start = status["launcher_start"] if status["launcher_pid"] else status["pid_start"]
+        if not pid_alive(pid, start):
+            raise JobError(f"run {run.id}: its process {pid} is gone (the run is interrupted; resume it)")
+        os.kill(pid, signal.SIGTERM)
     if not wait:
         return run.read_status()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = run.read_status()
         if status.state not in ACTIVE:
-            return status
+            return _stopped_while_starting(run, pid) if status.state == "interrupted" else status
         time.sleep(0.2)
     raise JobError(f"run {run.id} did not stop within {timeout:.0f} s (pid {pid}); it may be writing a checkpoint")
 
 
+def _stopped_while_starting(run: RunDir, pid: int) -> RunStatus:
+    """The job we signalled is gone and its status still says ``queued`` (its trainer never reported): it ended
+    of the signal during start-up. That was the stop asked for: record it as one."""
+    with run.lock():
+        status = run.read_status()
+        if status.state != "interrupted" or status["state"] != "queued" or status["launcher_pid"] != pid:
+            return status
+        run.update_status(state="stopped", phase=None, error=None, finished_at=time.time())
+        line = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO stopped by request while starting (pid {pid} ended "
+                "before training began)\n")
+        try:
+            fd = os.open(run.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the status says it; the log line is a courtesy
+        return run.read_status()
+
+
 def resume(run: RunDir, gpus: str | None = None) -> int:
     """Continue a stopped, interrupted or failed run from its last checkpoint, detached; a run that never wrote
-    one (killed during its first epoch) starts again from the beginning with the same config."""
-    status = run.read_status()
-    if status.state in ACTIVE:
-        raise JobError(f"run {run.id} is {status.state}; stop it before resuming")
-    if status.state == "finished":
-        raise JobError(f"run {run.id} already finished")
-    read_run_config(run)  # a directory without a config is not a run to start
-    resumable = run.last_checkpoint.is_file()
-    if not resumable:  # the aborted first epoch's step lines describe training no checkpoint kept
-        run.metrics_path.unlink(missing_ok=True)
-    return launch(run, resume=resumable, gpus=gpus if gpus is not None else status["gpus"])
+    one (killed during its first epoch) starts again from the beginning with the same config. Under the run's
+    lock (see :func:`launch`): of several resumes at once, one starts the job and the others are refused."""
+    with run.lock():
+        _refuse_if_owned(run)
+        status = run.read_status()
+        if status.state == "finished":
+            raise JobError(f"run {run.id} already finished")
+        read_run_config(run)  # a directory without a config is not a run to start
+        resumable = run.last_checkpoint.is_file()
+        if not resumable:  # the aborted first epoch's step lines describe training no checkpoint kept
+            run.metrics_path.unlink(missing_ok=True)
+        gpus = gpus if gpus is not None else status["gpus"]
+        return _spawn(run, resume=resumable, gpus=gpus if isinstance(gpus, str) else None)

@@ -63,12 +63,14 @@ def logs_cmd(run: RunArg, follow: Annotated[bool, typer.Option("--follow", "-f",
 @app.command("stop")
 def stop_cmd(run: RunArg, runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
     """Ask the run to stop: it checkpoints and ends `stopped` (waits up to 30 s)."""
-    status = stop_job(RunDir.open(run, runs_dir))
-    result = {"run": RunDir.open(run, runs_dir).id, "state": status.state, "epoch": status["epoch"]}
+    rundir = RunDir.open(run, runs_dir)
+    status = stop_job(rundir)
+    epoch = status["epoch"] if isinstance(status["epoch"], int) and not isinstance(status["epoch"], bool) else None
+    result = {"run": rundir.id, "state": status.state, "epoch": epoch}
     if json_out:
         print_json(result)
     else:
-        stdout.print(f"{result['run']}: {result['state']} at epoch {result['epoch']}")
+        stdout.print(f"{result['run']}: {result['state']}" + (f" at epoch {epoch}" if epoch is not None else ""))
 
 
 @app.command("resume")
