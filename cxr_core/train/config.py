@@ -74,7 +74,9 @@ class TrainConfig:
     workers: int | None = setting(None, help="Data loader and preprocessing processes.",
                                   default_text="every spare core on a GPU, 0 on a CPU")
     # model
-    model: str = setting("efficientnet_b0", help="Registered model name (see `cxr-tui train --list-models`).")
+    model: str = setting("resnet10t", help="Registered model name (see `cxr-tui train --list-models`); the default "
+                                           "learns from scratch in minutes (efficientnet_b0 or densenet121 "
+                                           "with --pretrained for NIH-scale work).")
     image_size: int | None = setting(None, help="Input side in pixels.", default_text="the model's own")
     pretrained: bool = setting(False, help="Start from published ImageNet / hub weights (needs them cached or "
                                            "online).")
@@ -86,7 +88,8 @@ class TrainConfig:
     epochs: int = setting(10, help="Passes over the training set.")
     batch_size: int | None = setting(None, help="Images per batch (per process under torchrun).",
                                      default_text="32 on a CPU; on a GPU by model and image size, e.g. 256 for "
-                                                  "efficientnet_b0 at 224")
+                                                  "efficientnet_b0 at 224, less on a small data set (50 steps "
+                                                  "an epoch)")
     lr: float | None = setting(None, help="Peak learning rate (AdamW).",
                                default_text="2e-3 from scratch, 3e-4 from pretrained weights")
     weight_decay: float = setting(1e-4, help="AdamW weight decay (not on norms and biases).")
@@ -242,6 +245,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "epochs_grid": (lambda v: all(e >= 1 for e in v), "whole numbers of epochs >= 1"),
     "labels": (lambda v: all(name.strip() for name in v), "finding names, none empty"),
     "device": (lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, cuda, cuda:N or mps"),
+    "gpus": (lambda v: re.fullmatch(r"\s*\d{1,3}(\s*,\s*\d{1,3})*\s*", v) is not None,
+             "GPU numbers separated by commas, e.g. 0,1"),
 }
 """The range of every bounded setting (types come from the dataclass annotations): predicate, what is allowed."""
 

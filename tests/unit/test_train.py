@@ -104,6 +104,9 @@ def test_config_mistakes_found_before_a_run_exists(tmp_path, monkeypatch):
         TrainConfig(data="x", epochs=10**20).validate()
     with pytest.raises(ConfigError, match="auto, cpu, cuda"):
         TrainConfig(data="x", device="gpu").validate()
+    with pytest.raises(ConfigError, match="gpus = 'abc': GPU numbers separated by commas"):  # trained on the CPU
+        TrainConfig(data="x", gpus="abc").validate()
+    TrainConfig(data="x", gpus="0, 1").validate()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="cuda:7: no CUDA GPU is visible"):  # was a torch traceback in the job
         TrainConfig(data="x", device="cuda:7").validate()
@@ -257,6 +260,11 @@ def test_batch_size_is_chosen_by_device_model_and_size_unless_given():
     assert default_batch_size("efficientnet_b0", 448, cuda) == 64  # a quarter of the pixels per image
     assert default_batch_size("efficientnet_b0", 64, cuda) == 512  # capped
     assert default_batch_size("xrv_resnet50_all", 512, cuda) % 8 == 0
+    # a small data set on a GPU: at least 50 steps an epoch (1,600 images at 256 was 6 steps: it did not learn)
+    assert default_batch_size("efficientnet_b0", 224, cuda, train_images=1600) == 32
+    assert default_batch_size("efficientnet_b0", 224, cuda, train_images=8000) == 160
+    assert default_batch_size("efficientnet_b0", 224, cuda, train_images=86_524) == 256  # NIH: the table's
+    assert default_batch_size("efficientnet_b0", 224, cpu, train_images=400) == CPU_BATCH  # a CPU: unchanged
 
 
 @pytest.mark.slow

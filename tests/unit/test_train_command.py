@@ -55,7 +55,7 @@ def test_help_lists_every_option_but_the_old_and_hidden_ones():
     assert "--findings" in out.output and "--labels " not in out.output and "--max-steps-per-epoch" not in out.output
     for flag in ("--image-size", "--epochs-grid", "--focal-gamma", "--channels-last", "--config", "--json"):
         assert flag in out.output
-    assert "(efficientnet_b0)" in out.output and "(0.25)" in out.output  # defaults shown
+    assert "(resnet10t)" in out.output and "(0.25)" in out.output  # defaults shown
 
 
 def test_command_line_wins_over_the_config_file_which_wins_over_defaults(command, tmp_path):
