@@ -41,6 +41,7 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
                     image_size=config.image_size, unfreeze_layers=config.unfreeze_layers)
     if config.data and not Path(config.data).expanduser().exists():
         raise CxrError(f"{config.data}: no such data set root")
+    _check_labels(config)
     check_writable_dir(runs_dir or default_runs_dir(), "runs folder")
     if config.with_reviews and config.reviews_upto is None:  # the decisions this run trains on, fixed now
         from cxr_core.store import ReviewStore
@@ -50,6 +51,24 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
     run = RunDir.create(runs_dir, config.name)
     write_run_config(run, config)
     return run
+
+
+def _check_labels(config: TrainConfig) -> None:
+    """``--findings`` against the label space of an already indexed root (a detached job found out only after it
+    started, leaving a failed run). A root not indexed yet, or indexed with other options, is checked by the job."""
+    if not config.labels or not config.data or config.labels_csv or config.format:
+        return
+    from cxr_core.errors import DataError
+    from cxr_core.store import StudyIndex
+    from cxr_core.train.data import resolve_labels
+
+    try:
+        with StudyIndex() as index:
+            space = index.label_space(config.data)
+    except (DataError, CxrError):
+        return
+    if len(space):
+        resolve_labels(space, config.labels)
 
 
 def start(config: TrainConfig, runs_dir: Path | None = None) -> tuple[RunDir, int]:

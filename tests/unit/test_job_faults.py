@@ -339,3 +339,18 @@ def test_a_resumed_epochs_train_loss_covers_the_whole_epoch(tmp_path, phantom_se
         return [r["train_loss"] for r in run.read_metrics() if r.get("type") == "epoch"]
 
     assert losses(broken) == losses(straight)
+
+
+def test_a_finding_the_indexed_data_set_lacks_is_refused_before_a_run_exists(tmp_path, phantom_set):
+    from cxr_core.store import StudyIndex
+    from cxr_core.train.config import ConfigError, TrainConfig
+
+    runs = tmp_path / "runs"
+    config = TrainConfig(data=str(phantom_set), model="tiny_resnet", image_size=48, epochs=1, labels=["Tuberculosis"])
+    jobs.create_run(config, runs / "before")  # not indexed yet: the job checks it (nothing to read here)
+    with StudyIndex() as index:
+        index.scan(phantom_set)
+    with pytest.raises(ConfigError, match="labels not in the phantom label space: Tuberculosis"):
+        jobs.create_run(config, runs / "after")  # was: a detached job that failed after it started
+    assert not (runs / "after").exists() or not list((runs / "after").iterdir())
+    jobs.create_run(config.replace(labels=["effusion"]), runs / "ok")  # case as the job accepts it
