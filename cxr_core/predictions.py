@@ -217,7 +217,7 @@ class Predictions:
     def _from_csv(cls, path: Path, text: str) -> Predictions:
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
-        header = None if header is None else [spreadsheet_text(h) for h in header]
+        header = None if header is None else [name_from_text(spreadsheet_text(h)) for h in header]
         if not header or header[:2] != ["study", "image"]:
             raise DataError(f"{path}: not a cxr predictions CSV (expected columns study, image, ...)")
         has_patient = len(header) > 2 and header[2] == "patient"

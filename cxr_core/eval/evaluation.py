@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import threading
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ from cxr_core.infer.studies import predict_root
 from cxr_core.ood import OodReport
 from cxr_core.predictions import Predictions
 from cxr_core.runs import RunDir, detach
-from cxr_core.text import name_from_text
 
 if TYPE_CHECKING:
     from cxr_core.store.index import StudyIndex
@@ -152,12 +150,8 @@ def _trained_on_these(run: RunDir | None, preds: Predictions) -> str | None:
     seen = sum(n for name, n in preds.splits.items() if name in TRAIN_SPLITS)
     if run is None or not seen or not preds.meta.get("root"):
         return None
-    try:  # the run's config.toml, read here (no import of the training package): its data root
-        table = tomllib.loads(run.config_path.read_text(encoding="utf-8"))
-        trained_on = name_from_text(str(table.get("train", table).get("data", "")))
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not trained_on or os.path.realpath(os.path.expanduser(trained_on)) != os.path.realpath(preds.meta["root"]):
+    trained_on = run.settings().get("data")
+    if not isinstance(trained_on, str) or not trained_on or os.path.realpath(os.path.expanduser(trained_on)) != os.path.realpath(preds.meta["root"]):
         return None
     return (f"{seen:,} of the {len(preds):,} images are in the training split of the data set {run.id} trained on: "
             "the model has seen them, so these metrics are optimistic")

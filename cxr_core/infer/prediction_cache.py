@@ -56,7 +56,7 @@ def content_hash(path: str | os.PathLike[str]) -> str:
 
 def _move_aside(path: Path) -> Path:
     """Rename a damaged database (and its -wal / -shm files) to ``NAME.damaged-YYYYmmdd-HHMMSS``."""
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     for suffix in ("-wal", "-shm"):
         extra = path.with_name(path.name + suffix)
         if extra.exists():
@@ -73,7 +73,7 @@ class PredictionCache:
         try:
             self._db = open_database(self.path, MIGRATIONS)
         except CxrError as err:
-            if "damaged" not in str(err) or not self.path.is_file():
+            if "the database file is damaged" not in str(err) or not self.path.is_file():
                 raise
             aside = _move_aside(self.path)  # only a cache: keep the file for a look, start a new one
             self._db = open_database(self.path, MIGRATIONS)

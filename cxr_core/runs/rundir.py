@@ -15,8 +15,10 @@ The TUI and ``cxr-tui jobs`` never talk to a trainer: they read these files. A r
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
+import logging
 import os
 import re
 import socket
@@ -31,8 +33,11 @@ from typing import Any
 from cxr_core.atomic import atomic_write_text
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir, ensure_private_dir
+from cxr_core.text import name_from_text
 
 CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
+PATH_SETTINGS = frozenset({"data", "labels_csv", "reviews_db", "weights"})
+"""The settings of a run's config.toml that are paths (TrainConfig's ``path=True`` fields; a test keeps them equal)."""
 """A run's checkpoints (in ``checkpoints/``), in the order a run directory given as a model resolves to."""
 
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
@@ -49,6 +54,18 @@ _STATUS_TYPES: dict[str, tuple[type, ...]] = {
     "phase": (str,), "host": (str,), "gpus": (str,), "resumed": (bool,), "detached": (bool,),
     "finished_at": (int, float), "updated_at": (int, float),
 }
+
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+"""flock errors of a file system that has no locks (not another holder)."""
+_warned_no_locks: set[str] = set()
+
+
+def _warn_no_locks(path: Path) -> None:
+    if str(path.parent) not in _warned_no_locks:
+        _warned_no_locks.add(str(path.parent))
+        logging.getLogger("cxr.runs").warning("%s: the file system does not lock files; two commands acting on one "
+                                              "run at the same moment are not kept apart", path.parent)
 
 
 class RunError(CxrError):
@@ -186,9 +203,11 @@ class RunDir:
     def settings(self) -> dict[str, Any]:
         """config.toml as plain values, for showing a run (model, data); {} when it is missing or damaged."""
         try:
-            return tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+            table = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return {}
+        # paths are written as name_text (a folder that is not UTF-8 as escapes): read them back
+        return {k: name_from_text(v) if k in PATH_SETTINGS and isinstance(v, str) else v for k, v in table.items()}
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -259,6 +278,9 @@ class RunDir:
                                        f"than {timeout:.0f} s); try again") from None
                     time.sleep(0.02)
                 except OSError as exc:
+                    if exc.errno in _NO_LOCKS:  # NFS without lockd, sshfs, some FUSE: work on, as before locks
+                        _warn_no_locks(self.path)
+                        break
                     raise RunError(f"{self.path / LOCK_NAME}: cannot lock the run ({exc.strerror or exc})") from None
             held[key] = 1
             try:

@@ -92,9 +92,14 @@ def split_studies(studies: list[Study], val_fraction: float, seed: int, source: 
     return kept, carved, f"val carved from '{train[0].split}' by patient: fraction {val_fraction:g}, seed {seed}"
 
 
+def source_options(config: TrainConfig) -> SourceOptions:
+    """How the training data set is read (what its index is scanned with)."""
+    return SourceOptions(labels_csv=Path(config.labels_csv) if config.labels_csv else None,
+                         uncertainty=UncertaintyPolicy(config.uncertainty), iu_mapping=config.iu_mapping)
+
+
 def prepare_data(config: TrainConfig, index: StudyIndex | None = None) -> TrainData:
-    options = SourceOptions(labels_csv=Path(config.labels_csv) if config.labels_csv else None,
-                            uncertainty=UncertaintyPolicy(config.uncertainty), iu_mapping=config.iu_mapping)
+    options = source_options(config)
     own = index is None
     index = index or StudyIndex()
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from cxr_core.atomic import check_writable_dir
 from cxr_core.errors import CxrError
 from cxr_core.runs import ACTIVE, RunDir, RunStatus, default_runs_dir, detach, pid_alive, process_start_time
-from cxr_core.train.config import TrainConfig, read_run_config, write_run_config
+from cxr_core.train.config import RULES, ConfigError, TrainConfig, read_run_config, write_run_config
 
 STOP_TIMEOUT_S = 30.0
 
@@ -54,19 +54,22 @@ def create_run(config: TrainConfig, runs_dir: Path | None = None) -> RunDir:
 
 
 def _check_labels(config: TrainConfig) -> None:
-    """``--findings`` against the label space of an already indexed root (a detached job found out only after it
-    started, leaving a failed run). A root not indexed yet, or indexed with other options, is checked by the job."""
-    if not config.labels or not config.data or config.labels_csv or config.format:
+    """``--findings`` against the label space of the data set (a detached job found out only after it started,
+    leaving a failed run). Only for a root indexed before: re-scanning it is quick (unchanged files are not read)
+    and sees a labels CSV edited since; a new root is indexed, and checked, by the job."""
+    if not config.labels or not config.data:
         return
     from cxr_core.errors import DataError
     from cxr_core.store import StudyIndex
-    from cxr_core.train.data import resolve_labels
+    from cxr_core.train.data import resolve_labels, source_options
 
-    try:
-        with StudyIndex() as index:
-            space = index.label_space(config.data)
-    except (DataError, CxrError):
-        return
+    with StudyIndex() as index:
+        try:
+            index.label_space(config.data)
+        except DataError:
+            return  # not indexed yet
+        scan = index.scan(config.data, config.format, source_options(config))
+        space = index.label_space(scan.report.root)
     if len(space):
         resolve_labels(space, config.labels)
 
@@ -91,9 +94,17 @@ def launch(run: RunDir, *, resume: bool = False, gpus: str | None = None) -> int
 
     The check that nothing runs the run yet, writing ``queued`` and recording the started process happen under
     the run's lock, so of two launches (or resumes) at the same moment exactly one starts a job."""
+    _check_gpus(gpus)
     with run.lock():
         _refuse_if_owned(run)
         return _spawn(run, resume=resume, gpus=gpus)
+
+
+def _check_gpus(gpus: str | None) -> None:
+    """``--gpus`` of a launch or resume, by the config's rule (``abc`` trained on the CPU without a word)."""
+    rule, allowed = RULES["gpus"]
+    if gpus is not None and not rule(gpus):
+        raise ConfigError(f"--gpus {gpus!r}: {allowed}")
 
 
 def _refuse_if_owned(run: RunDir) -> None:
@@ -171,6 +182,7 @@ def resume(run: RunDir, gpus: str | None = None) -> int:
     """Continue a stopped, interrupted or failed run from its last checkpoint, detached; a run that never wrote
     one (killed during its first epoch) starts again from the beginning with the same config. Under the run's
     lock (see :func:`launch`): of several resumes at once, one starts the job and the others are refused."""
+    _check_gpus(gpus)
     with run.lock():
         _refuse_if_owned(run)
         status = run.read_status()

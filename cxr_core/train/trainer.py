@@ -146,7 +146,7 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
-    def _setup(self) -> None:
+    def _setup(self, resume: bool = False) -> None:
         cfg, dist = self.config, self.dist
         self._seed()
         if dist.is_main:
@@ -159,7 +159,9 @@ class Trainer:
                                   image_size=cfg.image_size, unfreeze_layers=cfg.unfreeze_layers)
         self.model_config = self.model.cxr_config
         size = self.model_config.input_size
-        self.batch_size = cfg.batch_size or default_batch_size(cfg.model, size, self.device, len(data.train))
+        # a resumed run keeps the batch size it chose (its sampler position and schedule are counted in it)
+        self.batch_size = (cfg.batch_size or (self._chosen_batch_size() if resume else None)
+                           or default_batch_size(cfg.model, size, self.device, len(data.train)))
         log.info("batch size %d%s, %d loader workers on %s", self.batch_size,
                  "" if cfg.batch_size else " (chosen for the device; --batch-size overrides)", self.workers,
                  self.device)
@@ -269,7 +271,8 @@ class Trainer:
         if self.run is None:
             return
         weights = self.model.state_dict()
-        common = dict(model_config=self.model_config.to_dict(), train_config=self.config.to_dict(), metrics=metrics)
+        train_config = {**self.config.to_dict(), "batch_size": self.batch_size}  # what it trained with, as chosen
+        common = dict(model_config=self.model_config.to_dict(), train_config=train_config, metrics=metrics)
         # best first: `last`'s training state names the best epoch, so it must never be on disk before that best
         # is (a kill between the two writes then leaves an older `last`, which resume redoes, not a wrong best)
         if best:
@@ -277,6 +280,17 @@ class Trainer:
         save_checkpoint(self.run.last_checkpoint, weights, epoch=self.epoch,
                         train_state=self._train_state(step_in_epoch), **common)
         self.run.remove_checkpoint_leftovers()  # temporary files of writes killed earlier in this run's life
+
+    def _chosen_batch_size(self) -> int | None:
+        """The batch size the run's last checkpoint trained with (None: no checkpoint, or it does not say)."""
+        value = None
+        if self.run is not None and self.run.last_checkpoint.is_file():
+            try:
+                value = (read_metadata(self.run.last_checkpoint).get("train_config") or {}).get("batch_size")
+            except CxrError:
+                value = None
+        value = self.dist.broadcast(value if isinstance(value, int) and value > 0 else None)
+        return value
 
     def _restore(self) -> int:
         """Load the last checkpoint; returns the batches of the current epoch already done."""
@@ -346,7 +360,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> str:
         """Train to the end (``"finished"``), or until asked to stop (``"stopped"``)."""
         cfg = self.config
-        self._setup()
+        self._setup(resume)
         skip = self._restore() if resume else 0
         self._hook("on_train_start")
         if self.run is not None:

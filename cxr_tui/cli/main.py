@@ -83,7 +83,10 @@ def _failure_printer(json_out: bool):
     def fail(message: str, code: int) -> None:
         error_line(message)
         if json_out:
-            print_json({"error": visible(message), "exit_code": code})
+            try:
+                print_json({"error": visible(message), "exit_code": code})
+            except OSError:  # the reader went away (`| head`): the line on stderr said it
+                pass
         sys.exit(code)
 
     return fail

@@ -11,7 +11,7 @@ from rich.table import Table
 from cxr_core.errors import CxrError
 from cxr_core.outputs import check_reviews_out
 from cxr_core.store import EXPORT_COLUMNS, ReviewStore
-from cxr_core.text import visible
+from cxr_core.text import name_text, visible
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, stdout
 
@@ -187,7 +187,7 @@ def disagreements_cmd(
         table.add_column(column)
     for d in found:
         calls = ", ".join(f"{reader}: {call}" for reader, call in d.calls.items())
-        table.add_row(*(plain(c) for c in (d.study, d.finding, calls, d.adjudicated_text)))
+        table.add_row(*(plain(c) for c in (name_text(d.study), name_text(d.finding), calls, d.adjudicated_text)))
     stdout.print(table)
 
 

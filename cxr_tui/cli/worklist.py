@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cxr_core.text import name_text
 from cxr_tui.cli.options import JsonOpt, ReviewsDbOpt
 from cxr_tui.cli.output import plain, print_json, progress_bar, stdout, warn
 
@@ -82,7 +83,7 @@ def worklist_cmd(
     table.add_column("study")
     table.add_column("score", justify="right")
     for rank, (study, score) in enumerate(shown, start=1):
-        table.add_row(str(rank), plain(study), "—" if score != score else f"{score:.4f}")
+        table.add_row(str(rank), plain(name_text(study)), "—" if score != score else f"{score:.4f}")
     stdout.print(table)
 
 

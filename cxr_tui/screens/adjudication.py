@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from cxr_core.errors import CxrError
 from cxr_core.eval import ALL_FINDINGS, Disagreement, disagreements, reader_agreement
-from cxr_core.text import visible
+from cxr_core.text import name_text, visible
 from cxr_tui.messages import ReviewRecorded
 from cxr_tui.screens.base import CxrScreen
 
@@ -80,7 +80,7 @@ class AdjudicationScreen(CxrScreen[None]):
         settled = sum(d.settled for d in self.rows)
         self.query_one("#adjudication-status", Static).update(
             Text(visible(f"{status} · {settled} of {len(self.rows)} adjudicated"), style="bold"))
-        cells = [[visible(d.study), visible(d.finding), *(d.calls.get(r, "—") for r in self.readers),
+        cells = [[name_text(d.study), name_text(d.finding), *(d.calls.get(r, "—") for r in self.readers),
                   d.adjudicated_text] for d in self.rows]
         headers = ["study", "finding", *(visible(r) for r in self.readers), "adjudicated"]
         for k, header in enumerate(headers):  # widths from the content: nothing cut

@@ -113,7 +113,7 @@ def test_best_is_written_before_last(tmp_path, monkeypatch):
 
     trainer = object.__new__(trainer_module.Trainer)
     trainer.run, trainer.model, trainer.model_config, trainer.config = _run(tmp_path), Model(), Config(), Config()
-    trainer.epoch = 1
+    trainer.epoch, trainer.batch_size = 1, 16
     monkeypatch.setattr(trainer_module.Trainer, "_train_state", lambda self, step: {})
     trainer._save(0, {}, best=True)
     assert written == ["best.safetensors", "last.safetensors"]
@@ -354,3 +354,43 @@ def test_a_finding_the_indexed_data_set_lacks_is_refused_before_a_run_exists(tmp
         jobs.create_run(config, runs / "after")  # was: a detached job that failed after it started
     assert not (runs / "after").exists() or not list((runs / "after").iterdir())
     jobs.create_run(config.replace(labels=["effusion"]), runs / "ok")  # case as the job accepts it
+
+
+def test_gpus_of_a_resume_follow_the_config_rule(tmp_path):
+    from cxr_core.train.config import ConfigError
+
+    run = _run(tmp_path)
+    run.update_status(state="stopped", epoch=1)
+    with pytest.raises(ConfigError, match="--gpus 'abc': GPU numbers"):  # trained on the CPU without a word
+        jobs.resume(run, gpus="abc")
+    assert run.read_status().state == "stopped"
+
+
+def test_a_runs_paths_read_back_as_written(tmp_path):
+    from dataclasses import fields
+
+    from cxr_core.eval.evaluation import evaluation_command
+    from cxr_core.runs.rundir import PATH_SETTINGS
+    from cxr_core.train.config import TrainConfig, write_run_config
+
+    assert PATH_SETTINGS == {f.name for f in fields(TrainConfig) if f.metadata.get("path")}
+    root = os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9sum\xe9 \\x41")  # Latin-1, and a literal backslash
+    run = RunDir.create(tmp_path / "runs")
+    write_run_config(run, TrainConfig(data=root))
+    assert run.settings()["data"] == root
+    command = evaluation_command(run)
+    assert command[command.index("--data") + 1] == root  # what the TUI's "evaluate" starts: the folder itself
+
+
+def test_a_file_system_without_locks_still_runs_jobs(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # NFS without lockd, sshfs
+    run = _run(tmp_path)
+    with run.lock():
+        run.update_status(state="stopped", epoch=1)
+    assert run.read_status().state == "stopped"

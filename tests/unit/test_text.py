@@ -33,3 +33,19 @@ def test_plain_text_and_ordinary_backslashes_show_as_themselves() -> None:
     assert visible(b"r\xe9sum\xe9.png") == "r\\xe9sum\\xe9.png"
     assert visible("a\tb\nc", lines=True) == "a\tb\nc" and visible("a\tb\nc") == "a\\x09b\\x0ac"
     assert is_clean("C:\\x") and not is_clean("bell\x07") and not is_clean("\udce9")
+
+
+def test_a_predictions_csv_gives_back_every_name_it_was_given(tmp_path) -> None:
+    import numpy as np
+
+    from cxr_core.predictions import Predictions
+
+    ids = ["\x1b[31mred", "\\x1b[31mred", "r\udce9sum\udce9", "=cmd|calc", "plain"]
+    labels = ["Effusion", "Ed\x07ema \\u0041"]
+    preds = Predictions(labels, np.zeros((5, 2), np.float32), ids, [i + ".png" for i in ids], ids)
+    path = tmp_path / "p.csv"
+    preds.write(path)
+    raw = path.read_bytes()
+    assert b"\x1b" not in raw and b"\x07" not in raw  # no control byte in the file
+    back = Predictions.read(path)
+    assert back.labels == labels and back.study == ids and back.image == [i + ".png" for i in ids]

@@ -76,6 +76,28 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, phant
     assert [r["epoch"] for r in broken.read_metrics() if r.get("type") == "epoch"] == [1, 2]
 
 
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_batch_size_it_chose(tmp_path, phantom_set, monkeypatch):
+    # The chosen batch size depends on the data's size (and the device): a resume that chose again could skip the
+    # wrong number of images and put the schedule out of step.
+    from cxr_core.train import trainer as trainer_module
+
+    config = _config(phantom_set, epochs=2, batch_size=None)
+    run = _run(tmp_path, config)
+
+    class StopAt:
+        def on_train_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 0 and step == 2:
+                trainer.stop_event.set()
+
+    monkeypatch.setattr(trainer_module, "default_batch_size", lambda *args: 16)
+    assert Trainer(config, run, callbacks=[StopAt()]).fit() == "stopped"
+    assert read_metadata(run.last_checkpoint)["train_config"]["batch_size"] == 16  # as chosen, recorded
+    monkeypatch.setattr(trainer_module, "default_batch_size", lambda *args: 8)  # it would choose otherwise now
+    resumed = Trainer(config, run)
+    assert resumed.fit(resume=True) == "finished" and resumed.batch_size == 16
+
+
 def test_config_file_options_override_and_errors(tmp_path):
     path = tmp_path / "train.toml"
     path.write_text('[train]\ndata = "/data"\nmodel = "resnet18"\nepochs = 30\n')
