@@ -142,7 +142,10 @@ class RunDir:
             return cls(candidate)
         base = Path(runs_dir) if runs_dir else default_runs_dir()
         if (base / str(ref)).is_dir():
-            return cls(base / str(ref))
+            found = base / str(ref)
+            if not ((found / "config.toml").is_file() or (found / "status.json").is_file()):
+                raise RunError(f"{found}: not a run directory (no config.toml or status.json)")
+            return cls(found)
         matches = sorted(p for p in base.glob(f"{glob.escape(str(ref))}*") if p.is_dir()) if base.is_dir() else []
         if len(matches) == 1:
             return cls(matches[0])

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cxr_core.errors import CxrError
 from cxr_core.runs import ACTIVE, RunDir, list_runs, summarize
 from cxr_core.text import visible
 from cxr_core.train import resume_job, stop_job
@@ -24,6 +25,8 @@ RunArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix of one) 
 @app.command("list")
 def list_cmd(runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
     """Every run, newest first; a run whose process died shows as interrupted."""
+    if runs_dir is not None and not runs_dir.is_dir():  # a typo listed nothing, as if there were no runs
+        raise CxrError(f"{runs_dir}: no such runs folder")
     rows = [summarize(r) for r in list_runs(runs_dir)]
     if json_out:
         print_json([row.to_dict() for row in rows])

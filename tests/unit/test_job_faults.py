@@ -394,3 +394,14 @@ def test_a_file_system_without_locks_still_runs_jobs(tmp_path, monkeypatch):
     with run.lock():
         run.update_status(state="stopped", epoch=1)
     assert run.read_status().state == "stopped"
+
+
+def test_a_folder_that_is_not_a_run_and_a_runs_folder_that_is_not_there_are_said(tmp_path):
+    from cxr_tui.cli.main import app
+
+    (tmp_path / "runs" / "emptyrun").mkdir(parents=True)
+    logs = CliRunner().invoke(app, ["jobs", "logs", "emptyrun", "--runs-dir", str(tmp_path / "runs")])
+    assert logs.exit_code != 0 and "not a run directory" in str(logs.exception)  # printed nothing, exit 0
+    listed = CliRunner().invoke(app, ["jobs", "list", "--runs-dir", str(tmp_path / "nope")])
+    assert listed.exit_code != 0 and "no such runs folder" in str(listed.exception)  # an empty table, exit 0
+    assert CliRunner().invoke(app, ["jobs", "list", "--runs-dir", str(tmp_path / "runs")]).exit_code == 0
