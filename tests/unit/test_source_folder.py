@@ -93,6 +93,19 @@ def test_a_short_row_is_reported_not_read_as_normal(tmp_path, index):
                for p in result.report.problems)
 
 
+def test_a_labels_csv_saved_by_a_spreadsheet_on_windows_is_read_with_a_warning(tmp_path, index):
+    root = tmp_path / "d"
+    for name in ("a", "b"):
+        _png(root / f"{name}.png")
+    text = "image,labels,patient_id\na.png,Effusion,Müller\nb.png,No Finding,José\n"
+    (root / "labels.csv").write_bytes(text.encode("cp1252"))  # Excel's "CSV" on Windows: not UTF-8
+    result = index.scan(root)
+    studies = {s.id: s for s in index.studies(result.report.root)}
+    assert index.label_space(result.report.root).positives(studies["a"].labels) == ["Effusion"]
+    assert any(p["severity"] == "warning" and "read as cp1252" in p["reason"] for p in result.report.problems)
+    assert len({s.patient_id for s in studies.values()}) == 2  # both rows read (the whole file was refused)
+
+
 @pytest.mark.slow
 def test_mixed_good_and_malformed_folder_indexes_with_every_bad_file_listed(tmp_path):
     root = tmp_path / "mixed files"
