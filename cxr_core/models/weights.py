@@ -95,6 +95,13 @@ def read_state_dict(path: str | Path, trusted_module_packages: tuple[str, ...] =
 
 
 def _torch_load(path: Path, trusted_module_packages: tuple[str, ...]) -> object:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as err:
+        raise CxrError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch.save: a zip archive, or (legacy) a pickle
+        raise CxrError(f"{path}: not a PyTorch weights file (neither torch.save's zip archive nor a pickle)")
     allowed = _trusted_module_classes(path, trusted_module_packages) if trusted_module_packages else []
     try:
         with torch.serialization.safe_globals(allowed):

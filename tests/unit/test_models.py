@@ -448,3 +448,16 @@ def test_xrv_densenet_answers_in_our_label_order(tmp_path: Path):
     with torch.no_grad():
         assert torch.equal(reloaded(x), logits)
     assert reloaded.cxr_load_report.add_prefix == "net."
+
+
+def test_weights_that_are_not_a_torch_file_say_so(tmp_path):
+    from cxr_core.errors import CxrError
+    from cxr_core.models.weights import read_state_dict
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00GIF89a" + bytes(range(256)) * 4)  # was: "unpickling it would need objects other..."
+    with pytest.raises(CxrError, match="not a PyTorch weights file"):
+        read_state_dict(garbage)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)  # a pickle: still read
+    assert list(read_state_dict(legacy)) == ["w"]
