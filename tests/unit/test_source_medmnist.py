@@ -27,3 +27,20 @@ def test_chestmnist_npz_splits_and_labels(tmp_path):
     assert result.space.positives(first.labels) == ["Cardiomegaly", "Pleural_Thickening"]
     assert result.space.positives(result.studies[1].labels) == ["No Finding"]
     assert {s.split for s in result.studies} == {"train", "val", "test"}
+
+
+def test_a_damaged_or_foreign_npz_root_says_what_it_is(tmp_path):
+    import numpy as np
+    import pytest
+
+    from cxr_core.data import detect_format
+    from cxr_core.errors import DataError
+
+    damaged = tmp_path / "chestmnist.npz"
+    damaged.write_bytes(b"PK\x03\x04" + b"\x00" * 50)  # was: "no known data set layout. Looked for: ..."
+    with pytest.raises(DataError, match="a damaged .npz"):
+        detect_format(damaged)
+    foreign = tmp_path / "other.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    with pytest.raises(DataError, match=r"not a ChestMNIST .npz \(it holds weights; expected train_images"):
+        detect_format(foreign)

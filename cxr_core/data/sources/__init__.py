@@ -37,5 +37,14 @@ def detect_format(root: Path) -> tuple[str, str]:
         reason = source.detect(root)
         if reason:
             return name, reason
+    if root.is_file() and root.suffix.lower() == ".npz":  # the one file a root can be that is not an archive of ours
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(root) as zf:
+                members = ", ".join(sorted(n.removesuffix(".npy") for n in zf.namelist())[:6]) or "nothing"
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{root}: a damaged .npz (not a readable zip archive: {exc})") from None
+        raise DataError(f"{root}: not a ChestMNIST .npz (it holds {members}; expected train_images, train_labels, ...)")
     looked = "; ".join(s.looked_for for s in SOURCES.values())
     raise DataError(f"{root}: no known data set layout. Looked for: {looked}")
