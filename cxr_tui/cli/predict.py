@@ -119,8 +119,11 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
                                                          progress=report)
         else:
             result = _predict(predictor, root, fmt, labels_csv, split, db, report)
-    from cxr_core.eval import load_thresholds, threshold_mismatch, threshold_values
+    from cxr_core.eval import load_thresholds, threshold_mismatch, threshold_values, thresholds_path_for
 
+    if thresholds is None:  # the model's own (its run's thresholds.json, or what the TUI saved for it), as eval does
+        own = thresholds_path_for(predictor.loaded.path, predictor.fingerprint)
+        thresholds = own if own.is_file() else None
     file = load_thresholds(thresholds) if thresholds is not None else None
     values = threshold_values(file, predictor.labels)
     mismatch = threshold_mismatch(file, predictor.labels, thresholds or "")
@@ -134,7 +137,7 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
                "seconds": round(result.seconds, 3), "unreadable": len(result.errors), "errors": result.errors,
                "warnings": result.warnings, "notes": result.notes, "decoded_while_loading": result.premade,
                "model": str(predictor.loaded.path), "device": str(predictor.device), "compute_dtype": predictor.precision,
-               "out": str(out) if out else None,
+               "out": str(out) if out else None, "thresholds": str(thresholds) if thresholds else None,
                "flagged": {label: sum(label in f for f in flags) for label in preds.labels}}
     if result.ood is not None:  # distance from the training images; its message is among the warnings when far
         summary["ood"] = result.ood.to_json()
@@ -147,6 +150,7 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
     stdout.print(f"{len(preds):,} images predicted ({result.cached:,} from the cache, {result.computed:,} computed"
                  f"{f', {rate:.0f} img/s' if rate else ''}) on {predictor.device}"
                  f"{f' ({predictor.precision})' if predictor.precision != 'fp32' else ''}")
+    stdout.print(visible(f"thresholds: {thresholds or '0.5 for every finding (the model has no saved thresholds)'}"))
     for warning in result.warnings:
         warn(warning)
     for note in result.notes:

@@ -78,6 +78,19 @@ def test_thresholds_tune_then_predict_flags_follow(checkpoint, phantom_set, tmp_
     table = Predictions.read(flagged)
     assert table.flagged(values) == [f.split("|") if f else [] for f in
                                      [line.rsplit(",", 1)[1] for line in flagged.read_text().splitlines()[1:]]]
+    # the model's own thresholds (what the TUI's thresholds screen saves) are predict's default, as eval's
+    import shutil
+
+    from cxr_core.eval import thresholds_path_for
+    from cxr_core.infer.loading import fingerprint
+
+    own = thresholds_path_for(checkpoint, fingerprint(checkpoint))
+    own.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(thresholds, own)
+    default = tmp_path / "default.csv"
+    done = _cli("predict", str(phantom_set), "--model", str(checkpoint), "--out", str(default), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["thresholds"] == str(own), done.stderr[-2000:]
+    assert default.read_text() == flagged.read_text()  # it ignored the saved file: nothing flagged at 0.5
 
 
 def test_cam_writes_an_overlay_of_the_image_size(checkpoint, phantom_set, tmp_path):
