@@ -9,6 +9,7 @@ their statistics), and writes the report folder. The front-ends only choose the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -37,6 +38,7 @@ from cxr_core.infer.studies import predict_root
 from cxr_core.ood import OodReport
 from cxr_core.predictions import Predictions
 from cxr_core.runs import RunDir, detach
+from cxr_core.text import filename_part, fs_bytes
 
 if TYPE_CHECKING:
     from cxr_core.store.index import StudyIndex
@@ -77,10 +79,20 @@ class Evaluation:
                 **({"ood": self.ood.to_json()} if self.ood is not None else {})}
 
 
-def default_out(checkpoint: Path, split: str) -> Path:
-    """A run's ``eval/<split>/`` when the checkpoint lives in a run, else ``./cxr-eval/<split>``."""
+def default_out(checkpoint: Path, split: str, root: str | Path | None = None) -> Path:
+    """A run's ``eval/<split>/`` for the data set it trained on; for any other data set ``eval/<split>-<name>-<hash>``
+    (named by that root, so evaluating on a second data set never replaces the first one's report); outside a run
+    ``./cxr-eval/`` with the same names."""
     run = RunDir.of_checkpoint(checkpoint)
-    return run.eval_dir(split) if run is not None else Path("cxr-eval") / split
+    name = split
+    if root is not None:
+        real = os.path.realpath(os.path.expanduser(str(root)))
+        trained_on = run.settings().get("data") if run is not None else None
+        if not (isinstance(trained_on, str) and trained_on
+                and os.path.realpath(os.path.expanduser(trained_on)) == real):
+            digest = hashlib.sha1(fs_bytes(real)).hexdigest()[:6]
+            name = f"{split}-{filename_part(Path(real).name, 40)}-{digest}"
+    return run.eval_dir(name) if run is not None else Path("cxr-eval") / name
 
 
 def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test", fmt: str | None = None,
@@ -117,7 +129,7 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
     if boxes is not None:
         localisation = localise(predictor, preds, Path(preds.meta["root"]), boxes,
                                 (lambda d, t: progress("Grad-CAM", d, t)) if progress else None)
-    target = out or default_out(checkpoint, split)
+    target = out or default_out(checkpoint, split, preds.meta.get("root") or data)
     target.mkdir(parents=True, exist_ok=True)
     preds.meta["thresholds"] = str(thresholds) if thresholds else "0.5 for every label"
     if tuned is not None:

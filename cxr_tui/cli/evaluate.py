@@ -35,9 +35,10 @@ def eval_cmd(
     fmt: FormatOpt = None,
     labels_csv: LabelsOpt = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: test, val, train, ... or all (every split).")] = "test",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: the run's eval/<split>/, "
-                                             "or ./cxr-eval/<split>/ for a checkpoint outside a run). An existing "
-                                             "one must be empty or hold an earlier eval report.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: the run's eval/<split>/ for the "
+                                             "data set it trained on, eval/<split>-<data set>-<hash>/ for another; "
+                                             "./cxr-eval/ outside a run). An existing one must be empty or hold an "
+                                             "earlier eval report.")] = None,
     thresholds: ThresholdsOpt = None,
     allow_same_split: Annotated[bool, typer.Option(
         "--allow-same-split", help="Evaluating on the split the thresholds were tuned on is intended (the report "

@@ -367,3 +367,18 @@ def test_evaluating_the_training_images_of_the_run_says_the_metrics_are_optimist
     other = RunDir.create(tmp_path / "runs", "other")
     write_run_config(other, TrainConfig(data=str(tmp_path / "elsewhere")))
     assert _trained_on_these(other, preds) is None  # trained on another data set
+
+
+def test_a_second_data_set_gets_its_own_default_report_folder(tmp_path):
+    from cxr_core.eval.evaluation import default_out
+    from cxr_core.runs import RunDir
+    from cxr_core.train.config import TrainConfig, write_run_config
+
+    own, other = tmp_path / "nih-64px", tmp_path / "nih-sample"
+    run = RunDir.create(tmp_path / "runs")
+    write_run_config(run, TrainConfig(data=str(own)))
+    checkpoint = run.path / "checkpoints" / "best.safetensors"
+    assert default_out(checkpoint, "test", own) == run.path / "eval" / "test"  # what the TUI's evaluate writes
+    elsewhere = default_out(checkpoint, "test", other)
+    assert elsewhere.parent == run.path / "eval" and elsewhere.name.startswith("test-nih-sample-")
+    assert elsewhere != default_out(checkpoint, "test", tmp_path / "b" / "nih-sample")  # same name, another root
