@@ -71,6 +71,20 @@ class Workspace:
         position = same.index(study)
         return same[position - 1] if position > 0 else None
 
+    def earlier_studies(self, study_id: str) -> int:
+        """How many studies of the same patient come before this one (by follow-up number, else by id), with an
+        image or not (a partial download keeps their rows, not their files)."""
+        study = self.studies.get(study_id)
+        if study is None:
+            return 0
+
+        def order(s: Study) -> tuple[int, str]:
+            follow_up = (s.meta or {}).get("follow_up")
+            return (follow_up if isinstance(follow_up, int) else -1, s.id)
+
+        mine = order(study)
+        return sum(1 for s in self.studies.values() if s.patient_id == study.patient_id and order(s) < mine)
+
     def threshold(self, label: str) -> float:
         return float(self.thresholds.get(label, 0.5))
 

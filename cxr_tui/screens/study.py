@@ -326,7 +326,10 @@ class StudyScreen(CxrScreen[None]):
         prior = self.app.workspace.prior_of(self.study_id)
         if prior is None:
             view.caption_extra = ""
-            view.show(None, "no earlier study of this patient in this data set")
+            earlier = self.app.workspace.earlier_studies(self.study_id)
+            view.show(None, f"{earlier} earlier stud{'ies' if earlier != 1 else 'y'} of this patient, none with an "
+                            "image present (not downloaded?)" if earlier else
+                            "no earlier study of this patient in this data set")
             return
         follow_up = (prior.meta or {}).get("follow_up")
         view.caption_extra = f"prior {prior.id}" + (f" (follow-up {follow_up})" if follow_up is not None else "")
@@ -371,8 +374,10 @@ class StudyScreen(CxrScreen[None]):
             return
         if self.model_hidden:
             self.notify("blind reading hides the model's output, Grad-CAM included (B on the worklist)", timeout=3)
+            view.update_state(cam=False)  # no map will come: the caption must not say "computing"
             return
         if self.app.predictor is None:
+            view.update_state(cam=False)
             if self.app.predictions_file is not None:
                 self.notify(f"Grad-CAM needs a model: these predictions come from {self.app.predictions_file.name} "
                             "(start with --model instead of --predictions on a machine that has it)",
@@ -512,10 +517,17 @@ class StudyScreen(CxrScreen[None]):
         if label is None:
             return
         if self._record(label, decision):
-            undecided = [flag for flag in self._flagged() if getattr(self.decisions.get(flag), "decision", None)
-                         in (None, "clear")]
+            def waiting(name: str) -> bool:
+                return getattr(self.decisions.get(name), "decision", None) in (None, "clear")
+
+            undecided = [flag for flag in self._flagged() if waiting(flag)]
             if undecided:  # on to the next flag still waiting for a decision
                 self._cursor_to(undecided[0])
+                return
+            labels = self._labels()  # no flag waits (or none is flagged): the next undecided finding below
+            below = [name for name in labels[labels.index(label) + 1:] if waiting(name)]
+            if below:
+                self._cursor_to(below[0])
 
     def _record(self, label: str, decision: str | None = None, note: str | None = None) -> bool:
         workspace = self.app.workspace

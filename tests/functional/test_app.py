@@ -78,6 +78,30 @@ async def test_review_flow(phantom_set, checkpoint):
         await pilot.press("q")
 
 
+async def test_when_no_flag_waits_each_key_moves_on_to_the_next_undecided_finding(phantom_set, checkpoint):
+    # A model that flags nothing (all below threshold): a, x, u all landed on the same finding, each replacing
+    # the last decision, because the cursor only ever moved to a waiting flag.
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.workspace.last_load is not None)
+        for label in FINDINGS:
+            app.workspace.thresholds[label] = 1.0  # nothing is flagged
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        study = app.screen
+        study._fill_findings()
+        assert study._flagged() == []
+        labels = study._labels()
+        first = study.selected_finding()
+        await pilot.press("a", "x", "u")
+        decided = [labels[k] for k in range(labels.index(first), labels.index(first) + 3)]
+        with ReviewStore() as store:
+            saved = {finding: review.decision for (_, finding), review in store.latest(app.workspace.root,
+                                                                                        study.study_id).items()}
+        assert saved == dict(zip(decided, ["accept", "reject", "uncertain"], strict=True))
+        assert study.selected_finding() == labels[labels.index(first) + 3]
+
+
 async def test_a_normal_film_takes_one_key_and_the_next_unreviewed_study_one(phantom_set, checkpoint):
     app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
     async with app.run_test(size=(110, 32)) as pilot:

@@ -87,6 +87,8 @@ async def test_review_from_a_predictions_file(phantom_set, tmp_path):
         await pilot.pause(0.1)
         assert any("Grad-CAM needs a model" in n.message and "preds.json" in n.message
                    for n in app._notifications)
+        caption = str(app.screen.query_one("#xray-caption").render())
+        assert "CAM" not in caption, caption  # it said "CAM computing…" for ever
 
         await pilot.press("escape", "t")
         await until(pilot, lambda: isinstance(app.screen, ThresholdsScreen), what="the thresholds screen")

@@ -20,3 +20,12 @@ def test_the_prior_study_is_the_same_patients_previous_follow_up_with_an_image()
     assert workspace.prior_of("p1_000") is None
     assert workspace.prior_of("p2_000") is None
     assert workspace.prior_of("unknown") is None
+
+
+def test_earlier_studies_count_those_without_an_image_too() -> None:
+    # NIH downloaded in part: follow-up 39 had 39 earlier studies in the table, none with an image, and `b` said
+    # "no earlier study of this patient".
+    studies = [_study(f"p_{k:03d}", "p", k, image=False) for k in range(39)] + [_study("p_039", "p", 39)]
+    workspace = Workspace(studies={s.id: s for s in studies})
+    assert workspace.prior_of("p_039") is None and workspace.earlier_studies("p_039") == 39
+    assert workspace.earlier_studies("p_000") == 0 and workspace.earlier_studies("unknown") == 0
