@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cxr_core.atomic import check_writable_dir
 from cxr_core.data.sources import SourceOptions
 from cxr_core.data.splits import TRAIN_SPLITS
@@ -145,6 +147,9 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
     if seen:
         warnings.insert(0, seen)
         caveats.insert(0, seen)
+    few = few_positive_patients(preds)
+    if few:
+        caveats.append(few)
     reviews = _trained_with_reviews(run)
     if reviews:  # the labels' provenance belongs beside the numbers they produced
         preds.meta["trained_with_reviews"] = reviews
@@ -154,6 +159,31 @@ def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test",
                           caveats=caveats, ood=result.ood)
     return Evaluation(metrics, preds, target, files, checkpoint, thresholds, tuned, same_split, allow_same_split,
                       localisation, result.errors, result.unmatched_labels, warnings, result.ood)
+
+
+FEW_PATIENTS = 5
+"""Positives from fewer patients than this: the by-patient bootstrap has almost nothing to resample."""
+
+
+def few_positive_patients(preds: Predictions) -> str | None:
+    """A caveat naming the findings whose positives come from fewer than :data:`FEW_PATIENTS` patients (their
+    intervals resample only the negatives, so they look tighter than the evidence is), or None."""
+    if preds.truth is None:
+        return None
+    patients = np.asarray(preds.patient, dtype=object)
+    few = []
+    for k, label in enumerate(preds.labels):
+        positive = preds.truth[:, k] == 1
+        n = int(positive.sum())
+        if n:
+            people = len(set(patients[positive].tolist()))
+            if people < FEW_PATIENTS:
+                few.append(f"{label} ({n} positive{'s' if n != 1 else ''} from {people} "
+                           f"patient{'s' if people != 1 else ''})")
+    if not few:
+        return None
+    return ("positives from fewer than 5 patients, so their confidence intervals mostly resample the negatives and "
+            "look tighter than the evidence: " + ", ".join(few))
 
 
 def _trained_on_these(run: RunDir | None, preds: Predictions) -> str | None:

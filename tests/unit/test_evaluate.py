@@ -382,3 +382,17 @@ def test_a_second_data_set_gets_its_own_default_report_folder(tmp_path):
     elsewhere = default_out(checkpoint, "test", other)
     assert elsewhere.parent == run.path / "eval" and elsewhere.name.startswith("test-nih-sample-")
     assert elsewhere != default_out(checkpoint, "test", tmp_path / "b" / "nih-sample")  # same name, another root
+
+
+def test_positives_from_few_patients_are_a_caveat():
+    from cxr_core.eval.evaluation import few_positive_patients
+
+    truth = np.zeros((12, 2), np.float32)
+    truth[:5, 0] = 1  # Edema: 5 positives, one patient (nih-64px test: CI [0.627, 0.737] from a single patient)
+    truth[5:11, 1] = 1  # Effusion: 6 positives from 6 patients
+    patients = ["p1"] * 5 + [f"q{k}" for k in range(7)]
+    preds = Predictions(["Edema", "Effusion"], np.zeros((12, 2), np.float32), [f"s{k}" for k in range(12)],
+                        [f"s{k}.png" for k in range(12)], patients, truth)
+    said = few_positive_patients(preds)
+    assert said is not None and "Edema (5 positives from 1 patient)" in said and "Effusion" not in said
+    assert few_positive_patients(preds.subset(np.arange(5, 12))) is None  # no Edema left; Effusion from 6
