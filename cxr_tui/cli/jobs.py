@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cxr_core.errors import CxrError
 from cxr_core.runs import ACTIVE, RunDir, list_runs, summarize
 from cxr_core.text import visible
 from cxr_core.train import resume_job, stop_job
@@ -25,9 +24,10 @@ RunArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix of one) 
 @app.command("list")
 def list_cmd(runs_dir: RunsDirOpt = None, json_out: JsonOpt = False) -> None:
     """Every run, newest first; a run whose process died shows as interrupted."""
-    if runs_dir is not None and not runs_dir.is_dir():  # a typo listed nothing, as if there were no runs
-        raise CxrError(f"{runs_dir}: no such runs folder")
     rows = [summarize(r) for r in list_runs(runs_dir)]
+    if runs_dir is not None and not runs_dir.is_dir() and not json_out:  # a typo showed an empty table, unexplained
+        stdout.print(visible(f"no runs: {runs_dir} does not exist (yet)"))
+        return
     if json_out:
         print_json([row.to_dict() for row in rows])
         return

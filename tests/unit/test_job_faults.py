@@ -403,5 +403,7 @@ def test_a_folder_that_is_not_a_run_and_a_runs_folder_that_is_not_there_are_said
     logs = CliRunner().invoke(app, ["jobs", "logs", "emptyrun", "--runs-dir", str(tmp_path / "runs")])
     assert logs.exit_code != 0 and "not a run directory" in str(logs.exception)  # printed nothing, exit 0
     listed = CliRunner().invoke(app, ["jobs", "list", "--runs-dir", str(tmp_path / "nope")])
-    assert listed.exit_code != 0 and "no such runs folder" in str(listed.exception)  # an empty table, exit 0
+    assert listed.exit_code == 0 and "does not exist" in listed.stdout  # an empty table, unexplained
+    as_json = CliRunner().invoke(app, ["jobs", "list", "--runs-dir", str(tmp_path / "nope"), "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []  # no runs yet: a script's answer
     assert CliRunner().invoke(app, ["jobs", "list", "--runs-dir", str(tmp_path / "runs")]).exit_code == 0
