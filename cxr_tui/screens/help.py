@@ -68,9 +68,11 @@ class HelpScreen(ModalScreen[None]):
         from cxr_tui.screens.worklist import WorklistScreen
 
         parts = ["# cxr keys"]
-        for title, nodes in (("Everywhere", [type(self.app)]), ("Worklist", [WorklistScreen, _table()]),
-                             ("Study", [StudyScreen]), ("Thresholds", [ThresholdsScreen]),
-                             ("Training", [TrainingScreen])):
+        sections = [("Worklist", [WorklistScreen, _table()]), ("Study", [StudyScreen]),
+                    ("Thresholds", [ThresholdsScreen]), ("Training", [TrainingScreen])]
+        below = next((screen for screen in reversed(self.app.screen_stack) if screen is not self), None)
+        sections.sort(key=lambda section: not isinstance(below, section[1][0]))  # the screen you are on first
+        for title, nodes in (*sections[:1], ("Everywhere", [type(self.app)]), *sections[1:]):
             parts.append(f"\n## {title}\n\n| key | action |\n| --- | --- |")
             parts += [f"| `{key}` | {description} |" for key, description in binding_rows(nodes)]
         parts.append(NOTES)

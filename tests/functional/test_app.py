@@ -78,6 +78,23 @@ async def test_review_flow(phantom_set, checkpoint):
         await pilot.press("q")
 
 
+async def test_help_shows_the_keys_of_the_screen_you_are_on_first(phantom_set, checkpoint):
+    from textual.widgets import Markdown
+
+    from cxr_tui.screens.thresholds import ThresholdsScreen
+
+    app = CxrApp(phantom_set, checkpoint, image_protocol="halfcell")
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.workspace.last_load is not None)
+        await pilot.press("question_mark")
+        assert app.screen.query_one(Markdown).source.startswith("# cxr keys\n\n## Worklist")
+        await pilot.press("escape", "t")
+        await until(pilot, lambda: isinstance(app.screen, ThresholdsScreen))
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)  # it listed the worklist's keys first, there too
+        assert app.screen.query_one(Markdown).source.startswith("# cxr keys\n\n## Thresholds")
+
+
 async def test_when_no_flag_waits_each_key_moves_on_to_the_next_undecided_finding(phantom_set, checkpoint):
     # A model that flags nothing (all below threshold): a, x, u all landed on the same finding, each replacing
     # the last decision, because the cursor only ever moved to a waiting flag.
