@@ -9,11 +9,12 @@ target removes such leftovers once they are ``STALE_TMP_S`` old (a live writer's
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cxr_core.errors import CxrError
@@ -131,16 +132,33 @@ def locked(target: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) -> I
     naming ``target``.
     """
     target = Path(target)
+    with flocked(target.parent / f".{target.name}.lock", timeout, name=target,
+                 busy=f"another process is saving it (lock held for more than {timeout:.0f} s); try again",
+                 failed="cannot lock for writing"):
+        yield
+
+
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+"""``flock`` errors of a file system that has no locks (NFS without lockd, sshfs, some FUSE), not of a holder."""
+
+
+@contextlib.contextmanager
+def flocked(lock_path: Path, timeout: float, *, name: object, busy: str, failed: str,
+            error: type[CxrError] = CxrError, unlocked: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold ``flock`` on ``lock_path`` (created 0600), waiting at most ``timeout`` s: the one lock loop of
+    :func:`locked` and a run's lock. Raises ``error("<name>: <busy>")`` when another holder keeps it, or
+    ``error("<name>: <failed> (<cause>)")`` when it cannot be taken; on a file system without locks, calls
+    ``unlocked`` and runs the block unlocked when given one (else that is a failure too). Where ``fcntl`` does
+    not exist the block runs unlocked."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    lock_path = target.parent / f".{target.name}.lock"
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise CxrError(f"{target}: cannot lock for writing ({exc.strerror or exc})") from None
+        raise error(f"{name}: {failed} ({exc.strerror or exc})") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -149,11 +167,13 @@ def locked(target: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) -> I
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise CxrError(f"{target}: another process is saving it (lock held for more than "
-                                   f"{timeout:.0f} s); try again") from None
+                    raise error(f"{name}: {busy}") from None
                 time.sleep(0.02)
             except OSError as exc:
-                raise CxrError(f"{target}: cannot lock for writing ({exc.strerror or exc})") from None
+                if unlocked is not None and exc.errno in NO_LOCKS:
+                    unlocked()
+                    break
+                raise error(f"{name}: {failed} ({exc.strerror or exc})") from None
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -15,7 +15,6 @@ The TUI and ``cxr-tui jobs`` never talk to a trainer: they read these files. A r
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import json
 import logging
@@ -30,15 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_core.atomic import atomic_write_text
+from cxr_core.atomic import atomic_write_text, flocked
 from cxr_core.errors import CxrError
 from cxr_core.paths import data_dir, ensure_private_dir
 from cxr_core.text import name_from_text
 
 CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
+"""A run's checkpoints (in ``checkpoints/``), in the order a run directory given as a model resolves to."""
 PATH_SETTINGS = frozenset({"data", "labels_csv", "reviews_db", "weights"})
 """The settings of a run's config.toml that are paths (TrainConfig's ``path=True`` fields; a test keeps them equal)."""
-"""A run's checkpoints (in ``checkpoints/``), in the order a run directory given as a model resolves to."""
 
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
@@ -56,8 +55,6 @@ _STATUS_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-"""flock errors of a file system that has no locks (not another holder)."""
 _warned_no_locks: set[str] = set()
 
 
@@ -260,38 +257,15 @@ class RunDir:
             finally:
                 held[key] -= 1
             return
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: unlocked
-            yield
-            return
-        try:
-            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise RunError(f"{self.path / LOCK_NAME}: cannot lock the run ({exc.strerror or exc})") from None
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise RunError(f"{self.path / LOCK_NAME}: another process holds the run's lock (for more "
-                                       f"than {timeout:.0f} s); try again") from None
-                    time.sleep(0.02)
-                except OSError as exc:
-                    if exc.errno in _NO_LOCKS:  # NFS without lockd, sshfs, some FUSE: work on, as before locks
-                        _warn_no_locks(self.path)
-                        break
-                    raise RunError(f"{self.path / LOCK_NAME}: cannot lock the run ({exc.strerror or exc})") from None
+        lock_path = self.path / LOCK_NAME
+        with flocked(lock_path, timeout, name=lock_path, error=RunError,
+                     busy=f"another process holds the run's lock (for more than {timeout:.0f} s); try again",
+                     failed="cannot lock the run", unlocked=lambda: _warn_no_locks(self.path)):
             held[key] = 1
             try:
                 yield
             finally:
                 del held[key]
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into status.json (atomic rewrite under the run's lock; damaged fields are dropped)."""
@@ -366,9 +340,7 @@ class RunDir:
         skipped without counting. Never raises for what the file holds."""
         try:
             data = self.metrics_path.read_bytes()
-        except FileNotFoundError:
-            return [], 0
-        except OSError:
+        except OSError:  # missing (no epoch yet) or unreadable: no rows
             return [], 0
         lines = data.split(b"\n")
         partial = lines.pop()  # after the last newline: empty, or a line still being written
