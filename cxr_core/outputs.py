@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 
 from cxr_core.atomic import atomic_path
-from cxr_core.errors import CxrError
-from cxr_core.predictions import ID_COLUMNS, SPLIT_COLUMN, TRUTH_PREFIX
+from cxr_core.errors import CxrError, DataError
+from cxr_core.predictions import ID_COLUMNS, Predictions
 from cxr_core.store.reviews import EXPORT_COLUMNS
 from cxr_core.text import spreadsheet_text, visible
 
@@ -87,20 +87,12 @@ def is_predictions_file(path: str | os.PathLike[str]) -> bool:
         return False
     if head.lstrip(" \t\r\n").startswith("{"):
         return _is_predictions_json(path)
-    rows = _csv_rows(head, 2)
+    rows = _csv_rows(head, 1)
     if not rows or rows[0][:len(ID_COLUMNS)] != list(ID_COLUMNS):
         return False
-    header = rows[0]
-    first = len(ID_COLUMNS) + (len(header) > len(ID_COLUMNS) and header[len(ID_COLUMNS)] == SPLIT_COLUMN)
-    probs = [k for k in range(first, len(header)) if not header[k].startswith(TRUTH_PREFIX) and header[k] != "flagged"]
-    if not probs:
-        return False
-    if len(rows) < 2:  # a header alone: no images were predicted
-        return True
-    try:
-        for k in probs:
-            float(rows[1][k])
-    except (ValueError, IndexError):
+    try:  # the header and the first row, parsed as `Predictions.read` parses them
+        Predictions.from_csv_text("".join(head.splitlines(keepends=True)[:2]), path)
+    except DataError:
         return False
     return True
 

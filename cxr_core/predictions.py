@@ -214,6 +214,12 @@ class Predictions:
             raise DataError(f"{err}: {hint}") from None
 
     @classmethod
+    def from_csv_text(cls, text: str, source: str | os.PathLike[str]) -> Predictions:
+        """The rows of predictions CSV ``text`` (as :meth:`read` parses a file; ``source`` names it in errors):
+        DataError when it is not one."""
+        return cls._from_csv(Path(source), text)
+
+    @classmethod
     def _from_csv(cls, path: Path, text: str) -> Predictions:
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
