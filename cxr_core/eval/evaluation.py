@@ -87,14 +87,21 @@ def default_out(checkpoint: Path, split: str, root: str | Path | None = None) ->
     ``./cxr-eval/`` with the same names."""
     run = RunDir.of_checkpoint(checkpoint)
     name = split
-    if root is not None:
-        real = os.path.realpath(os.path.expanduser(str(root)))
-        trained_on = run.settings().get("data") if run is not None else None
-        if not (isinstance(trained_on, str) and trained_on
-                and os.path.realpath(os.path.expanduser(trained_on)) == real):
-            digest = hashlib.sha1(fs_bytes(real)).hexdigest()[:6]
-            name = f"{split}-{filename_part(Path(real).name, 40)}-{digest}"
+    if root is not None and not _trained_on(run, root):
+        real = _real(root)
+        digest = hashlib.sha1(fs_bytes(real)).hexdigest()[:6]
+        name = f"{split}-{filename_part(Path(real).name, 40)}-{digest}"
     return run.eval_dir(name) if run is not None else Path("cxr-eval") / name
+
+
+def _real(path: str | Path) -> str:
+    return os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _trained_on(run: RunDir | None, root: str | Path) -> bool:
+    """Whether ``root`` is the data set ``run`` trained on (its config.toml's ``data``); False without a run."""
+    trained_on = run.settings().get("data") if run is not None else None
+    return isinstance(trained_on, str) and bool(trained_on) and _real(trained_on) == _real(root)
 
 
 def evaluate_run(predictor: Predictor, data: str | Path, *, split: str = "test", fmt: str | None = None,
@@ -190,10 +197,7 @@ def _trained_on_these(run: RunDir | None, preds: Predictions) -> str | None:
     """A caveat when the evaluated images include the training split of the data set the run trained on: the model
     has seen them, so the metrics are optimistic (None otherwise, or when the run is not known)."""
     seen = sum(n for name, n in preds.splits.items() if name in TRAIN_SPLITS)
-    if run is None or not seen or not preds.meta.get("root"):
-        return None
-    trained_on = run.settings().get("data")
-    if not isinstance(trained_on, str) or not trained_on or os.path.realpath(os.path.expanduser(trained_on)) != os.path.realpath(preds.meta["root"]):
+    if not seen or not preds.meta.get("root") or not _trained_on(run, preds.meta["root"]):
         return None
     return (f"{seen:,} of the {len(preds):,} images are in the training split of the data set {run.id} trained on: "
             "the model has seen them, so these metrics are optimistic")
