@@ -331,8 +331,10 @@ class Trainer:
         saved ahead of last, killed between the two writes, has a best of an older epoch: rewrite it from
         ``last`` when that holds the best epoch's weights, else take the best file's own epoch and metric."""
         run = self.run
+        meta: dict[str, Any] = {}
         try:
-            held = int(read_metadata(run.best_checkpoint).get("epoch", 0)) if run.best_checkpoint.is_file() else None
+            meta = read_metadata(run.best_checkpoint) if run.best_checkpoint.is_file() else {}
+            held = int(meta.get("epoch", 0)) if meta else None
         except (CxrError, TypeError, ValueError) as exc:
             log.warning("%s", exc)
             held = None
@@ -348,7 +350,7 @@ class Trainer:
             log.warning("%s is missing or unreadable; the next better epoch writes it", run.best_checkpoint)
             self.best, self.best_epoch = None, 0
         else:
-            metric = read_metadata(run.best_checkpoint).get("metrics", {}).get("val_auc_macro")
+            metric = (meta.get("metrics") or {}).get("val_auc_macro")
             log.warning("%s holds epoch %d, not the recorded best epoch %d (whose weights are gone): epoch %d is "
                         "the best", run.best_checkpoint, held, self.best_epoch, held)
             self.best = metric if isinstance(metric, int | float) and not isinstance(metric, bool) else None
