@@ -12,6 +12,7 @@ names themselves).
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
@@ -40,13 +41,13 @@ def find_labels_csv(root: Path, options: SourceOptions) -> Path | None:
 def read_labels_csv(path: Path) -> tuple[str, list[dict[str, str]], list[Problem]]:
     """Rows of a labels CSV as dicts with lower-case keys; returns (key column, rows, problems)."""
     problems: list[Problem] = []
-    encoding = _csv_encoding(path)
-    if encoding != "utf-8-sig":
-        problems.append(Problem(str(path), f"not UTF-8 text: read as {encoding} (a spreadsheet's \"CSV\" export on "
-                                           "Windows); save it as \"CSV UTF-8\" to be sure of accented names",
-                                "warning"))
     try:
-        with path.open(newline="", encoding=encoding) as fh:
+        text, encoding = _csv_text(path.read_bytes())
+        if encoding != "utf-8-sig":
+            problems.append(Problem(str(path), f"not UTF-8 text: read as {encoding} (a spreadsheet's \"CSV\" export "
+                                               "on Windows); save it as \"CSV UTF-8\" to be sure of accented names",
+                                    "warning"))
+        with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip().casefold() for f in reader.fieldnames or []]
             key = "image" if "image" in fields else "study" if "study" in fields else None
@@ -76,20 +77,16 @@ def read_labels_csv(path: Path) -> tuple[str, list[dict[str, str]], list[Problem
     return key, rows, problems
 
 
-def _csv_encoding(path: Path) -> str:
-    """UTF-8 (with or without a BOM), else Windows-1252 (what Excel writes as "CSV" on Windows), else Latin-1 (every
-    byte is a character): a labels CSV from a spreadsheet is read, not refused as a whole."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return "utf-8-sig"  # the open below says why
+def _csv_text(data: bytes) -> tuple[str, str]:
+    """The text of a labels CSV and its encoding: UTF-8 (with or without a BOM), else Windows-1252 (what Excel
+    writes as "CSV" on Windows), else Latin-1 (every byte is a character): a spreadsheet's file is read, not
+    refused as a whole."""
     for encoding in ("utf-8-sig", "cp1252"):
         try:
-            data.decode(encoding)
-            return encoding
+            return data.decode(encoding), encoding
         except UnicodeDecodeError:
             continue
-    return "latin-1"
+    return data.decode("latin-1"), "latin-1"
 
 
 UNLABELLED = "?"
