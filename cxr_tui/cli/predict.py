@@ -16,6 +16,7 @@ from cxr_core.store import StudyIndex
 from cxr_core.text import visible
 
 if TYPE_CHECKING:  # torch and the model zoo load only when a command runs, not for --help or --version
+    from cxr_core.eval import ThresholdsFile
     from cxr_core.infer import Predictor, RootPredictions
 
 from cxr_tui.cli.options import (
@@ -74,19 +75,20 @@ def predict(
     if out is not None:  # said now, not after every image was predicted
         check_writable(out, "predictions file")
         check_predictions_out(out, force=force)  # never the data set's labels.csv or another file of the user's
-    if thresholds is not None:  # a damaged thresholds file: said now, not after every image was predicted
+    given = None
+    if thresholds is not None:  # read now: a damaged file is said before every image is predicted, not after
         from cxr_core.eval import load_thresholds
 
-        load_thresholds(thresholds)
+        given = load_thresholds(thresholds)
     try:
         if _torchrun():
             predictor = make_predictor(model, device, batch_size, workers, tta, compile, no_cache, fp32)
-            _predict_and_report(predictor, root, out, thresholds, fmt, labels_csv, split, db, json_out)
+            _predict_and_report(predictor, root, out, given, fmt, labels_csv, split, db, json_out)
             predictor.dist.barrier()  # torchrun: every rank is done (rank 0 has written) before the group goes
         else:  # the model loads on a thread while the root is indexed and its first images decoded
             _predict_and_report(lambda path: make_predictor(str(path), device, batch_size, workers, tta, compile,
                                                             no_cache, fp32),
-                                root, out, thresholds, fmt, labels_csv, split, db, json_out, model)
+                                root, out, given, fmt, labels_csv, split, db, json_out, model)
     finally:
         from cxr_core.distributed import shutdown_distributed
 
@@ -102,7 +104,7 @@ def _torchrun() -> bool:
 
 
 def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root: Path, out: Path | None,
-                        thresholds: Path | None, fmt: str | None, labels_csv: Path | None, split: str | None,
+                        given: ThresholdsFile | None, fmt: str | None, labels_csv: Path | None, split: str | None,
                         db: Path | None, json_out: bool, model: str | None = None) -> None:
     """``predictor``: loaded, or (with ``model``) how to load it from the checkpoint path, on a thread."""
     if not callable(predictor) and not predictor.dist.is_main:  # torchrun: the other ranks compute their shard
@@ -121,10 +123,11 @@ def _predict_and_report(predictor: Predictor | Callable[[Path], Predictor], root
             result = _predict(predictor, root, fmt, labels_csv, split, db, report)
     from cxr_core.eval import load_thresholds, threshold_mismatch, threshold_values, thresholds_path_for
 
-    if thresholds is None:  # the model's own (its run's thresholds.json, or what the TUI saved for it), as eval does
+    file = given
+    if file is None:  # the model's own (its run's thresholds.json, or what the TUI saved for it), as eval does
         own = thresholds_path_for(predictor.loaded.path, predictor.fingerprint)
-        thresholds = own if own.is_file() else None
-    file = load_thresholds(thresholds) if thresholds is not None else None
+        file = load_thresholds(own) if own.is_file() else None
+    thresholds = file.path if file is not None else None
     values = threshold_values(file, predictor.labels)
     mismatch = threshold_mismatch(file, predictor.labels, thresholds or "")
     if mismatch:
