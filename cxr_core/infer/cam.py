@@ -36,13 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from cxr_core.atomic import atomic_path
 from cxr_core.data.preprocess import Normalizer, letterbox, letterbox_geometry
 from cxr_core.errors import CxrError
 from cxr_core.models.config import ModelConfig
+from cxr_core.outputs import write_cam_png
 
 __all__ = [
     "CamExtractor",
@@ -317,9 +316,6 @@ def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap:
 
 def save_overlay(path: str | os.PathLike[str], image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4,
                  colormap: str = "jet") -> Path:
-    """Write :func:`overlay` as a PNG, atomically (a reader never sees half a file); returns the path."""
-    rgb = overlay(image, cam, alpha=alpha, colormap=colormap)
-    target = Path(path)
-    with atomic_path(target, 0o644) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-    return target
+    """Write :func:`overlay` as a PNG, atomically (a reader never sees half a file) and marked as cam's own (so
+    a later ``cam --out`` may replace it: :mod:`cxr_core.outputs`); returns the path."""
+    return write_cam_png(path, overlay(image, cam, alpha=alpha, colormap=colormap))

@@ -11,7 +11,7 @@ import typer
 from cxr_core.atomic import check_writable
 from cxr_core.errors import CxrError
 from cxr_core.images import read_xray
-from cxr_core.outputs import check_cam_out, write_cam_png
+from cxr_core.outputs import check_cam_out
 from cxr_core.text import filename_part
 from cxr_tui.cli.options import DeviceOpt, JsonOpt
 from cxr_tui.cli.output import print_json, stdout
@@ -35,7 +35,7 @@ def cam_cmd(
     check_writable(out if out is not None else Path("cam.png"), "overlay")  # before the model is even loaded
     if out is not None:
         check_cam_out(out, image, force=force)
-    from cxr_core.infer import cam_for_image, cam_is_empty, class_index, overlay
+    from cxr_core.infer import cam_for_image, cam_is_empty, class_index, save_overlay
 
     predictor = make_predictor(model, device, 1, 0, None, False, True)
     pixels = read_xray(image).as_uint8()
@@ -47,7 +47,7 @@ def cam_cmd(
     heat = cam_for_image(predictor.model, predictor.config, pixels, label)
     target = out or check_cam_out(Path(f"{filename_part(image.stem)}-cam-{filename_part(label)}.png"), image,
                                   force=force, named=False)  # the default name is known only now
-    write_cam_png(target, overlay(pixels, heat, alpha=alpha, colormap=colormap))  # marked as cam's own
+    save_overlay(target, pixels, heat, alpha=alpha, colormap=colormap)  # marked as cam's own
     empty = cam_is_empty(heat)
     peak = None if empty else np.unravel_index(int(np.argmax(heat)), heat.shape)
     summary = {"image": str(image), "finding": label, "probability": float(row[predictor.labels.index(label)]),
